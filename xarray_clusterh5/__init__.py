@@ -1,0 +1,42 @@
+"""xarray_clusterh5: fmristore clustered fMRI and ModelArray HDF5 in xarray.
+
+Open files with ``xr.open_dataset(path, engine="clusterh5")`` (or
+``xr.open_datatree``); the ``.clusterh5`` accessor on Datasets and DataTrees
+gives the fmristore and ModelArray operations. Heavy modules are imported
+lazily so that xarray's engine discovery stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from xarray_clusterh5 import accessor as _accessor  # noqa: F401  (registers .clusterh5)
+from xarray_clusterh5._h5 import ClusterH5Error
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it
+_LAZY = {
+    "open_dataset": "xarray_clusterh5.api",
+    "open_datatree": "xarray_clusterh5.api",
+    "open_groups": "xarray_clusterh5.api",
+    "example_file": "xarray_clusterh5.api",
+    "write_experiment": "xarray_clusterh5.writer",
+    "to_fmristore": "xarray_clusterh5.writer_xarray",
+    "from_nifti": "xarray_clusterh5.nifti",
+    "from_cohort": "xarray_clusterh5.cohort",
+    "to_modelarray": "xarray_clusterh5.cohort",
+}
+
+__all__ = ["ClusterH5Error", "__version__", *sorted(_LAZY)]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'xarray_clusterh5' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

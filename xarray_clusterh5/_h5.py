@@ -1,0 +1,201 @@
+"""Safe HDF5 access: read-only opening, refusal of links to other files, errors
+that name the file, atomic writes, and decoding of hdf5r's attribute types.
+
+Imports h5py and NumPy only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+class ClusterH5Error(ValueError):
+    """A file is not what it should be; the message names the file."""
+
+    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
+        self.path = os.fspath(path)
+        self.problem = problem
+        super().__init__(f"{self.path}: {problem}")
+
+
+def has_hdf5_signature(path: str | os.PathLike[str]) -> bool:
+    """True when the file starts with the HDF5 superblock signature.
+
+    HDF5 allows a user block of 512 * 2**n bytes before the superblock; fmristore
+    and ModelArray never write one, so offset 0 is enough for guessing.
+    """
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8) == HDF5_SIGNATURE
+    except OSError:
+        return False
+
+
+def open_h5(
+    path: str | os.PathLike[str],
+    mode: str = "r",
+    *,
+    locking: bool | None = None,
+    rdcc_nbytes: int | None = None,
+    **kwargs: Any,
+) -> h5py.File:
+    """Open an HDF5 file, turning h5py's low-level errors into ClusterH5Error.
+
+    This is the opener given to xarray's ``CachingFileManager``: a module-level
+    function, so it pickles by reference into dask workers.
+    """
+    path = os.fspath(path)
+    if mode == "r":
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: no such file")
+        if os.path.isdir(path):
+            raise ClusterH5Error(path, "is a directory, not an HDF5 file")
+        if not has_hdf5_signature(path):
+            raise ClusterH5Error(path, "not an HDF5 file (no HDF5 signature)")
+    if locking is not None:
+        kwargs["locking"] = locking
+    if rdcc_nbytes is not None:
+        kwargs["rdcc_nbytes"] = rdcc_nbytes
+    try:
+        return h5py.File(path, mode, **kwargs)
+    except OSError as err:
+        raise ClusterH5Error(
+            path, f"cannot be opened as HDF5 (truncated or corrupt?): {err}"
+        ) from err
+
+
+def check_local_object(path: str | os.PathLike[str], obj: h5py.HLObject) -> None:
+    """Refuse a dataset that would make HDF5 read another file.
+
+    External links resolve through ``File.get(...)``; virtual datasets and
+    external raw storage are read transparently by libhdf5. Neither belongs
+    in an fmristore or ModelArray file, and following them could read any
+    file the user can read.
+    """
+    if isinstance(obj, h5py.Dataset):
+        if obj.is_virtual:
+            raise ClusterH5Error(
+                path, f"{obj.name} is a virtual dataset; refusing to read other files"
+            )
+        if obj.external:
+            raise ClusterH5Error(
+                path, f"{obj.name} stores its data in external files; refusing"
+            )
+
+
+def get_link(
+    path: str | os.PathLike[str], f: h5py.File | h5py.Group, name: str
+) -> h5py.HLObject | None:
+    """``f[name]`` or None when absent; refuses external and dangling links."""
+    parent = f
+    parts = [p for p in name.split("/") if p]
+    if name.startswith("/"):
+        parent = f.file
+    for part in parts:
+        if not isinstance(parent, h5py.Group) or part not in parent:
+            return None
+        link = parent.get(part, getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise ClusterH5Error(
+                path,
+                f"{parent.name.rstrip('/')}/{part} is an external link to "
+                f"{link.filename}; refusing to follow links into other files",
+            )
+        try:
+            parent = parent[part]
+        except KeyError as err:
+            raise ClusterH5Error(
+                path, f"{parent.name.rstrip('/')}/{part} is a dangling link"
+            ) from err
+    check_local_object(path, parent)
+    return parent
+
+
+def decode_str(value: Any) -> str:
+    """Decode an h5py string value (bytes, str, 0-d or 1-element array) as UTF-8.
+
+    hdf5r flags strings ASCII but R writes its own (normally UTF-8) bytes.
+    """
+    if isinstance(value, np.ndarray):
+        if value.size != 1:
+            raise ValueError(f"expected one string, got shape {value.shape}")
+        value = value.reshape(-1)[0]
+    if isinstance(value, bytes | np.bytes_):
+        return bytes(value).decode("utf-8").rstrip("\x00")
+    return str(value)
+
+
+def read_attr_str(obj: h5py.HLObject, name: str) -> str | None:
+    """A string attribute as hdf5r writes it (1-element array) or a plain scalar."""
+    if name not in obj.attrs:
+        return None
+    return decode_str(obj.attrs[name])
+
+
+def read_attr_bool(obj: h5py.HLObject, name: str) -> bool | None:
+    """A logical attribute (hdf5r enum FALSE/TRUE/NA, h5py bool, or int).
+
+    NA is returned as None, as is a missing attribute.
+    """
+    if name not in obj.attrs:
+        return None
+    value = np.asarray(obj.attrs[name]).reshape(-1)
+    if value.size != 1:
+        return None
+    v = int(value[0])
+    return None if v == 2 else bool(v)
+
+
+def read_strings(path: str | os.PathLike[str], dset: h5py.Dataset) -> np.ndarray:
+    """A string dataset (vlen or fixed, any shape) as a NumPy array of str."""
+    if dset.dtype.kind not in "SOU":
+        raise ClusterH5Error(path, f"{dset.name} should hold strings, not {dset.dtype}")
+    raw = dset[()]
+    arr = np.asarray(raw, dtype=object)
+    out = np.empty(arr.shape, dtype=object)
+    for idx, v in np.ndenumerate(arr):
+        out[idx] = decode_str(v).rstrip()
+    return out.astype(str) if out.size else np.array([], dtype=str)
+
+
+@contextlib.contextmanager
+def atomic_output(
+    path: str | os.PathLike[str], *, overwrite: bool = False, suffix: str = ".tmp"
+) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it into place on success.
+
+    Nothing is overwritten unless ``overwrite=True``; on any exception the
+    temporary file is removed and an existing target is left untouched.
+    """
+    target = Path(path)
+    if target.exists() and not overwrite:
+        raise FileExistsError(f"{target}: exists; pass overwrite=True to replace it")
+    if target.is_dir():
+        raise IsADirectoryError(f"{target}: is a directory")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=suffix, dir=target.parent
+    )
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        # mkstemp creates 0600; give the result the permissions of a normal file
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise

@@ -1,0 +1,156 @@
+"""On-disk vocabulary of the two HDF5 formats: paths, class strings, dtypes.
+
+Nothing here opens a file or imports xarray; every other module takes its
+names from here so that the reader and the writer cannot drift apart.
+
+Shapes are given as h5py sees them: hdf5r (R) reverses every dimension, so an
+R matrix ``[nrow, ncol]`` is stored with h5py shape ``(ncol, nrow)``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Final
+
+import numpy as np
+
+# --------------------------------------------------------------------------
+# fmristore clustered ("parcellated") experiments
+# --------------------------------------------------------------------------
+
+MASK: Final = "/mask"  # uint8 (Z, Y, X)
+CLUSTER_MAP: Final = "/cluster_map"  # int32 (N,), mask order
+VOXEL_COORDS: Final = "/voxel_coords"  # int32 (3, N), 1-based x;y;z rows
+HEADER: Final = "/header"
+CLUSTERS: Final = "/clusters"
+CLUSTER_IDS: Final = "/clusters/cluster_ids"
+CLUSTER_META: Final = "/clusters/cluster_meta"
+SCANS: Final = "/scans"
+
+HEADER_SCALARS: Final = (
+    "quatern_b",
+    "quatern_c",
+    "quatern_d",
+    "qoffset_x",
+    "qoffset_y",
+    "qoffset_z",
+    "qfac",
+)
+SROWS: Final = ("srow_x", "srow_y", "srow_z")
+
+ATTR_SUMMARY_ONLY: Final = "summary_only"
+ATTR_CLASS: Final = "class"
+ATTR_ROOT_CLASS: Final = "fmristore_class"
+ATTR_ROOT_VERSION: Final = "fmristore_version"
+ATTR_N_TIME: Final = "n_time"
+
+CLUSTER_DATASET_RE: Final = re.compile(r"^cluster_(-?[0-9]+)$")
+
+#: Class strings of both generations of fmristore.
+FULL_CLASSES: Final = {"2025": "H5ClusterRun", "2026": "H5ParcellatedScan"}
+SUMMARY_CLASSES: Final = {
+    "2025": "H5ClusterRunSummary",
+    "2026": "H5ParcellatedScanSummary",
+}
+EXPERIMENT_CLASSES: Final = {
+    "2025": "H5ClusterExperiment",
+    "2026": "H5ParcellatedMultiScan",
+}
+GENERATIONS: Final = ("2025", "2026")
+
+#: hdf5r's logical type: an enum over uint8 with these members.
+R_LOGICAL_ENUM: Final = {"FALSE": 0, "TRUE": 1, "NA": 2}
+
+DATA_DTYPE: Final = np.dtype("<f4")
+CLUSTER_MAP_DTYPE: Final = np.dtype("<i4")
+GZIP_LEVEL: Final = 4
+
+
+def scan_path(scan: str) -> str:
+    """Group of one scan."""
+    return f"{SCANS}/{scan}"
+
+
+def cluster_path(scan: str, cluster_id: int) -> str:
+    """Dataset of one cluster of one full scan: float32 ``(T, Nc)``.
+
+    fmristore looks names up with ``sprintf("cluster_%d")``: decimal, never
+    zero-padded.
+    """
+    return f"{SCANS}/{scan}/clusters/cluster_{int(cluster_id)}"
+
+
+def clusters_group(scan: str) -> str:
+    """Group holding the ``cluster_<id>`` datasets of a full scan."""
+    return f"{SCANS}/{scan}/clusters"
+
+
+def summary_path(scan: str) -> str:
+    """Summary dataset of a scan: float32 ``(K, T)``, rows in ascending id order."""
+    return f"{SCANS}/{scan}/clusters_summary/summary_data"
+
+
+def metadata_group(scan: str) -> str:
+    """Group with one dataset per scan-metadata key."""
+    return f"{SCANS}/{scan}/metadata"
+
+
+def r_cluster_chunks(n_time: int, n_voxels: int) -> tuple[int, int]:
+    """fmristore's chunk shape for ``cluster_<id>`` (h5py order ``(T, Nc)``)."""
+    return (max(1, min(n_time, 128)), max(1, min(n_voxels, 1024)))
+
+
+def r_summary_chunks(n_clusters: int, n_time: int) -> tuple[int, int]:
+    """fmristore's chunk shape for ``summary_data`` (h5py order ``(K, T)``)."""
+    return (max(1, min(n_clusters, 256)), max(1, min(n_time, 128)))
+
+
+def generation_of_class(cls: str) -> str | None:
+    """The fmristore generation ("2025"/"2026") a scan or root class belongs to."""
+    for table in (FULL_CLASSES, SUMMARY_CLASSES, EXPERIMENT_CLASSES):
+        for gen, name in table.items():
+            if name == cls:
+                return gen
+    return None
+
+
+# --------------------------------------------------------------------------
+# ModelArray (PennLINC) element-wise HDF5
+# --------------------------------------------------------------------------
+
+MA_GREYORDINATES: Final = "/greyordinates"  # int64 (2, n): vertex_id, structure_id
+MA_SCALARS: Final = "/scalars"
+MA_RESULTS: Final = "/results"
+
+
+def ma_values_path(scalar: str) -> str:
+    """``/scalars/<name>/values``: (n_subjects, n_elements) in h5py order."""
+    return f"{MA_SCALARS}/{scalar}/values"
+
+
+def ma_column_names_path(scalar: str) -> str:
+    """``/scalars/<name>/column_names``: the cohort's ``source_file`` strings."""
+    return f"{MA_SCALARS}/{scalar}/column_names"
+
+
+def ma_results_matrix_path(analysis: str) -> str:
+    """``/results/<analysis>/results_matrix``: (n_stats, n_elements), h5py order."""
+    return f"{MA_RESULTS}/{analysis}/results_matrix"
+
+
+# --------------------------------------------------------------------------
+# Names that end up as HDF5 paths or file names
+# --------------------------------------------------------------------------
+
+
+def check_hdf5_name(name: str, what: str) -> str:
+    """Return ``name`` if it can be one HDF5 link name, else raise ValueError.
+
+    fmristore never sanitises names; a ``/`` would silently create nested
+    groups and ``.`` / ``..`` are not valid link names.
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{what} must be a non-empty string, got {name!r}")
+    if "/" in name or name in (".", "..") or "\x00" in name:
+        raise ValueError(f"{what} {name!r} is not a valid HDF5 name (no '/', NUL, '.')")
+    return name
