@@ -1,0 +1,181 @@
+"""Direct chunk writes must read back through h5py exactly like normal writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from xarray_clusterh5._chunkio import (
+    ChunkWriter,
+    encode_chunk,
+    filter_spec,
+    shuffle_bytes,
+    write_array_chunks,
+)
+
+FILTERS = [
+    pytest.param({"compression": "gzip", "compression_opts": 4}, id="gzip4"),
+    pytest.param({"compression": "gzip", "compression_opts": 0}, id="gzip0"),
+    pytest.param(
+        {"compression": "gzip", "compression_opts": 9, "shuffle": True},
+        id="shuffle-gzip9",
+    ),
+    pytest.param({}, id="nofilter"),
+]
+
+
+@pytest.mark.parametrize("kwargs", FILTERS)
+@pytest.mark.parametrize("dtype", ["<f4", "<i2", "<f8", "|u1"])
+def test_roundtrip_with_edge_chunks(tmp_path: Path, kwargs: dict, dtype: str) -> None:
+    rng = np.random.default_rng(0)
+    # 300 x 70 with chunks 128 x 32: edge chunks in both dimensions
+    arr = (rng.normal(size=(300, 70)) * 50).astype(dtype)
+    with h5py.File(tmp_path / "a.h5", "w") as f:
+        d = f.create_dataset(
+            "x", shape=arr.shape, dtype=dtype, chunks=(128, 32), **kwargs
+        )
+        write_array_chunks(d, arr, threads=2)
+        ref = f.create_dataset(
+            "ref", shape=arr.shape, dtype=dtype, chunks=(128, 32), **kwargs
+        )
+        ref[...] = arr
+    with h5py.File(tmp_path / "a.h5", "r") as f:
+        np.testing.assert_array_equal(f["x"][()], arr)
+        # partial reads of an edge chunk go through HDF5's own filter pipeline
+        np.testing.assert_array_equal(f["x"][290:, 60:], arr[290:, 60:])
+        # same stored size as HDF5's own filter (same bytes for deflate)
+        for off in [(0, 0), (256, 64)]:
+            ours = f["x"].id.read_direct_chunk(off)
+            theirs = f["ref"].id.read_direct_chunk(off)
+            assert ours == theirs
+
+
+def test_encode_chunk_matches_hdf5_filter_bytes(tmp_path: Path) -> None:
+    arr = np.arange(6 * 5, dtype="<f4").reshape(6, 5)
+    with h5py.File(tmp_path / "b.h5", "w") as f:
+        d = f.create_dataset(
+            "x",
+            data=arr,
+            chunks=(4, 4),
+            compression="gzip",
+            compression_opts=4,
+            shuffle=True,
+        )
+        stored = d.id.read_direct_chunk((4, 4))
+    mask, raw = stored
+    assert mask == 0
+    expected = encode_chunk(arr[4:, 4:], (4, 4), level=4, shuffle=True)
+    assert raw == expected
+
+
+def test_shuffle_bytes_is_byte_transpose() -> None:
+    a = np.array([0x01020304, 0x05060708], dtype="<u4")
+    out = shuffle_bytes(a.tobytes(), 4)
+    assert out == bytes([4, 8, 3, 7, 2, 6, 1, 5])
+    assert shuffle_bytes(b"abc", 1) == b"abc"
+
+
+def test_filter_spec_and_refusals(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "c.h5", "w") as f:
+        d = f.create_dataset("g", shape=(4,), dtype="f4", chunks=(2,), compression=3)
+        assert filter_spec(d).level == 3
+        assert filter_spec(d).shuffle is False
+        with pytest.raises(ValueError, match="level 4 differs"):
+            write_array_chunks(d, np.zeros(4), level=4)
+        with pytest.raises(ValueError, match="shape"):
+            write_array_chunks(d, np.zeros(5))
+        contiguous = f.create_dataset("c", shape=(4,), dtype="f4")
+        with pytest.raises(ValueError, match="not chunked"):
+            write_array_chunks(contiguous, np.zeros(4))
+        fl = f.create_dataset("f", shape=(4,), dtype="f4", chunks=(2,), fletcher32=True)
+        with pytest.raises(ValueError, match="not supported"):
+            write_array_chunks(fl, np.zeros(4))
+        lzf = f.create_dataset(
+            "l", shape=(4,), dtype="f4", chunks=(2,), compression="lzf"
+        )
+        with pytest.raises(ValueError, match="not supported"):
+            write_array_chunks(lzf, np.zeros(4))
+
+
+def test_many_datasets_through_one_writer(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    arrays = [
+        rng.normal(size=(rng.integers(1, 200), rng.integers(1, 40))) for _ in range(25)
+    ]
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        with ChunkWriter(threads=2, max_pending=3) as w:
+            for i, a in enumerate(arrays):
+                d = f.create_dataset(
+                    f"d{i}",
+                    shape=a.shape,
+                    dtype="<f4",
+                    chunks=(64, 16),
+                    compression="gzip",
+                    compression_opts=4,
+                    maxshape=(None, None),
+                )
+                w.write(d, a)
+        empty = f.create_dataset(
+            "empty",
+            shape=(0, 3),
+            dtype="<f4",
+            chunks=(1, 3),
+            compression="gzip",
+            maxshape=(None, None),
+        )
+        write_array_chunks(empty, np.zeros((0, 3)))
+    with h5py.File(tmp_path / "d.h5", "r") as f:
+        for i, a in enumerate(arrays):
+            np.testing.assert_array_equal(f[f"d{i}"][()], a.astype("<f4"))
+        assert f["empty"].shape == (0, 3)
+
+
+def _fail_inside(w: ChunkWriter) -> None:
+    with w:
+        raise RuntimeError("boom")
+
+
+def test_error_in_writer_does_not_hang(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "e.h5", "w") as f:
+        d = f.create_dataset("x", shape=(10,), dtype="f4", chunks=(3,), compression=1)
+        w = ChunkWriter(threads=2)
+        w.write(d, np.ones(10))
+        # an error inside the block cancels pending chunks and re-raises
+        with pytest.raises(RuntimeError, match="boom"):
+            _fail_inside(w)
+        assert not w._pending
+
+
+@given(
+    arr=hnp.arrays(
+        dtype=st.sampled_from([np.dtype("<f4"), np.dtype("<i4"), np.dtype("<u2")]),
+        shape=hnp.array_shapes(min_dims=1, max_dims=3, min_side=1, max_side=9),
+    ),
+    data=st.data(),
+)
+def test_property_any_shape_and_chunks(tmp_path_factory, arr, data) -> None:
+    chunks = tuple(data.draw(st.integers(1, n + 2)) for n in arr.shape)
+    level = data.draw(st.sampled_from([None, 0, 1, 4]))
+    shuffle = level is not None and data.draw(st.booleans())
+    kwargs = {} if level is None else {"compression": "gzip", "compression_opts": level}
+    path = tmp_path_factory.mktemp("prop") / "p.h5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset(
+            "x",
+            shape=arr.shape,
+            dtype=arr.dtype,
+            chunks=chunks,
+            shuffle=shuffle,
+            maxshape=(None,) * arr.ndim,
+            **kwargs,
+        )
+        write_array_chunks(d, arr, threads=2)
+    with h5py.File(path, "r") as f:
+        back = f["x"][()]
+    np.testing.assert_array_equal(back, arr)
