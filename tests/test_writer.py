@@ -1,0 +1,490 @@
+"""write_experiment against the R-written fixtures, round trips and bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import h5py
+import hypothesis.extra.numpy as hnp
+import numpy as np
+import pytest
+from _fmristore_listing import fixture_content, listing
+from conftest import FMRISTORE, FMRISTORE_FIXTURES, fmristore_expected, fmristore_path
+from hypothesis import given
+from hypothesis import strategies as st
+from nibabel.quaternions import quat2mat
+
+from xarray_clusterh5.writer import Run, affine_to_header, write_experiment
+
+QFIELDS = ("qoffset_x", "qoffset_y", "qoffset_z", "quatern_b", "quatern_c", "quatern_d")
+HEAD_OF = {"vignette": "vignette_head", "irregular": "irregular_head"}
+
+
+def _reference(stem: str) -> dict[str, dict]:
+    """The fixture author's h5py listing of the R-written file."""
+    entries = json.loads((FMRISTORE / f"{stem}.h5ls.json").read_text())
+    return {e["path"]: e for e in entries}
+
+
+def _compare_with_reference(ours: dict[str, dict], ref: dict[str, dict]) -> None:
+    assert sorted(ours) == sorted(ref)
+    for p, entry in ref.items():
+        for key, value in entry.items():
+            if key == "storage_size_bytes":  # compressed sizes may differ
+                continue
+            assert ours[p][key] == value, (p, key)
+
+
+# --------------------------------------------------------------------------
+# layout equals R's
+# --------------------------------------------------------------------------
+
+
+def test_fixture_layout_matches_r_listing(tmp_path: Path, fixture_name: str) -> None:
+    kw = fixture_content(fmristore_path(fixture_name))
+    out = write_experiment(tmp_path / "ours.h5", summary_only="r", **kw)
+    ours = listing(out)
+    _compare_with_reference(ours, _reference(fixture_name))
+    # what the published listing does not record: maxshape, and every value
+    r_side = listing(fmristore_path(fixture_name))
+    for p, entry in r_side.items():
+        assert ours[p].get("maxshape") == entry.get("maxshape"), p
+    with h5py.File(out) as a, h5py.File(fmristore_path(fixture_name)) as b:
+
+        def same(name: str, obj: h5py.HLObject) -> None:
+            if isinstance(obj, h5py.Dataset):
+                np.testing.assert_array_equal(a[name][()], obj[()], err_msg=name)
+
+        b.visititems(same)
+
+
+@pytest.mark.parametrize("legacy", sorted(HEAD_OF))
+def test_both_generations_from_one_content(tmp_path: Path, legacy: str) -> None:
+    """2025 content written as "2026" gives HEAD's listing, and back."""
+    kw = fixture_content(fmristore_path(legacy))
+    kw.update(format="2026", fmristore_version="0.1.0.9000")
+    out = write_experiment(tmp_path / "head.h5", summary_only="r", **kw)
+    _compare_with_reference(listing(out), _reference(HEAD_OF[legacy]))
+    kw = fixture_content(fmristore_path(HEAD_OF[legacy]))
+    kw.update(format="2025", fmristore_version=None)
+    out = write_experiment(tmp_path / "old.h5", summary_only="r", **kw)
+    _compare_with_reference(listing(out), _reference(legacy))
+
+
+def test_default_summary_only_rule(tmp_path: Path) -> None:
+    kw = fixture_content(fmristore_path("irregular_head"))
+    mixed = write_experiment(tmp_path / "mixed.h5", **kw)
+    with h5py.File(mixed) as f:
+        assert "summary_only" not in f["scans"].attrs  # both R generations: "prefer"
+    full_only = {k: v for k, v in kw["runs"].items() if v.data is not None}
+    kw_full = {**kw, "runs": full_only}
+    kw_full["scan_metadata"] = {
+        k: kw["scan_metadata"][k] for k in full_only if k in kw["scan_metadata"]
+    }
+    out = write_experiment(tmp_path / "full.h5", **kw_full)
+    with h5py.File(out) as f:
+        assert "summary_only" not in f["scans"].attrs
+    summ = {"beta_summary": kw["runs"]["beta_summary"]}
+    out = write_experiment(
+        tmp_path / "summ.h5", **{**kw, "runs": summ, "scan_metadata": None}
+    )
+    attr = listing(out)["/scans"]["attrs"]["summary_only"]
+    assert attr == {
+        "value": [1],
+        "dtype": {"numpy": "uint8", "h5_class": "ENUM", "size": 1},
+        "shape": [1],
+    }
+    with h5py.File(out) as f:
+        tid = f["scans"].attrs.get_id("summary_only").get_type()
+        members = {
+            tid.get_member_name(i).decode(): tid.get_member_value(i)
+            for i in range(tid.get_nmembers())
+        }
+        assert members == {"FALSE": 0, "TRUE": 1, "NA": 2}
+        assert tid.get_super().get_precision() == 2
+    out = write_experiment(tmp_path / "forced.h5", summary_only=False, **kw)
+    assert listing(out)["/scans"]["attrs"]["summary_only"]["value"] == [0]
+
+
+def test_values_as_r_reads_them(tmp_path: Path) -> None:
+    """R's own series() output (expected CSVs) from our file, via mask order."""
+    kw = fixture_content(fmristore_path("irregular"))
+    out = write_experiment(tmp_path / "irr.h5", **kw)
+    expected = fmristore_expected("irregular")
+    with h5py.File(out) as f:
+        cmap = f["cluster_map"][()]
+        lin = np.flatnonzero(f["mask"][()].ravel()) + 1
+        np.testing.assert_array_equal(lin, expected["mask"]["in_mask_linear_index_1based"])
+        np.testing.assert_array_equal(cmap, expected["clusters"]["cluster_map"])
+        for scan in ("zeta_full", "alpha_full", "Mid_full"):
+            csv = FMRISTORE / f"irregular.expected.series.{scan}.csv"
+            # rows are time points, columns mask indices 1..N (R's series())
+            r_series = np.loadtxt(csv, delimiter=",", dtype=np.float32)
+            ours = np.empty_like(r_series)
+            for cid in np.unique(cmap):
+                cols = np.flatnonzero(cmap == cid)
+                ours[:, cols] = f[f"scans/{scan}/clusters/cluster_{cid}"][()]
+            np.testing.assert_array_equal(ours, r_series)
+
+
+# --------------------------------------------------------------------------
+# the affine
+# --------------------------------------------------------------------------
+
+
+def _r_quatern_to_matrix(header: h5py.Group) -> np.ndarray:
+    """neuroim2's quaternToMatrix on the fields R reads."""
+    b, c, d = (float(header[n][()]) for n in ("quatern_b", "quatern_c", "quatern_d"))
+    a = np.sqrt(max(0.0, 1 - b * b - c * c - d * d))
+    rot = quat2mat([a, b, c, d])
+    qfac = float(header["qfac"][()])
+    rot[:, 2] *= qfac
+    out = np.eye(4)
+    out[:3, :3] = rot * header["pixdim"][1:4]
+    out[:3, 3] = [header[n][()] for n in ("qoffset_x", "qoffset_y", "qoffset_z")]
+    return out
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_true_affine_stored(tmp_path: Path, flip: bool) -> None:
+    theta = 0.3
+    rot = np.array(
+        [
+            [np.cos(theta), -np.sin(theta), 0],
+            [np.sin(theta), np.cos(theta), 0],
+            [0, 0, 1],
+        ]
+    )
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([2.5, 2.5, 3.0 * (-1 if flip else 1)])
+    affine[:3, 3] = [-30.0, -42.5, 12.0]
+    mask = np.zeros((4, 3, 2), dtype=bool)
+    mask[1:3, :, :] = True
+    out = write_experiment(
+        tmp_path / "aff.h5",
+        mask=mask,
+        cluster_map=np.ones(mask.sum(), dtype=int),
+        runs={"r": np.zeros((mask.sum(), 3))},
+        affine=affine,
+    )
+    with h5py.File(out) as f:
+        h = f["header"]
+        np.testing.assert_allclose(_r_quatern_to_matrix(h), affine, atol=1e-12)
+        srow = np.vstack([h[s][()] for s in ("srow_x", "srow_y", "srow_z")])
+        np.testing.assert_array_equal(srow, affine[:3])
+        assert h["srow_x"].dtype == np.dtype("<f8")
+        assert h["srow_x"].shape == (4,)
+        assert float(h["qfac"][()]) == (-1.0 if flip else 1.0)
+        np.testing.assert_allclose(h["pixdim"][()], [0, 2.5, 2.5, 3.0, 0, 0, 0, 0])
+    fields, zooms = affine_to_header(affine)
+    assert zooms == pytest.approx((2.5, 2.5, 3.0))
+    assert fields["qoffset_y"] == -42.5
+
+
+def test_no_affine_is_r_header(tmp_path: Path) -> None:
+    mask = np.ones((2, 2, 2), dtype=bool)
+    out = write_experiment(
+        tmp_path / "r.h5",
+        mask=mask,
+        cluster_map=np.arange(1, 9),
+        runs={},
+        spacing=(2.0, 2.0, 2.0),
+    )
+    with h5py.File(out) as f:
+        h = f["header"]
+        assert sorted(h) == sorted(["dim", "pixdim", "qfac", *QFIELDS])
+        assert all(float(h[n][()]) == 0.0 for n in ("quatern_b", "qoffset_z"))
+        assert float(h["qfac"][()]) == 1.0
+        np.testing.assert_array_equal(h["dim"][()], [4, 2, 2, 2, 0, 1, 1, 1])
+
+
+# --------------------------------------------------------------------------
+# atomic writes
+# --------------------------------------------------------------------------
+
+
+def _tiny(**extra: object) -> dict:
+    mask = np.zeros((3, 3, 2), dtype=bool)
+    mask[0, :, 0] = True
+    mask[2, 1, 1] = True
+    kw: dict = {
+        "mask": mask,
+        "cluster_map": np.array([1, 2, 1, 2]),
+        "runs": {"rest": np.arange(4 * 5, dtype=float).reshape(4, 5)},
+    }
+    kw.update(extra)
+    return kw
+
+
+def test_overwrite_and_atomicity(tmp_path: Path) -> None:
+    target = tmp_path / "out.h5"
+    write_experiment(target, **_tiny())
+    before = target.read_bytes()
+    with pytest.raises(FileExistsError):
+        write_experiment(target, **_tiny())
+
+    def exploding(cid: int) -> np.ndarray:
+        if cid == 2:
+            raise RuntimeError("disk on fire")
+        return np.zeros((2, 5))
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_experiment(target, overwrite=True, **_tiny(runs={"rest": exploding}))
+    assert target.read_bytes() == before
+    assert sorted(os.listdir(tmp_path)) == ["out.h5"]  # no temporary left
+    write_experiment(target, overwrite=True, **_tiny(runs={"other": np.ones((4, 2))}))
+    with h5py.File(target) as f:
+        assert list(f["scans"]) == ["other"]
+
+
+# --------------------------------------------------------------------------
+# bad inputs
+# --------------------------------------------------------------------------
+
+BAD = [
+    ({"cluster_map": np.array([1, 2, 1])}, "3 entries but the mask has 4"),
+    ({"cluster_map": np.array([1.0, np.nan, 1, 2])}, "NaN"),
+    ({"cluster_map": np.array([1.0, 2.5, 1, 2])}, "non-integer"),
+    ({"cluster_map": np.array([0, 2, 1, 2])}, "<= 0"),
+    ({"runs": {"a/b": np.zeros((4, 2))}}, "not a valid HDF5 name"),
+    ({"runs": {"..": np.zeros((4, 2))}}, "not a valid HDF5 name"),
+    ({"runs": [("a", np.zeros((4, 2))), ("a", np.zeros((4, 2)))]}, "duplicate scan"),
+    ({"runs": {"a": np.zeros((3, 2))}}, "expected \\(n_mask_voxels=4"),
+    ({"runs": {"a": {1: np.zeros((2, 3))}}}, "no data for cluster ids \\[2\\]"),
+    (
+        {
+            "runs": {
+                "a": {1: np.zeros((2, 3)), 2: np.zeros((2, 3)), 7: np.zeros((1, 3))}
+            }
+        },
+        "cluster ids \\[7\\] missing from the cluster map",
+    ),
+    (
+        {"runs": {"a": {1: np.zeros((2, 3)), 2: np.zeros((3, 3))}}},
+        "expected \\(2, T\\)",
+    ),
+    ({"runs": {"a": {1: np.zeros((2, 3)), 2: np.zeros((2, 4))}}}, "different numbers"),
+    ({"runs": {"a": Run(summary=np.zeros((3, 4)))}}, "expected \\(n_clusters=2"),
+    ({"runs": {"a": Run()}}, "neither data nor summary"),
+    ({"scan_metadata": {"rest": {"task": "réste"}}}, "non-ASCII"),
+    ({"scan_metadata": {"rest": {"bad/key": 1}}}, "not a valid HDF5 name"),
+    ({"scan_metadata": {"nope": {"a": 1}}}, "not in runs"),
+    ({"scan_metadata": {"rest": {"n_time": 7}}}, "n_time=7"),
+    ({"scan_metadata": {"rest": {"x": None}}}, "None"),
+    ({"scan_metadata": {"rest": {"x": np.zeros((2, 2))}}}, "only scalars and 1-D"),
+    ({"cluster_metadata": {"name": ["a", "b"]}}, "needs a 'cluster_id' column"),
+    ({"cluster_metadata": {"cluster_id": [1, 2, 3]}}, "\\[3\\] missing from the"),
+    (
+        {"cluster_metadata": {"cluster_id": [1]}},
+        "\\[2\\] of the cluster map are missing",
+    ),
+    ({"cluster_metadata": {"cluster_id": [1, 1]}}, "duplicate cluster ids"),
+    ({"cluster_metadata": {"cluster_id": [1, 2], "x": [1.0]}}, "differ in length"),
+    ({"format": "2024"}, "format must be"),
+    ({"compression": 11}, "gzip level"),
+    ({"chunks": {"times": 3}}, "unknown chunk keys"),
+    ({"affine": np.eye(3)}, "4x4"),
+    ({"affine": np.diag([2.0, 2, 2, 1]), "spacing": (1, 1, 1)}, "disagrees"),
+    ({"mask": np.ones((2, 2))}, "3-D"),
+    ({"mask": np.zeros((2, 2, 2), dtype=bool), "cluster_map": []}, "empty"),
+]
+
+
+@pytest.mark.parametrize(("change", "message"), BAD)
+def test_bad_input_is_named(tmp_path: Path, change: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        write_experiment(tmp_path / "bad.h5", **_tiny(**change))
+    assert not (tmp_path / "bad.h5").exists()
+    assert os.listdir(tmp_path) == []
+
+
+def test_labelled_mask_and_boolean_without_map(tmp_path: Path) -> None:
+    labels = np.zeros((3, 2, 2), dtype=np.int16)
+    labels[0, 0, 0] = 5
+    labels[2, 1, 1] = 3
+    labels[1, 0, 1] = 5
+    out = write_experiment(
+        tmp_path / "lab.h5", mask=labels, runs={"a": np.ones((3, 2))}
+    )
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["cluster_map"][()], [5, 5, 3])
+        np.testing.assert_array_equal(f["clusters/cluster_ids"][()], [3, 5])
+        np.testing.assert_array_equal(
+            f["voxel_coords"][()], [[1, 2, 3], [1, 1, 2], [1, 2, 2]]
+        )
+    with pytest.raises(ValueError, match="cluster_map is required"):
+        write_experiment(tmp_path / "x.h5", mask=labels > 0, runs={})
+    with pytest.raises(ValueError, match="NaN"):
+        write_experiment(
+            tmp_path / "x.h5", mask=np.where(labels > 0, np.nan, 0.0), runs={}
+        )
+
+
+def test_id_zero_warn_and_non_ascii_utf8(tmp_path: Path) -> None:
+    kw = _tiny(
+        cluster_map=np.array([0, 2, 0, 2]),
+        scan_metadata={"rest": {"task": "réste"}},
+        nonpositive_ids="warn",
+        non_ascii="utf8",
+    )
+    with pytest.warns(UserWarning, match="<= 0|non-ASCII") as record:
+        out = write_experiment(tmp_path / "w.h5", **kw)
+    messages = " ".join(str(w.message) for w in record)
+    assert "<= 0" in messages
+    assert "non-ASCII" in messages
+    with h5py.File(out) as f:
+        assert f["scans/rest/metadata/task"][()].decode("utf-8") == "réste"
+        assert "cluster_0" in f["scans/rest/clusters"]
+
+
+def test_single_cluster_and_single_voxel(tmp_path: Path) -> None:
+    mask = np.zeros((2, 2, 2), dtype=bool)
+    mask[1, 1, 1] = True
+    out = write_experiment(
+        tmp_path / "one.h5",
+        mask=mask,
+        cluster_map=[4],
+        runs={"a": np.ones((1, 3)), "b": Run(summary=np.ones((1, 3)))},
+        cluster_metadata={"cluster_id": [4], "name": ["only"]},
+        scan_metadata={"a": {"v": [1.5], "flag": True, "n": 3}},
+    )
+    with h5py.File(out) as f:
+        assert f["cluster_map"].shape == (1,)  # R's reader needs 1-D
+        assert f["clusters/cluster_ids"].shape == ()  # as hdf5r writes K = 1
+        assert f["clusters/cluster_meta/name"].shape == ()
+        assert f["scans/a/metadata/v"].shape == ()
+        assert f["scans/a/metadata/flag"].dtype == np.int8
+        assert f["scans/a/metadata/n"].dtype == np.dtype("<i4")
+        assert f["scans/a/clusters/cluster_4"].shape == (3, 1)
+        assert f["scans/a"].attrs["class"][0] == "H5ParcellatedScan"
+        assert f["scans/b"].attrs["class"][0] == "H5ParcellatedScanSummary"
+
+
+def test_compression_and_chunk_options(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).normal(size=(4, 300))
+    out = write_experiment(
+        tmp_path / "c.h5",
+        **_tiny(runs={"rest": data}),
+        compression=0,
+        chunks={"time": 100, "voxel": 1},
+    )
+    with h5py.File(out) as f:
+        d = f["scans/rest/clusters/cluster_1"]
+        assert d.compression_opts == 0
+        assert d.chunks == (100, 1)
+        np.testing.assert_array_equal(d[()], data[[0, 2]].T.astype(np.float32))
+    out = write_experiment(tmp_path / "n.h5", **_tiny(), compression=None)
+    with h5py.File(out) as f:
+        d = f["scans/rest/clusters/cluster_2"]
+        assert d.compression is None
+        assert d.chunks == (5, 2)
+
+
+def test_streaming_reads_one_cluster_at_a_time(tmp_path: Path) -> None:
+    """Mapping items are materialised one at a time, in ascending id order."""
+    seen: list[int] = []
+
+    class Lazy:
+        def __init__(self, cid: int, n: int) -> None:
+            self.cid, self.shape, self.ndim = cid, (n, 4), 2
+
+        def __array__(self, dtype=None, copy=None):
+            seen.append(self.cid)
+            return np.full(self.shape, self.cid, dtype=dtype or float)
+
+    out = write_experiment(
+        tmp_path / "s.h5", **_tiny(runs={"rest": {2: Lazy(2, 2), 1: Lazy(1, 2)}})
+    )
+    assert seen == [1, 2]
+    with h5py.File(out) as f:
+        assert np.all(f["scans/rest/clusters/cluster_2"][()] == 2)
+
+
+def test_pandas_cluster_metadata(tmp_path: Path) -> None:
+    pd = pytest.importorskip("pandas")
+    table = pd.DataFrame(
+        {"cluster_id": [2, 1], "label": ["b", "a"], "cortical": [True, False]}
+    )
+    out = write_experiment(tmp_path / "p.h5", **_tiny(), cluster_metadata=table)
+    with h5py.File(out) as f:
+        g = f["clusters/cluster_meta"]
+        np.testing.assert_array_equal(g["cluster_id"][()], [2, 1])  # caller's order
+        assert g["label"].asstr()[()].tolist() == ["b", "a"]
+        assert g["cortical"].dtype == np.int8
+
+
+# --------------------------------------------------------------------------
+# property: anything written reads back in mask order
+# --------------------------------------------------------------------------
+
+
+@st.composite
+def experiments(draw: st.DrawFn) -> dict:
+    shape = draw(st.tuples(*[st.integers(1, 5)] * 3))
+    mask = draw(hnp.arrays(bool, shape)) | _one_voxel(shape)
+    n = int(mask.sum())
+    cmap = draw(hnp.arrays(np.int32, n, elements=st.integers(1, 6)))
+    n_runs = draw(st.integers(0, 3))
+    runs = {}
+    for r in range(n_runs):
+        t = draw(st.integers(1, 6))
+        kind = draw(st.sampled_from(["full", "summary", "both"]))
+        data = draw(
+            hnp.arrays(np.float32, (n, t), elements=st.floats(-1e3, 1e3, width=32))
+        )
+        k = len(np.unique(cmap))
+        summ = draw(
+            hnp.arrays(np.float32, (k, t), elements=st.floats(-1e3, 1e3, width=32))
+        )
+        runs[f"run{r}"] = Run(
+            data=data if kind != "summary" else None,
+            summary=summ if kind != "full" else None,
+        )
+    return {"mask": mask, "cluster_map": cmap, "runs": runs}
+
+
+def _one_voxel(shape: tuple[int, int, int]) -> np.ndarray:
+    m = np.zeros(shape, dtype=bool)
+    m[0, 0, 0] = True
+    return m
+
+
+@given(exp=experiments())
+def test_property_write_read_back(tmp_path_factory, exp: dict) -> None:
+    path = tmp_path_factory.mktemp("prop") / "p.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_experiment(path, **exp, threads=2)
+    mask, cmap = exp["mask"], exp["cluster_map"]
+    with h5py.File(path) as f:
+        np.testing.assert_array_equal(f["mask"][()], mask.transpose(2, 1, 0))
+        # mask order: x fastest
+        lin = np.flatnonzero(f["mask"][()].ravel())
+        np.testing.assert_array_equal(lin, np.flatnonzero(mask.ravel(order="F")))
+        np.testing.assert_array_equal(f["cluster_map"][()], cmap)
+        ids = np.unique(cmap)
+        np.testing.assert_array_equal(np.atleast_1d(f["clusters/cluster_ids"][()]), ids)
+        all_summary = bool(exp["runs"]) and all(
+            r.data is None for r in exp["runs"].values()
+        )
+        assert ("summary_only" in f["scans"].attrs) == all_summary
+        for name, run in exp["runs"].items():
+            g = f["scans"][name]
+            if run.data is not None:
+                for cid in ids:
+                    got = g[f"clusters/cluster_{cid}"][()]
+                    np.testing.assert_array_equal(got, run.data[cmap == cid].T)
+            if run.summary is not None:
+                np.testing.assert_array_equal(
+                    g["clusters_summary/summary_data"][()], run.summary
+                )
+            assert ("clusters" in g) == (run.data is not None)
+
+
+def test_fixture_list_is_complete() -> None:
+    assert sorted(FMRISTORE_FIXTURES) == sorted(
+        p.name.removesuffix(".h5") for p in FMRISTORE.glob("*.h5")
+    )
