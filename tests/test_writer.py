@@ -117,7 +117,8 @@ def test_values_as_r_reads_them(tmp_path: Path) -> None:
     with h5py.File(out) as f:
         cmap = f["cluster_map"][()]
         lin = np.flatnonzero(f["mask"][()].ravel()) + 1
-        np.testing.assert_array_equal(lin, expected["mask"]["in_mask_linear_index_1based"])
+        r_lin = expected["mask"]["in_mask_linear_index_1based"]
+        np.testing.assert_array_equal(lin, r_lin)
         np.testing.assert_array_equal(cmap, expected["clusters"]["cluster_map"])
         for scan in ("zeta_full", "alpha_full", "Mid_full"):
             csv = FMRISTORE / f"irregular.expected.series.{scan}.csv"
