@@ -44,11 +44,13 @@ from dask.base import tokenize
 
 from xarray_clusterh5 import _layout, cifti, modelarray_io
 from xarray_clusterh5._h5 import ClusterH5Error, atomic_output
+from xarray_clusterh5._modelarray_backend import (
+    ELEMENT_DIM,
+    GROUP_ATTR,
+    NAME_ATTR,
+    SOURCES_ATTR,
+)
 
-GROUP_ATTR = "modelarray_group"
-SOURCES_ATTR = "modelarray_sources"
-NAME_ATTR = "modelarray_name"
-ELEMENT_DIM = "element"
 DEFAULT_BATCH = 64
 
 _NIFTI_SUFFIXES = (".nii", ".nii.gz")
