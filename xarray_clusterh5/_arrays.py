@@ -1,0 +1,250 @@
+"""Lazy arrays over the per-cluster datasets, for xarray's explicit indexing.
+
+Each array keeps only a file manager, a lock and small NumPy metadata, so it
+pickles into dask tasks (process workers included) without an h5py object.
+Every read of one ``__getitem__`` happens inside one lock acquisition.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import h5py
+import numpy as np
+from xarray.backends import BackendArray
+from xarray.backends.file_manager import FileManager
+from xarray.core import indexing
+
+from xarray_clusterh5 import reader
+
+_F32 = np.dtype("float32")
+
+
+def _axis(key: Any, size: int) -> tuple[np.ndarray, bool]:
+    """Indices selected along one axis and whether the axis is kept."""
+    if isinstance(key, int | np.integer):
+        k = int(key)
+        return np.array([k + size if k < 0 else k], dtype=np.int64), False
+    if isinstance(key, slice):
+        return np.arange(size, dtype=np.int64)[key], True
+    return np.asarray(key, dtype=np.int64).reshape(-1), True
+
+
+def _window(idx: np.ndarray) -> tuple[slice, np.ndarray | None]:
+    """Covering slice of sorted indices, and the local picks if not contiguous."""
+    lo, hi = int(idx[0]), int(idx[-1]) + 1
+    if hi - lo == len(idx):
+        return slice(lo, hi), None
+    return slice(lo, hi), idx - lo
+
+
+def _finish(out: np.ndarray, keep: list[bool]) -> np.ndarray:
+    return out[tuple(slice(None) if k else 0 for k in keep)]
+
+
+class _ClusterArray(BackendArray):
+    """Shared plumbing: file access under the lock, and explicit indexing."""
+
+    indexing_support = indexing.IndexingSupport.OUTER
+    dtype = _F32
+
+    def __init__(self, manager: FileManager, lock: Any, path: str) -> None:
+        self.manager = manager
+        self.lock = lock
+        self.path = path
+
+    @contextlib.contextmanager
+    def _file(self) -> Iterator[h5py.File]:
+        with self.lock, self.manager.acquire_context(needs_lock=False) as f:
+            yield f
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, self.indexing_support, self._raw_indexing_method
+        )
+
+    def _raw_indexing_method(self, key: tuple[Any, ...]) -> np.ndarray:
+        raise NotImplementedError
+
+    def _read_voxels(
+        self,
+        f: h5py.File,
+        scan: str,
+        cluster_id: int,
+        n_voxels: int,
+        n_time: int,
+        v_idx: np.ndarray,
+        t_idx: np.ndarray,
+    ) -> np.ndarray:
+        """``(len(v_idx), len(t_idx))`` values of one cluster dataset."""
+        v_sl, v_pick = _window(v_idx)
+        t_sl, t_pick = _window(t_idx)
+        dset = reader.cluster_dataset(f, self.path, scan, cluster_id, n_voxels, n_time)
+        block = reader.read_window(dset, (t_sl, v_sl)).T  # on disk (T, Nc)
+        if v_pick is not None:
+            block = block[v_pick]
+        if t_pick is not None:
+            block = block[:, t_pick]
+        return block
+
+
+class RunVoxelArray(_ClusterArray):
+    """``data(voxel, time)`` of one full scan, voxels cluster by cluster."""
+
+    def __init__(
+        self,
+        manager: FileManager,
+        lock: Any,
+        path: str,
+        scan: str,
+        cluster_ids: np.ndarray,
+        n_voxels: np.ndarray,
+        n_time: int,
+    ) -> None:
+        super().__init__(manager, lock, path)
+        self.scan = scan
+        self.cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
+        self.n_voxels = np.asarray(n_voxels, dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(self.n_voxels)])
+        self.shape = (int(self.offsets[-1]), int(n_time))
+
+    def _raw_indexing_method(self, key: tuple[Any, ...]) -> np.ndarray:
+        v_idx, keep_v = _axis(key[0], self.shape[0])
+        t_idx, keep_t = _axis(key[1], self.shape[1])
+        out = np.empty((len(v_idx), len(t_idx)), dtype=_F32)
+        if out.size == 0:
+            return _finish(out, [keep_v, keep_t])
+        # requested voxels are sorted: each cluster is one contiguous run of them
+        pos = np.searchsorted(self.offsets, v_idx, side="right") - 1
+        starts = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1]])
+        stops = np.r_[starts[1:], len(pos)]
+        with self._file() as f:
+            for a, b in zip(starts, stops, strict=True):
+                c = int(pos[a])
+                out[a:b] = self._read_voxels(
+                    f,
+                    self.scan,
+                    int(self.cluster_ids[c]),
+                    int(self.n_voxels[c]),
+                    self.shape[1],
+                    v_idx[a:b] - self.offsets[c],
+                    t_idx,
+                )
+        return _finish(out, [keep_v, keep_t])
+
+
+class PaddedVoxelArray(_ClusterArray):
+    """``data(run, cluster, voxel, time)``: NaN outside each cluster and run.
+
+    Padding is produced in memory; a request that lies wholly in padding
+    touches no file.
+    """
+
+    def __init__(
+        self,
+        manager: FileManager,
+        lock: Any,
+        path: str,
+        scans: tuple[str, ...],
+        has_data: np.ndarray,
+        n_time: np.ndarray,
+        cluster_ids: np.ndarray,
+        n_voxels: np.ndarray,
+    ) -> None:
+        super().__init__(manager, lock, path)
+        self.scans = tuple(scans)
+        self.has_data = np.asarray(has_data, dtype=bool)
+        self.n_time = np.asarray(n_time, dtype=np.int64)
+        self.cluster_ids = np.asarray(cluster_ids, dtype=np.int64)
+        self.n_voxels = np.asarray(n_voxels, dtype=np.int64)
+        self.shape = (
+            len(self.scans),
+            len(self.cluster_ids),
+            int(self.n_voxels.max(initial=0)),
+            int(self.n_time.max(initial=0)),
+        )
+
+    def _raw_indexing_method(self, key: tuple[Any, ...]) -> np.ndarray:
+        axes = [_axis(k, n) for k, n in zip(key, self.shape, strict=True)]
+        (r_idx, _), (c_idx, _), (v_idx, _), (t_idx, _) = axes
+        keep = [k for _, k in axes]
+        out = np.full((len(r_idx), len(c_idx), len(v_idx), len(t_idx)), np.nan, _F32)
+        jobs = []
+        for a, r in enumerate(r_idx):
+            if not self.has_data[r]:
+                continue
+            nt = int(np.searchsorted(t_idx, self.n_time[r]))  # indices are sorted
+            if nt == 0:
+                continue
+            for b, c in enumerate(c_idx):
+                nv = int(np.searchsorted(v_idx, self.n_voxels[c]))
+                if nv:
+                    jobs.append((a, int(r), b, int(c), nv, nt))
+        if jobs:
+            with self._file() as f:
+                for a, r, b, c, nv, nt in jobs:
+                    out[a, b, :nv, :nt] = self._read_voxels(
+                        f,
+                        self.scans[r],
+                        int(self.cluster_ids[c]),
+                        int(self.n_voxels[c]),
+                        int(self.n_time[r]),
+                        v_idx[:nv],
+                        t_idx[:nt],
+                    )
+        return _finish(out, keep)
+
+
+class SummaryArray(_ClusterArray):
+    """``summary(run, cluster, time)`` (padded) or ``summary(cluster, time)``."""
+
+    def __init__(
+        self,
+        manager: FileManager,
+        lock: Any,
+        path: str,
+        scans: tuple[str, ...],
+        has_summary: np.ndarray,
+        n_time: np.ndarray,
+        n_clusters: int,
+        *,
+        squeeze_run: bool = False,
+    ) -> None:
+        super().__init__(manager, lock, path)
+        self.scans = tuple(scans)
+        self.has_summary = np.asarray(has_summary, dtype=bool)
+        self.n_time = np.asarray(n_time, dtype=np.int64)
+        self.squeeze_run = squeeze_run
+        full = (len(self.scans), int(n_clusters), int(self.n_time.max(initial=0)))
+        self.shape = full[1:] if squeeze_run else full
+
+    def _raw_indexing_method(self, key: tuple[Any, ...]) -> np.ndarray:
+        if self.squeeze_run:
+            key = (0, *key)
+        shape = (len(self.scans), *self.shape[-2:])
+        axes = [_axis(k, n) for k, n in zip(key, shape, strict=True)]
+        (r_idx, _), (c_idx, _), (t_idx, _) = axes
+        keep = [k for _, k in axes]
+        out = np.full((len(r_idx), len(c_idx), len(t_idx)), np.nan, _F32)
+        if len(c_idx) == 0:
+            return _finish(out, keep)
+        c_sl, c_pick = _window(c_idx)
+        jobs = []
+        for a, r in enumerate(r_idx):
+            nt = int(np.searchsorted(t_idx, self.n_time[r]))
+            if self.has_summary[r] and nt:
+                jobs.append((a, int(r), nt))
+        if jobs:
+            with self._file() as f:
+                for a, r, nt in jobs:
+                    t_sl, t_pick = _window(t_idx[:nt])
+                    dset = reader.summary_dataset(f, self.path, self.scans[r])
+                    block = reader.read_window(dset, (c_sl, t_sl))
+                    if c_pick is not None:
+                        block = block[c_pick]
+                    if t_pick is not None:
+                        block = block[:, t_pick]
+                    out[a, :, :nt] = block
+        return _finish(out, keep)
