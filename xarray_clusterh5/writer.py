@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -64,9 +64,13 @@ class Run:
         * a mapping ``{cluster_id: (n_voxels_in_cluster, T) array-like}``,
           each cluster's voxels in mask order; items are materialised one at
           a time;
-        * a callable ``cluster_id -> (n_voxels_in_cluster, T) array-like``.
+        * a callable ``cluster_id -> (n_voxels_in_cluster, T) array-like``;
+        * an iterator of ``(cluster_id, (n_voxels_in_cluster, T))`` pairs in
+          any order, each id exactly once (for producers such as dask that
+          finish blocks out of order).
     summary
-        (K, T) array-like, one row per cluster in ascending id order.
+        (K, T) array-like, one row per cluster in ascending id order, or a
+        callable returning it (called after the scan's data is written).
     """
 
     data: BlockSource | None = None
@@ -340,8 +344,11 @@ class _FullSource:
         self.n_time: int | None = None
         self._array: Any = None
         self._get: Callable[[int], Any]
+        self._iter: Any = None
         n = geom.mask_index.size
-        if callable(data) and not hasattr(data, "shape"):
+        if hasattr(data, "__next__"):
+            self._iter = data
+        elif callable(data) and not hasattr(data, "shape"):
             self._get = data
         elif isinstance(data, Mapping):
             keys = {int(k) for k in data}
@@ -395,9 +402,36 @@ class _FullSource:
             return self._array[int(rows[0]) : int(rows[-1]) + 1]
         return self._array[rows]
 
-    def block(self, pos: int) -> np.ndarray:
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+        """(cluster id, (Nc, T) float32) for every cluster, one at a time."""
+        ids = self.geom.cluster_ids
+        if self._iter is None:
+            for pos, cid in enumerate(ids):
+                yield int(cid), self._check(pos, self._get(int(cid)))
+            return
+        done: set[int] = set()
+        for cid, block in self._iter:
+            cid = int(cid)
+            pos = int(np.searchsorted(ids, cid))
+            if pos >= ids.size or ids[pos] != cid:
+                raise ValueError(
+                    f"scan {self.scan!r}: data for cluster id {cid} missing from "
+                    "the cluster map"
+                )
+            if cid in done:
+                raise ValueError(f"scan {self.scan!r}: cluster {cid} given twice")
+            done.add(cid)
+            yield cid, self._check(pos, block)
+        missing = sorted(set(ids.tolist()) - done)
+        if missing:
+            raise ValueError(
+                f"scan {self.scan!r}: no data for cluster ids {missing[:10]} "
+                "present in the cluster map"
+            )
+
+    def _check(self, pos: int, block: Any) -> np.ndarray:
         cid = int(self.geom.cluster_ids[pos])
-        arr = np.asarray(self._get(cid), dtype=L.DATA_DTYPE)
+        arr = np.asarray(block, dtype=L.DATA_DTYPE)
         nc = len(self.geom.members[pos])
         if arr.ndim != 2 or arr.shape[0] != nc:
             raise ValueError(
@@ -412,6 +446,18 @@ class _FullSource:
                 f"other clusters {self.n_time}"
             )
         return arr
+
+
+def _check_summary(name: str, summ: Any, k: int, src: _FullSource | None) -> None:
+    if len(summ.shape) != 2 or summ.shape[0] != k:
+        raise ValueError(
+            f"scan {name!r}: summary has shape {tuple(summ.shape)}, expected "
+            f"(n_clusters={k}, T) with rows in ascending cluster id order"
+        )
+    if src is not None and src.n_time is not None and src.n_time != summ.shape[1]:
+        raise ValueError(
+            f"scan {name!r}: summary has {summ.shape[1]} time points, data {src.n_time}"
+        )
 
 
 def _normalise_runs(runs: Any) -> list[tuple[str, Run]]:
@@ -695,27 +741,18 @@ def write_experiment(
             sources[name] = _FullSource(name, run.data, geom)
         if run.summary is not None:
             summ = run.summary
-            if not hasattr(summ, "shape"):
-                summ = np.asarray(summ)
-            if len(summ.shape) != 2 or summ.shape[0] != k:
-                raise ValueError(
-                    f"scan {name!r}: summary has shape {tuple(summ.shape)}, expected "
-                    f"(n_clusters={k}, T) with rows in ascending cluster id order"
-                )
-            src = sources.get(name)
-            if (
-                src is not None
-                and src.n_time is not None
-                and src.n_time != summ.shape[1]
-            ):
-                raise ValueError(
-                    f"scan {name!r}: summary has {summ.shape[1]} time points, data "
-                    f"{src.n_time}"
-                )
+            if not callable(summ) or hasattr(summ, "shape"):
+                if not hasattr(summ, "shape"):
+                    summ = np.asarray(summ)
+                _check_summary(name, summ, k, sources.get(name))
             summaries[name] = summ
         n_time_meta = typed_meta[name].get(L.ATTR_N_TIME)
         if n_time_meta is not None:
-            t = sources[name].n_time if name in sources else summaries[name].shape[1]
+            t = (
+                sources[name].n_time
+                if name in sources
+                else getattr(summaries[name], "shape", (0, None))[1]
+            )
             if t is not None and (n_time_meta.size != 1 or int(n_time_meta) != t):
                 raise ValueError(
                     f"scan {name!r}: metadata n_time={n_time_meta.tolist()} but the "
@@ -794,10 +831,9 @@ def write_experiment(
             if name in sources:
                 src = sources[name]
                 cg = g.create_group("clusters")
-                for pos, cid in enumerate(geom.cluster_ids):
-                    block = src.block(pos)  # (Nc, T), one cluster in memory
+                for cid, block in src.blocks():  # one cluster in memory
                     t, nc = block.shape[1], block.shape[0]
-                    dname = f"cluster_{int(cid)}"
+                    dname = f"cluster_{cid}"
                     if t == 0:
                         cg.create_dataset(dname, shape=(0, nc), dtype=L.DATA_DTYPE)
                     else:
@@ -812,7 +848,9 @@ def write_experiment(
                         writer.write(d, block.T)
                     bar.update(1)
             if name in summaries:
-                summ = np.asarray(summaries[name], dtype=L.DATA_DTYPE)
+                summ = summaries[name]
+                summ = np.asarray(summ() if callable(summ) else summ, L.DATA_DTYPE)
+                _check_summary(name, summ, k, sources.get(name))
                 t = summ.shape[1]
                 sg = g.create_group("clusters_summary")
                 if t == 0:
