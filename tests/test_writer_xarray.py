@@ -1,0 +1,163 @@
+"""to_fmristore: open -> write -> open is identical for every view and fixture."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+from _fmristore_listing import listing
+from conftest import FMRISTORE, fmristore_path
+
+from xarray_clusterh5.writer import Run, write_experiment
+from xarray_clusterh5.writer_xarray import to_fmristore
+
+FIRST_FULL = {"vignette": "rest_run", "irregular": "zeta_full"}
+
+
+def _first_full(stem: str) -> str:
+    return FIRST_FULL[stem.removesuffix("_head")]
+
+
+def test_padded_round_trip(tmp_path: Path, fixture_name: str) -> None:
+    out = tmp_path / "rt.h5"
+    with xr.open_dataset(fmristore_path(fixture_name), engine="clusterh5") as ds:
+        to_fmristore(ds, out)
+        with xr.open_dataset(out, engine="clusterh5") as back:
+            xr.testing.assert_identical(back.load(), ds.load())
+    # and the file itself is laid out as R wrote it, summary_only aside
+    ref = {
+        e["path"]: e
+        for e in json.loads((FMRISTORE / f"{fixture_name}.h5ls.json").read_text())
+    }
+    ours = listing(out)
+    assert sorted(ours) == sorted(ref)
+    for p, entry in ref.items():
+        for key in ("shape_h5py", "dtype", "chunks", "filters", "layout"):
+            if key in entry:
+                assert ours[p][key] == entry[key], (p, key)
+    assert "summary_only" not in ours["/scans"]["attrs"]  # mixed file: omitted
+
+
+def test_datatree_round_trip(tmp_path: Path, fixture_name: str) -> None:
+    out = tmp_path / "tree.h5"
+    with xr.open_datatree(fmristore_path(fixture_name), engine="clusterh5") as dt:
+        to_fmristore(dt, out)
+        with xr.open_datatree(out, engine="clusterh5") as back:
+            xr.testing.assert_identical(back.load(), dt.load())
+
+
+def test_run_view_round_trip(tmp_path: Path, fixture_name: str) -> None:
+    out = tmp_path / "run.h5"
+    scan = _first_full(fixture_name)
+    path = fmristore_path(fixture_name)
+    with xr.open_dataset(path, engine="clusterh5", group=scan) as run:
+        to_fmristore(run, out)
+        with xr.open_dataset(out, engine="clusterh5", group=scan) as back:
+            xr.testing.assert_identical(back.load(), run.load())
+    with h5py.File(out) as f:
+        assert list(f["scans"]) == [scan]
+
+
+def test_dask_round_trip_and_format_switch(tmp_path: Path) -> None:
+    path = fmristore_path("irregular")
+    with xr.open_dataset(path, engine="clusterh5", chunks={}) as ds:
+        assert ds["data"].chunks is not None
+        to_fmristore(ds, tmp_path / "d.h5")
+        to_fmristore(ds, tmp_path / "new.h5", format="2026", progress=True)
+        with xr.open_dataset(tmp_path / "d.h5", engine="clusterh5") as back:
+            xr.testing.assert_identical(back.load(), ds.load())
+    with xr.open_dataset(tmp_path / "new.h5", engine="clusterh5") as new:
+        assert new.attrs["fmristore_generation"] == "2026"
+        assert new.attrs["fmristore_class"] == "H5ParcellatedMultiScan"
+    with h5py.File(tmp_path / "new.h5") as f:
+        assert f["scans/beta_summary"].attrs["class"][0] == "H5ParcellatedScanSummary"
+
+
+def test_true_affine_round_trip(tmp_path: Path) -> None:
+    """Origin and rotation survive our writer, our reader and R's formula."""
+    affine = np.array(
+        [
+            [0.0, -2.0, 0.0, 90.0],
+            [2.0, 0.0, 0.0, -126.0],
+            [0.0, 0.0, 2.5, -72.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ]
+    )
+    mask = np.zeros((4, 5, 3), dtype=bool)
+    mask[1:3, 1:4, :] = True
+    n = int(mask.sum())
+    src = write_experiment(
+        tmp_path / "a.h5",
+        mask=mask,
+        cluster_map=np.arange(n) % 3 + 1,
+        runs={"rest": np.arange(n * 4, dtype=np.float32).reshape(n, 4)},
+        affine=affine,
+    )
+    with xr.open_dataset(src, engine="clusterh5") as ds:
+        np.testing.assert_allclose(ds.attrs["affine"].reshape(4, 4), affine)
+        to_fmristore(ds, tmp_path / "b.h5")
+        with xr.open_dataset(tmp_path / "b.h5", engine="clusterh5") as back:
+            xr.testing.assert_identical(back.load(), ds.load())
+    with h5py.File(tmp_path / "b.h5") as f:
+        assert float(f["header/qoffset_x"][()]) == 90.0
+        assert float(f["header/qoffset_z"][()]) == -72.0
+
+
+def test_bad_views_are_refused(tmp_path: Path) -> None:
+    with xr.open_dataset(fmristore_path("vignette"), engine="clusterh5") as ds:
+        ds = ds.load()
+    dup = ds.assign_coords(run=["a", "a"])
+    with pytest.raises(ValueError, match="duplicate scan names"):
+        to_fmristore(dup, tmp_path / "x.h5")
+    bad_name = ds.assign_coords(run=["a/b", "c"])
+    with pytest.raises(ValueError, match="not a valid HDF5 name"):
+        to_fmristore(bad_name, tmp_path / "x.h5")
+    no_geo = ds.drop_vars("i")
+    with pytest.raises(ValueError, match="'i'"):
+        to_fmristore(no_geo, tmp_path / "x.h5")
+    with pytest.raises(TypeError):
+        to_fmristore(ds["data"], tmp_path / "x.h5")  # type: ignore[arg-type]
+    to_fmristore(ds, tmp_path / "x.h5")
+    with pytest.raises(FileExistsError):
+        to_fmristore(ds, tmp_path / "x.h5")
+    to_fmristore(ds, tmp_path / "x.h5", overwrite=True)
+
+
+def test_stream_of_blocks_and_lazy_summary(tmp_path: Path) -> None:
+    mask = np.ones((2, 2, 1), dtype=bool)
+    blocks = iter([(2, np.full((2, 3), 2.0)), (1, np.full((2, 3), 1.0))])
+    calls = []
+
+    def summary() -> np.ndarray:
+        calls.append(1)
+        return np.array([[1.0, 1, 1], [2, 2, 2]])
+
+    out = write_experiment(
+        tmp_path / "s.h5",
+        mask=mask,
+        cluster_map=[1, 2, 1, 2],
+        runs={"r": Run(data=blocks, summary=summary)},
+    )
+    assert calls == [1]
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["scans/r/clusters/cluster_2"][()], 2.0)
+        assert f["scans/r/clusters_summary/summary_data"].shape == (2, 3)
+    with pytest.raises(ValueError, match="given twice"):
+        write_experiment(
+            tmp_path / "t.h5",
+            mask=mask,
+            cluster_map=[1, 2, 1, 2],
+            runs={"r": iter([(1, np.zeros((2, 3))), (1, np.zeros((2, 3)))])},
+        )
+    with pytest.raises(ValueError, match="no data for cluster ids \\[2\\]"):
+        write_experiment(
+            tmp_path / "t.h5",
+            mask=mask,
+            cluster_map=[1, 2, 1, 2],
+            runs={"r": iter([(1, np.zeros((2, 3)))])},
+        )
+    assert not (tmp_path / "t.h5").exists()
