@@ -1,0 +1,433 @@
+"""Build a clustered experiment from NIfTI runs and an atlas (parcellation).
+
+:func:`from_nifti` returns the same padded ``(run, cluster, voxel, time)``
+Dataset the ``clusterh5`` engine opens (built by the same code,
+``_views.build_padded``), backed by dask: each run is read once, in windows
+of volumes, keeping only the in-mask voxels in fmristore's mask order (x
+fastest); every (run, cluster) block is then one task. Write it with
+``ds.clusterh5.to_fmristore(path)`` or :func:`xarray_clusterh5.to_fmristore`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import nibabel as nib
+import numpy as np
+import xarray as xr
+
+from xarray_clusterh5 import _layout as L
+from xarray_clusterh5._views import build_padded
+from xarray_clusterh5.reader import Experiment, ScanInfo
+from xarray_clusterh5.writer import R_FMRISTORE_VERSION
+
+__all__ = ["from_nifti", "nifti_tr"]
+
+ImageLike = str | os.PathLike[str] | nib.spatialimages.SpatialImage
+
+#: bytes of one run read at once (a window of whole volumes)
+_WINDOW_BYTES = 256 * 2**20
+
+_TIME_UNIT_SECONDS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
+
+
+def _describe(src: Any) -> str:
+    if isinstance(src, str | os.PathLike):
+        return os.fspath(src)
+    name = getattr(src, "get_filename", lambda: None)()
+    return name or f"<in-memory {type(src).__name__}>"
+
+
+def _load(src: ImageLike, what: str) -> nib.spatialimages.SpatialImage:
+    if isinstance(src, str | os.PathLike):
+        if not os.path.exists(src):
+            raise FileNotFoundError(f"{what} {os.fspath(src)}: no such file")
+        try:
+            return nib.load(os.fspath(src))
+        except Exception as err:
+            raise ValueError(
+                f"{what} {os.fspath(src)}: not a NIfTI image ({err})"
+            ) from err
+    if isinstance(src, nib.spatialimages.SpatialImage):
+        return src
+    raise TypeError(
+        f"{what} must be a path or a nibabel image, got {type(src).__name__}"
+    )
+
+
+def nifti_tr(img: nib.spatialimages.SpatialImage) -> float | None:
+    """Repetition time in seconds from a NIfTI header (pixdim[4], xyzt_units).
+
+    Returns None when the header has no usable TR (0, NaN, or a 3-D image).
+    """
+    header = img.header
+    zooms = header.get_zooms()
+    if len(zooms) < 4:
+        return None
+    tr = float(zooms[3])
+    if not np.isfinite(tr) or tr <= 0:
+        return None
+    try:
+        unit = header.get_xyzt_units()[1]
+    except Exception:  # pragma: no cover - non-NIfTI headers
+        unit = "unknown"
+    return tr * _TIME_UNIT_SECONDS.get(unit, 1.0)
+
+
+def _labels(
+    atlas: Any, what: str = "atlas"
+) -> tuple[np.ndarray, nib.spatialimages.SpatialImage | None, str]:
+    """(X,Y,Z) int64 labels, the image (None for arrays), a description."""
+    img = None
+    if isinstance(atlas, str | os.PathLike | nib.spatialimages.SpatialImage):
+        img = _load(atlas, what)
+        arr, desc = np.asarray(img.dataobj), _describe(atlas)
+    else:
+        arr, desc = np.asarray(atlas), f"{what} array"
+    if arr.ndim == 4 and arr.shape[3] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise ValueError(f"{what} {desc} must be a 3-D volume, got shape {arr.shape}")
+    if arr.dtype == bool:
+        return arr.astype(np.int64), img, desc
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{what} {desc} contains NaN or infinite labels")
+        if not np.all(arr == np.round(arr)):
+            raise ValueError(f"{what} {desc} contains non-integer labels")
+    elif arr.dtype.kind not in "iu":
+        raise ValueError(f"{what} {desc} must hold integer labels, not {arr.dtype}")
+    return arr.astype(np.int64), img, desc
+
+
+def _same_affine(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.allclose(a, b, rtol=0, atol=1e-4))
+
+
+def _load_masked(
+    src: ImageLike, mask_index: np.ndarray, n_time: int, shape: tuple[int, int, int]
+) -> np.ndarray:
+    """(N, T) float32: the in-mask voxels of a 4-D run, mask order.
+
+    Reads windows of whole volumes so that at most ~256 MiB of the 4-D image
+    is in memory besides the result.
+    """
+    img = nib.load(os.fspath(src)) if isinstance(src, str | os.PathLike) else src
+    proxy = img.dataobj
+    n = mask_index.size
+    out = np.empty((n, n_time), dtype=np.float32)
+    vol_bytes = int(np.prod(shape)) * max(4, np.dtype(img.get_data_dtype()).itemsize)
+    step = max(1, _WINDOW_BYTES // max(vol_bytes, 1))
+    for t0 in range(0, n_time, step):
+        t1 = min(n_time, t0 + step)
+        block = np.asarray(proxy[..., t0:t1])
+        flat = block.reshape(-1, t1 - t0, order="F")  # (X*Y*Z, w), x fastest
+        out[:, t0:t1] = flat[mask_index]
+    return out
+
+
+def _cluster_block(
+    masked: np.ndarray, rows: np.ndarray, vmax: int, tmax: int
+) -> np.ndarray:
+    """(1, 1, vmax, tmax) NaN-padded block of one cluster."""
+    out = np.full((1, 1, vmax, tmax), np.nan, dtype=np.float32)
+    out[0, 0, : rows.size, : masked.shape[1]] = masked[rows]
+    return out
+
+
+def _cluster_means(
+    masked: np.ndarray, members: list[np.ndarray], tmax: int
+) -> np.ndarray:
+    """(1, K, tmax) cluster means (float32, accumulated in float64), NaN padded."""
+    out = np.full((1, len(members), tmax), np.nan, dtype=np.float32)
+    for c, rows in enumerate(members):
+        out[0, c, : masked.shape[1]] = masked[rows].mean(axis=0, dtype=np.float64)
+    return out
+
+
+def _cluster_table(
+    table: Any, cluster_ids: np.ndarray, atlas_ids: np.ndarray
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, str]]:
+    if hasattr(table, "columns") and hasattr(table, "to_dict"):
+        columns = {str(c): np.asarray(table[c].to_numpy()) for c in table.columns}
+    else:
+        columns = {str(k): np.asarray(v) for k, v in dict(table).items()}
+    if "cluster_id" not in columns:
+        raise ValueError("cluster_metadata needs a 'cluster_id' column")
+    ids = columns["cluster_id"]
+    if ids.dtype.kind == "f" and not np.all(ids == np.round(ids)):
+        raise ValueError("cluster_metadata['cluster_id'] holds non-integer ids")
+    ids = ids.astype(np.int64)
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("cluster_metadata has duplicate cluster ids")
+    unknown = np.setdiff1d(ids, atlas_ids)
+    if unknown.size:
+        raise ValueError(
+            f"cluster_metadata has cluster ids {unknown.tolist()[:10]} missing from "
+            "the atlas"
+        )
+    row_of = {int(v): r for r, v in enumerate(ids)}
+    absent = [int(c) for c in cluster_ids if int(c) not in row_of]
+    if absent:
+        raise ValueError(
+            f"atlas cluster ids {absent[:10]} are missing from cluster_metadata"
+        )
+    rows = np.array([row_of[int(c)] for c in cluster_ids], dtype=np.int64)
+    out: dict[str, np.ndarray] = {}
+    dtypes: dict[str, str] = {}
+    for name, col in columns.items():
+        L.check_hdf5_name(name, "cluster_metadata column")
+        values = col[rows]
+        if name == "cluster_id":
+            values = values.astype(np.int32)
+        elif values.dtype == object:
+            if all(isinstance(v, str) for v in values):
+                values = values.astype(str)
+            elif all(isinstance(v, bool | np.bool_) for v in values):
+                values = values.astype(bool)
+        if values.dtype == bool:
+            values = values.astype(np.int8)  # R's logical, as fmristore stores it
+        elif values.dtype.kind == "i" and values.dtype.itemsize > 4:
+            values = values.astype(np.int32)
+        out[name] = values
+        dtypes[name] = "str" if values.dtype.kind in "USO" else values.dtype.str
+    missing = {k: np.zeros(cluster_ids.size, dtype=bool) for k in out}
+    return out, missing, dtypes
+
+
+def _typed_metadata(value: Any) -> Any:
+    """Metadata values with the types the reader gives for what the writer stores."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool | np.bool_):
+        return np.int8(value)
+    if isinstance(value, int) and not isinstance(value, np.integer):
+        return np.int32(value)
+    if isinstance(value, float) and not isinstance(value, np.floating):
+        return np.float64(value)
+    arr = np.asarray(value)
+    if arr.dtype.kind in "US":
+        return str(arr[()]) if arr.size == 1 else arr.astype(str)
+    if arr.dtype == bool:
+        arr = arr.astype(np.int8)
+    elif arr.dtype.kind == "i" and arr.dtype.itemsize > 4:
+        arr = arr.astype(np.int32)
+    return arr.reshape(())[()] if arr.size == 1 else arr
+
+
+def from_nifti(
+    runs: Mapping[str, ImageLike] | Sequence[tuple[str, ImageLike]],
+    atlas: ImageLike | np.ndarray,
+    mask: ImageLike | np.ndarray | None = None,
+    metadata: Mapping[str, Mapping[str, Any]] | None = None,
+    tr: float | Mapping[str, float] | None = None,
+    summaries: bool | Literal["only"] = False,
+    cluster_metadata: Any = None,
+) -> xr.Dataset:
+    """A clustered Dataset from 4-D NIfTI runs and a 3-D atlas, ready to write.
+
+    Parameters
+    ----------
+    runs
+        Scan name -> 4-D NIfTI path or nibabel image (or ``(name, image)``
+        pairs). Names become HDF5 group names and must be valid ones.
+    atlas
+        3-D integer labels (path, image or array): 0 is background, any other
+        value a cluster id. Non-integer or NaN labels are refused. Negative
+        labels are refused too, since R fmristore cannot read them back.
+    mask
+        Optional 3-D mask (path, image or array); voxels outside it are
+        dropped. Voxels inside it with atlas label 0 are dropped as well (every
+        fmristore voxel needs a cluster id >= 1).
+    metadata
+        Scan name -> {key: value}, added to each scan's metadata.
+    tr
+        Repetition time in seconds (one value, or one per scan). Default: from
+        each NIfTI header (pixdim[4] converted from ``xyzt_units``); stored as
+        scan metadata ``TR`` (float64) when known.
+    summaries
+        True: add ``summary(run, cluster, time)`` with cluster means; ``"only"``:
+        summaries and no voxel data (summary scans).
+    cluster_metadata
+        Table (DataFrame or mapping) with a ``cluster_id`` column and one row
+        per cluster of the atlas; stored as cluster-metadata coordinates.
+
+    Returns
+    -------
+    xarray.Dataset
+        The padded view (``data(run, cluster, voxel, time)`` NaN padded,
+        dask-backed) with the same coordinates and attributes as the
+        ``clusterh5`` engine's, voxels in fmristore's mask order.
+
+    Raises
+    ------
+    ValueError
+        When runs, atlas and mask disagree in shape or affine (the message
+        names the file), for bad labels, duplicate or invalid scan names.
+    """
+    import dask
+    import dask.array as da
+
+    items = list(runs.items()) if isinstance(runs, Mapping) else list(runs)
+    if not items:
+        raise ValueError("runs is empty: give at least one NIfTI run")
+    names = [str(n) for n, _ in items]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"duplicate scan names {dup}")
+    for n in names:
+        L.check_hdf5_name(n, "scan name")
+    metadata = dict(metadata or {})
+    unknown = sorted(set(metadata) - set(names))
+    if unknown:
+        raise ValueError(f"metadata given for scans {unknown} that are not in runs")
+
+    labels, atlas_img, atlas_desc = _labels(atlas)
+    shape = labels.shape
+    images = [(n, src, _load(src, f"run {n!r}")) for n, src in items]
+    # the atlas image defines the space; with an array atlas the first run does
+    ref_img = atlas_img if atlas_img is not None else images[0][2]
+    ref_affine = np.asarray(ref_img.affine, dtype=np.float64)
+    ref_desc = atlas_desc if atlas_img is not None else _describe(images[0][1])
+    for n, src, img in images:
+        if len(img.shape) != 4:
+            raise ValueError(
+                f"run {n!r} ({_describe(src)}) must be 4-D (X, Y, Z, T), got shape "
+                f"{img.shape}"
+            )
+        if tuple(img.shape[:3]) != shape:
+            raise ValueError(
+                f"run {n!r} ({_describe(src)}) has spatial shape {img.shape[:3]}, "
+                f"the atlas ({atlas_desc}) {shape}"
+            )
+        if not _same_affine(img.affine, ref_affine):
+            raise ValueError(
+                f"run {n!r} ({_describe(src)}) has a different affine from "
+                f"{ref_desc}:\n{img.affine}\nvs\n{ref_affine}"
+            )
+    keep = labels != 0
+    if mask is not None:
+        mvals, m_img, m_desc = _labels(mask, "mask")
+        if mvals.shape != shape:
+            raise ValueError(
+                f"mask ({m_desc}) has shape {mvals.shape}, the atlas {shape}"
+            )
+        if m_img is not None and not _same_affine(m_img.affine, ref_affine):
+            raise ValueError(f"mask ({m_desc}) has a different affine from {ref_desc}")
+        keep &= mvals != 0
+    if (labels[keep] < 0).any():
+        bad = np.unique(labels[keep][labels[keep] < 0]).tolist()[:10]
+        raise ValueError(
+            f"atlas ({atlas_desc}) has negative labels {bad}; fmristore cluster ids "
+            "must be >= 1 for R to read them back"
+        )
+    mask_index = np.flatnonzero(keep.ravel(order="F")).astype(np.int64)
+    if mask_index.size == 0:
+        raise ValueError("no voxel is inside both the atlas and the mask")
+    if labels.max() > np.iinfo(np.int32).max:
+        raise ValueError("atlas labels must fit in 32-bit integers")
+    cluster_map = labels.ravel(order="F")[mask_index].astype(np.int32)
+    cluster_ids, n_voxels = np.unique(cluster_map, return_counts=True)
+    order = np.argsort(cluster_map, kind="stable")
+    members = np.split(order, np.cumsum(n_voxels)[:-1])
+
+    # TR and metadata per scan
+    tr_of: dict[str, float | None] = {}
+    for n, _src, img in images:
+        if isinstance(tr, Mapping):
+            tr_of[n] = float(tr[n]) if n in tr else nifti_tr(img)
+        elif tr is not None:
+            tr_of[n] = float(tr)
+        else:
+            tr_of[n] = nifti_tr(img)
+    n_time = {n: int(img.shape[3]) for n, _src, img in images}
+    with_data = summaries != "only"
+    with_summary = bool(summaries)
+    scans = []
+    for n, _src, _img in images:
+        meta: dict[str, Any] = {}
+        if tr_of[n] is not None:
+            meta["TR"] = np.float64(tr_of[n])
+        for key, value in (metadata.get(n) or {}).items():
+            L.check_hdf5_name(key, f"metadata key of scan {n!r}")
+            meta[key] = _typed_metadata(value)
+        meta = dict(sorted(meta.items(), key=lambda kv: kv[0].encode()))
+        # the class string the writer will give the scan (format "2026")
+        cls = (L.FULL_CLASSES if with_data else L.SUMMARY_CLASSES)["2026"]
+        scans.append(ScanInfo(n, with_data, with_summary, n_time[n], cls, meta))
+    scans.sort(key=lambda s: s.name.encode())  # fmristore's (HDF5 name) order
+    by_name = {n: (src, img) for n, src, img in images}
+
+    if cluster_metadata is not None:
+        atlas_ids = np.unique(labels[labels != 0])
+        columns, missing, dtypes = _cluster_table(
+            cluster_metadata, cluster_ids, atlas_ids
+        )
+    else:
+        columns, missing, dtypes = {}, {}, {}
+
+    sform_code = int(ref_img.header.get("sform_code", 0) or 0)
+    form = "sform" if sform_code > 0 else "qform"
+    affine = ref_affine
+    spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+    exp = Experiment(
+        path="",
+        volume_shape=(int(shape[0]), int(shape[1]), int(shape[2])),
+        spacing=spacing,  # type: ignore[arg-type]
+        affine=affine,
+        affine_source=f"NIfTI {form} of {ref_desc}",
+        mask_index=mask_index,
+        cluster_map=cluster_map,
+        cluster_ids=cluster_ids.astype(np.int32),
+        n_voxels=n_voxels.astype(np.int64),
+        scans=tuple(scans),
+        cluster_metadata=columns,
+        cluster_metadata_missing=missing,
+        cluster_metadata_dtypes=dtypes,
+        generation="2026",
+        # what writing adds, so that from_nifti -> write -> open differs only
+        # in affine_source and source_files
+        root_attrs={
+            L.ATTR_ROOT_CLASS: L.EXPERIMENT_CLASSES["2026"],
+            L.ATTR_ROOT_VERSION: R_FMRISTORE_VERSION,
+        },
+    )
+
+    vmax = int(n_voxels.max())
+    tmax = max(n_time.values())
+    data_rows = []
+    summary_rows = []
+    for scan in scans:
+        src, img = by_name[scan.name]
+        # paths are reloaded inside the task (picklable for distributed);
+        # in-memory images are passed as they are
+        source = src if isinstance(src, str | os.PathLike) else img
+        # not pure: hashing an in-memory image would read all of it
+        masked = dask.delayed(_load_masked, pure=False)(
+            source, mask_index, scan.n_time, shape
+        )
+        if with_data:
+            blocks = [
+                da.from_delayed(
+                    dask.delayed(_cluster_block, pure=True)(masked, rows, vmax, tmax),
+                    shape=(1, 1, vmax, tmax),
+                    dtype=np.float32,
+                )
+                for rows in members
+            ]
+            data_rows.append(da.concatenate(blocks, axis=1))
+        if with_summary:
+            summary_rows.append(
+                da.from_delayed(
+                    dask.delayed(_cluster_means, pure=True)(masked, members, tmax),
+                    shape=(1, len(members), tmax),
+                    dtype=np.float32,
+                )
+            )
+    data = da.concatenate(data_rows, axis=0) if data_rows else None
+    summary = da.concatenate(summary_rows, axis=0) if summary_rows else None
+    ds = build_padded(exp, data, summary)
+    ds.attrs["source_files"] = [_describe(by_name[s.name][0]) for s in scans]
+    return ds
