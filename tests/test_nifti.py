@@ -1,0 +1,185 @@
+"""from_nifti: mask order, lazy reading, write/reopen, and errors that name files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+import xarray as xr
+
+from xarray_clusterh5.nifti import from_nifti, nifti_tr
+from xarray_clusterh5.writer_xarray import to_fmristore
+
+SHAPE = (7, 6, 5)
+AFFINE = np.array([[-2.0, 0, 0, 30], [0, 2.0, 0, -40], [0, 0, 2.5, -10], [0, 0, 0, 1]])
+
+
+def _atlas() -> np.ndarray:
+    atlas = np.zeros(SHAPE, dtype=np.int16)
+    atlas[1:4, 1:5, 1:4] = 3
+    atlas[4:6, 1:5, 1:4] = 10
+    atlas[2:5, 2:4, 4] = 7
+    atlas[0, 0, 0] = 7  # the same cluster far away: not contiguous in mask order
+    return atlas
+
+
+def _write_run(path: Path, n_time: int, seed: int, tr_ms: float = 800.0) -> np.ndarray:
+    data = np.random.default_rng(seed).normal(size=(*SHAPE, n_time)).astype(np.float32)
+    img = nib.Nifti1Image(data, AFFINE)
+    img.header.set_xyzt_units("mm", "msec")
+    img.header["pixdim"][4] = tr_ms
+    nib.save(img, path)
+    return data
+
+
+@pytest.fixture
+def nifti_files(tmp_path: Path) -> dict:
+    atlas_path = tmp_path / "atlas.nii.gz"
+    nib.save(nib.Nifti1Image(_atlas(), AFFINE), atlas_path)
+    rest = _write_run(tmp_path / "rest.nii.gz", 9, 0)
+    task = _write_run(tmp_path / "task.nii", 6, 1)
+    return {
+        "atlas": atlas_path,
+        "rest": (tmp_path / "rest.nii.gz", rest),
+        "task": (tmp_path / "task.nii", task),
+    }
+
+
+def test_build_is_lazy_in_mask_order(nifti_files: dict) -> None:
+    ds = from_nifti(
+        {"task": nifti_files["task"][0], "rest": nifti_files["rest"][0]},
+        atlas=nifti_files["atlas"],
+        summaries=True,
+    )
+    assert ds["data"].chunks is not None  # dask, nothing read yet
+    assert list(ds["run"].values) == ["rest", "task"]  # fmristore's name order
+    assert ds["cluster"].values.tolist() == [3, 7, 10]
+    atlas = _atlas()
+    np.testing.assert_array_equal(ds["n_voxels"].values, [36, 7, 24])
+    np.testing.assert_allclose(ds["TR"].values, [0.8, 0.8])  # ms -> s
+    np.testing.assert_array_equal(ds["n_time"].values, [9, 6])
+    assert ds.attrs["affine"].reshape(4, 4).tolist() == AFFINE.tolist()
+    # voxel slots follow fmristore's mask order (x fastest) within each cluster
+    mask_index = ds["mask_index"].values
+    lin = np.flatnonzero((atlas > 0).ravel(order="F"))
+    for c, cid in enumerate([3, 7, 10]):
+        n = int(ds["n_voxels"][c])
+        assert np.all(np.diff(mask_index[c, :n]) > 0)
+        ijk = np.stack([ds[a].values[c, :n] for a in "ijk"])
+        assert np.all(atlas[tuple(ijk)] == cid)
+        np.testing.assert_array_equal(
+            lin[mask_index[c, :n]], np.ravel_multi_index(ijk, SHAPE, order="F")
+        )
+    # values equal the NIfTI at those voxels, NaN in padding
+    rest = nifti_files["rest"][1]
+    data = ds["data"].sel(run="rest").values
+    for c in range(3):
+        n = int(ds["n_voxels"][c])
+        ijk = tuple(ds[a].values[c, :n] for a in "ijk")
+        np.testing.assert_array_equal(data[c, :n, :9], rest[ijk])
+        assert np.isnan(data[c, n:]).all()
+    task_summary = ds["summary"].sel(run="task").values
+    assert np.isnan(task_summary[:, 6:]).all()
+    ijk = tuple(ds[a].values[0, :36] for a in "ijk")
+    np.testing.assert_allclose(
+        task_summary[0, :6], nifti_files["task"][1][ijk].mean(axis=0), rtol=1e-6
+    )
+
+
+def test_write_reopen_reconstructs_volume(nifti_files: dict, tmp_path: Path) -> None:
+    ds = from_nifti(
+        {"rest": nifti_files["rest"][0], "task": nifti_files["task"][0]},
+        atlas=nifti_files["atlas"],
+        metadata={"rest": {"task": "rest", "fd_max": 0.31, "flag": True}},
+        cluster_metadata={"cluster_id": [10, 3, 7], "name": ["c10", "c3", "c7"]},
+    )
+    out = to_fmristore(ds, tmp_path / "sub.h5")
+    with xr.open_dataset(out, engine="clusterh5") as back:
+        back = back.load()
+        expected = ds.load()
+        for name in ("affine_source", "source_files"):
+            expected.attrs.pop(name)
+        assert back.attrs.pop("affine_source").startswith("header srow")
+        xr.testing.assert_identical(back, expected)
+        rest = back.sel(run="rest")
+        vol = np.full((*SHAPE, 9), np.nan, dtype=np.float32)
+        ok = rest["i"].values >= 0
+        ijk = tuple(rest[a].values[ok] for a in "ijk")
+        vol[ijk] = rest["data"].values[ok][:, :9]
+    atlas = _atlas() > 0
+    np.testing.assert_array_equal(vol[atlas], nifti_files["rest"][1][atlas])
+    assert np.isnan(vol[~atlas]).all()
+    with h5py.File(out) as f:
+        assert f["scans/rest/metadata/flag"].dtype == np.int8
+        np.testing.assert_array_equal(
+            np.vstack([f["header/srow_x"][()], f["header/srow_y"][()]]), AFFINE[:2]
+        )
+
+
+def test_in_memory_images_mask_tr_and_summary_only(nifti_files: dict) -> None:
+    img = nib.load(nifti_files["rest"][0])
+    mask = np.zeros(SHAPE, dtype=bool)
+    mask[:, :, :3] = True  # drops cluster 7 except the corner voxel
+    ds = from_nifti([("r1", img)], atlas=_atlas(), mask=mask, tr=2.0, summaries="only")
+    assert "data" not in ds
+    assert ds["has_data"].values.tolist() == [False]
+    assert ds["n_voxels"].values.tolist() == [24, 1, 16]
+    assert float(ds["TR"].values[0]) == 2.0
+    assert ds.attrs["affine_source"].startswith("NIfTI")
+
+
+def test_nifti_tr_units() -> None:
+    img = nib.Nifti1Image(np.zeros((2, 2, 2, 3), np.float32), np.eye(4))
+    img.header["pixdim"][4] = 2.0
+    img.header.set_xyzt_units("mm", "sec")
+    assert nifti_tr(img) == 2.0
+    img.header.set_xyzt_units("mm", "msec")
+    img.header["pixdim"][4] = 1500
+    assert nifti_tr(img) == 1.5
+    img.header["pixdim"][4] = 0
+    assert nifti_tr(img) is None
+
+
+def test_errors_name_the_problem(nifti_files: dict, tmp_path: Path) -> None:
+    rest = nifti_files["rest"][0]
+    other = tmp_path / "shifted.nii.gz"
+    shifted = AFFINE.copy()
+    shifted[0, 3] += 4
+    nib.save(nib.Nifti1Image(np.zeros((*SHAPE, 3), np.float32), shifted), other)
+    with pytest.raises(ValueError, match=r"shifted\.nii\.gz.*different affine"):
+        from_nifti({"a": rest, "b": other}, atlas=nifti_files["atlas"])
+    small = tmp_path / "small.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((3, 3, 3, 2), np.float32), AFFINE), small)
+    with pytest.raises(ValueError, match=r"small\.nii\.gz.*spatial shape"):
+        from_nifti({"a": small}, atlas=nifti_files["atlas"])
+    vol3d = tmp_path / "vol.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(SHAPE, np.float32), AFFINE), vol3d)
+    with pytest.raises(ValueError, match="must be 4-D"):
+        from_nifti({"a": vol3d}, atlas=nifti_files["atlas"])
+    with pytest.raises(ValueError, match="NaN"):
+        from_nifti({"a": rest}, atlas=np.where(_atlas() > 0, np.nan, 0))
+    with pytest.raises(ValueError, match="non-integer"):
+        from_nifti({"a": rest}, atlas=_atlas() * 0.5)
+    with pytest.raises(ValueError, match="negative labels"):
+        from_nifti({"a": rest}, atlas=-_atlas())
+    with pytest.raises(ValueError, match="duplicate scan names"):
+        from_nifti([("a", rest), ("a", rest)], atlas=_atlas())
+    with pytest.raises(ValueError, match="not a valid HDF5 name"):
+        from_nifti({"a/b": rest}, atlas=_atlas())
+    with pytest.raises(FileNotFoundError, match=r"nope\.nii"):
+        from_nifti({"a": tmp_path / "nope.nii"}, atlas=_atlas())
+    with pytest.raises(ValueError, match="missing from cluster_metadata"):
+        from_nifti({"a": rest}, atlas=_atlas(), cluster_metadata={"cluster_id": [3]})
+    with pytest.raises(ValueError, match="missing from the atlas"):
+        from_nifti(
+            {"a": rest},
+            atlas=_atlas(),
+            cluster_metadata={"cluster_id": [3, 7, 10, 99]},
+        )
+    with pytest.raises(ValueError, match="no voxel"):
+        from_nifti({"a": rest}, atlas=np.zeros(SHAPE, int))
+    with pytest.raises(ValueError, match="not in runs"):
+        from_nifti({"a": rest}, atlas=_atlas(), metadata={"b": {"x": 1}})
