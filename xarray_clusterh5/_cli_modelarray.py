@@ -256,8 +256,9 @@ def run_to_modelarray(args: argparse.Namespace) -> int:
 
 
 def _to_modelarray(args: argparse.Namespace) -> int:
-    from xarray_clusterh5.cohort import from_cohort, to_modelarray
-    from xarray_clusterh5.modelarray_io import resolve_compression
+    # the direct path: no xarray or dask to import, same files as
+    # cohort.to_modelarray(cohort.from_cohort(...))
+    from xarray_clusterh5.modelarray_io import cohort_to_h5, resolve_compression
 
     progress = _setup_logging(args.log_level)
     _refuse_other_modalities(args)
@@ -267,25 +268,21 @@ def _to_modelarray(args: argparse.Namespace) -> int:
         )
     # fail before reading anything (ModelArrayIO fails on zstd after loading)
     resolve_compression(args.compression, args.compression_level, args.shuffle)
-    ds = from_cohort(
-        args.cohort_file,
-        scalar_columns=args.scalar_columns,
-        map_index=args.cifti_map,
-        progress=progress,
-    )
     split = args.split_outputs
     if split is None:
         split = bool(args.scalar_columns)
-    out = to_modelarray(
-        ds,
+    out = cohort_to_h5(
+        args.cohort_file,
         args.output,
+        scalar_columns=args.scalar_columns,
+        split_files=split,
+        map_index=args.cifti_map,
+        dtype=args.storage_dtype,
         compression=args.compression,
         compression_level=args.compression_level,
         shuffle=args.shuffle,
         chunk_voxels=args.chunk_voxels,
         target_chunk_mb=args.target_chunk_mb,
-        dtype=args.storage_dtype,
-        split_files=split,
         overwrite=True,
         progress=progress,
     )
@@ -302,7 +299,7 @@ def run_export_results(args: argparse.Namespace) -> int:
 
 
 def _export_results(args: argparse.Namespace) -> int:
-    from xarray_clusterh5.cohort import export_results
+    from xarray_clusterh5.modelarray_io import export_results
 
     progress = _setup_logging(args.log_level)
     _refuse_other_modalities(args)

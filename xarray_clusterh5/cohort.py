@@ -30,9 +30,7 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +41,7 @@ import xarray as xr
 from dask.base import tokenize
 
 from xarray_clusterh5 import _layout, cifti, modelarray_io
-from xarray_clusterh5._h5 import ClusterH5Error, atomic_output
+from xarray_clusterh5._h5 import atomic_output
 from xarray_clusterh5._modelarray_backend import (
     ELEMENT_DIM,
     GROUP_ATTR,
@@ -52,240 +50,6 @@ from xarray_clusterh5._modelarray_backend import (
 )
 
 DEFAULT_BATCH = 64
-
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
-_MIF_SUFFIXES = (".mif", ".mif.gz")
-
-
-# --------------------------------------------------------------------------
-# cohort CSV
-# --------------------------------------------------------------------------
-
-
-def read_cohort(
-    cohort_csv: str | os.PathLike[str], scalar_columns: Sequence[str] | None = None
-) -> pd.DataFrame:
-    """A cohort CSV normalised as ModelArrayIO does: long ``scalar_name, source_file``.
-
-    Long format needs columns ``scalar_name`` and ``source_file``; rows where
-    either is empty are dropped. Wide format (``scalar_columns``) melts each row
-    into one row per scalar column, skipping empty cells. Values are stripped of
-    surrounding whitespace and otherwise kept verbatim (path columns are read as
-    text, so ``001.nii`` stays ``001.nii``). Other columns are kept.
-    """
-    path = os.fspath(cohort_csv)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: cohort file does not exist")
-    header = pd.read_csv(path, nrows=0)
-    cols = list(header.columns)
-    scalar_columns = [c for c in (scalar_columns or []) if c]
-    text_cols = scalar_columns or [
-        c for c in ("scalar_name", "source_file") if c in cols
-    ]
-    df = pd.read_csv(path, dtype={c: str for c in text_cols if c in cols})
-    if scalar_columns:
-        missing = [c for c in scalar_columns if c not in cols]
-        if missing:
-            raise ClusterH5Error(
-                path, f"wide-format cohort is missing scalar columns {missing}"
-            )
-        extra = [c for c in cols if c not in scalar_columns]
-        records = []
-        for i, row in enumerate(df.itertuples(index=False)):
-            rec = dict(zip(cols, row, strict=True))
-            for sc in scalar_columns:
-                val = rec[sc]
-                if val is None or pd.isna(val) or not str(val).strip():
-                    continue
-                records.append(
-                    {
-                        "scalar_name": sc,
-                        "source_file": str(val).strip(),
-                        "_row": i,
-                        **{c: rec[c] for c in extra},
-                    }
-                )
-        long = pd.DataFrame.from_records(
-            records, columns=["scalar_name", "source_file", "_row", *extra]
-        )
-    else:
-        missing = [c for c in ("scalar_name", "source_file") if c not in cols]
-        if missing:
-            raise ClusterH5Error(
-                path,
-                "cohort file must contain columns ['scalar_name', 'source_file'] "
-                f"(missing {missing}); for a wide cohort give scalar_columns",
-            )
-        long = df.copy()
-        long["_row"] = np.arange(len(long))
-        long = long.dropna(subset=["scalar_name", "source_file"])
-        long["scalar_name"] = long["scalar_name"].astype(str).str.strip()
-        long["source_file"] = long["source_file"].astype(str).str.strip()
-        long = long[(long["scalar_name"] != "") & (long["source_file"] != "")]
-    if long.empty:
-        raise ClusterH5Error(
-            path, "cohort file has no scalar entries after normalisation"
-        )
-    return long.reset_index(drop=True)
-
-
-def _check_modality(csv: str, sources: Sequence[str]) -> None:
-    kinds: dict[str, str] = {}
-    for s in sources:
-        if cifti.cifti_kind_from_name(s):
-            kinds.setdefault("cifti", s)
-        elif s.endswith(_MIF_SUFFIXES):
-            kinds.setdefault("mif", s)
-        elif s.endswith(_NIFTI_SUFFIXES):
-            kinds.setdefault("nifti", s)
-        else:
-            raise ClusterH5Error(
-                csv,
-                f"cannot tell the type of {s!r}: expected a CIFTI file such as "
-                ".dscalar.nii",
-            )
-    if len(kinds) > 1:
-        raise ClusterH5Error(
-            csv, f"cohort mixes modalities ({', '.join(sorted(kinds))}); e.g. {kinds}"
-        )
-    if "cifti" not in kinds:
-        kind = next(iter(kinds))
-        raise ClusterH5Error(
-            csv,
-            f"{kinds[kind]!r} is {kind.upper()}; clusterh5 converts CIFTI cohorts only "
-            "(use ModelArrayIO for NIfTI and MIF data)",
-        )
-
-
-def resolve_sources(
-    cohort_csv: str | os.PathLike[str],
-    sources: Sequence[str],
-    relative_to: str | os.PathLike[str] | None = None,
-) -> list[str]:
-    """Absolute paths of ``source_file`` values.
-
-    Rule: with ``relative_to=None`` a relative path is looked up as ModelArrayIO
-    does, against the current working directory; if it is not there, the cohort
-    CSV's folder is tried and a warning says so. ``relative_to="cwd"``,
-    ``"csv"`` or a folder uses that base only. The strings stored in the output
-    are never changed, only the paths opened.
-    """
-    csv_dir = Path(os.fspath(cohort_csv)).resolve().parent
-    cwd = Path.cwd()
-    fixed: Path | None = None
-    if relative_to is not None:
-        fixed = {"cwd": cwd, "csv": csv_dir}.get(str(relative_to), Path(relative_to))
-    out: list[str] = []
-    fell_back = 0
-    for s in sources:
-        p = Path(s).expanduser()
-        if p.is_absolute():
-            out.append(str(p))
-            continue
-        if fixed is not None:
-            cand = fixed / p
-            if not cand.exists():
-                raise FileNotFoundError(f"{s}: no such file (looked in {fixed})")
-            out.append(str(cand))
-            continue
-        if (cwd / p).exists():
-            out.append(str(cwd / p))
-        elif (csv_dir / p).exists():
-            out.append(str(csv_dir / p))
-            fell_back += 1
-        else:
-            raise FileNotFoundError(
-                f"{s}: no such file, neither relative to the working directory "
-                f"{cwd} (ModelArrayIO's rule) nor to the cohort file's folder {csv_dir}"
-            )
-    if fell_back:
-        warnings.warn(
-            f"{fell_back} source file(s) of {os.fspath(cohort_csv)} were not found "
-            f"relative to the working directory {cwd} (where ModelArrayIO looks); "
-            f"read them relative to the cohort file's folder {csv_dir}",
-            UserWarning,
-            stacklevel=3,
-        )
-    return out
-
-
-# --------------------------------------------------------------------------
-# lazy reads
-# --------------------------------------------------------------------------
-
-
-class CohortArray:
-    """Array-like (n_files, n_elements) over a cohort's data blocks.
-
-    Indexing reads only the requested greyordinates of the requested files
-    (``os.pread`` at ``vox_offset``), so column stripes are cheap. Holds no open
-    files: it pickles to dask workers.
-    """
-
-    def __init__(self, blocks: Sequence[cifti.DataBlock], n_elements: int) -> None:
-        self.blocks = list(blocks)
-        self.shape = (len(self.blocks), int(n_elements))
-        self.dtype = np.dtype("float32")
-        self.ndim = 2
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, key: Any) -> np.ndarray:
-        key = key if isinstance(key, tuple) else (key,)
-        key = key + (slice(None),) * (2 - len(key))
-        if len(key) != 2 or any(k is Ellipsis for k in key):
-            key = np.index_exp[key][:2]
-        rows_key, cols_key = key
-        rows = np.arange(self.shape[0])[rows_key]
-        cols = np.arange(self.shape[1])[cols_key]
-        rows_1d = np.atleast_1d(rows)
-        cols_1d = np.atleast_1d(cols)
-        if cols_1d.size == 0 or rows_1d.size == 0:
-            out = np.empty((rows_1d.size, cols_1d.size), dtype=self.dtype)
-        else:
-            lo, hi = int(cols_1d.min()), int(cols_1d.max()) + 1
-            out = np.empty((rows_1d.size, cols_1d.size), dtype=self.dtype)
-            contiguous = cols_1d.size == hi - lo and np.all(np.diff(cols_1d) == 1)
-            buf = np.empty(hi - lo, dtype=self.dtype)
-            for i, r in enumerate(rows_1d):
-                if contiguous:
-                    cifti.read_columns(self.blocks[int(r)], lo, hi, out[i])
-                else:
-                    cifti.read_columns(self.blocks[int(r)], lo, hi, buf)
-                    out[i] = buf[cols_1d - lo]
-        if np.ndim(rows) == 0:
-            out = out[0]
-            return out[0] if np.ndim(cols) == 0 else out
-        return out[:, 0] if np.ndim(cols) == 0 else out
-
-
-def _check_all(
-    paths: Sequence[str],
-    map_index: int | None,
-    progress: bool,
-    threads: int | None,
-) -> tuple[cifti.BrainModel, list[cifti.DataBlock]]:
-    ref, first = cifti.read_reference(paths[0], map_index=map_index)
-    rest = paths[1:]
-    n_threads = threads or min(4, os.cpu_count() or 1)
-    blocks = [first]
-    with ThreadPoolExecutor(max(1, n_threads)) as pool:
-        results = pool.map(
-            lambda p: cifti.check_file(p, ref, map_index=map_index), rest
-        )
-        if progress:
-            from tqdm.auto import tqdm
-
-            results = tqdm(
-                results,
-                total=len(rest),
-                desc="checking CIFTI headers",
-                unit="file",
-                file=sys.stderr,
-            )
-        blocks.extend(results)
-    return ref, blocks
 
 
 def _subject_columns(long: pd.DataFrame) -> list[str]:
@@ -348,11 +112,13 @@ def from_cohort(
     As ModelArrayIO does, values are float32 whatever the files store.
     """
     csv = os.fspath(cohort_csv)
-    long = read_cohort(csv, scalar_columns)
+    long = modelarray_io.read_cohort(csv, scalar_columns)
     sources = long["source_file"].tolist()
-    _check_modality(csv, sources)
-    resolved = resolve_sources(csv, sources, relative_to)
-    ref, blocks = _check_all(resolved, map_index, progress, threads)
+    modelarray_io.check_modality(csv, sources)
+    resolved = modelarray_io.resolve_sources(csv, sources, relative_to)
+    ref, blocks = modelarray_io.check_cohort_files(
+        resolved, map_index, progress, threads
+    )
     long = long.assign(_block=range(len(long)))
     scalars = list(dict.fromkeys(long["scalar_name"]))
     for s in scalars:
@@ -380,7 +146,7 @@ def from_cohort(
                 coords[c] = (dim, vals)
             else:
                 coords[f"{c}_{s}"] = (dim, vals)
-        arr = CohortArray([blocks[i] for i in g["_block"]], n_el)
+        arr = modelarray_io.CohortArray([blocks[i] for i in g["_block"]], n_el)
         token = tokenize(
             csv, s, [(b.path, b.offset, str(b.dtype), b.map_index) for b in arr.blocks]
         )
@@ -529,19 +295,7 @@ def to_modelarray(
     codes, structures = _structure_table(ds)
     if split_files is None:
         split_files = ds.attrs.get("cohort_format") == "wide"
-    target = Path(path)
-    if split_files:
-        plan = [
-            (
-                target.with_name(
-                    f"{cifti.safe_output_name(n, 'scalar name')}_{target.name}"
-                ),
-                [n],
-            )
-            for n in names
-        ]
-    else:
-        plan = [(target, names)]
+    plan = modelarray_io.output_plan(path, names, bool(split_files))
     for out, _ in plan:
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out}: exists; pass overwrite=True to replace it")
@@ -595,44 +349,6 @@ def to_modelarray(
 # --------------------------------------------------------------------------
 # results to CIFTI
 # --------------------------------------------------------------------------
-
-
-def _template_from_cohort(
-    cohort_file: str | os.PathLike[str],
-    relative_to: str | os.PathLike[str] | None = None,
-) -> str:
-    """The first row's ``source_file`` of a long cohort (ModelArrayIO's template)."""
-    long = read_cohort(cohort_file)
-    first = long["source_file"].iloc[0]
-    return resolve_sources(cohort_file, [first], relative_to)[0]
-
-
-def _pick_template(
-    ds_attrs: dict[str, Any] | None,
-    example_file: str | os.PathLike[str] | None,
-    cohort_file: str | os.PathLike[str] | None,
-) -> cifti.Template:
-    if example_file is not None and cohort_file is not None:
-        raise ValueError("give example_file or cohort_file, not both")
-    if example_file is not None:
-        tpath = os.fspath(example_file)
-        if not os.path.exists(tpath):
-            raise FileNotFoundError(f"{tpath}: template file does not exist")
-    elif cohort_file is not None:
-        tpath = _template_from_cohort(cohort_file)
-    elif ds_attrs and ds_attrs.get("cifti_template"):
-        tpath = str(ds_attrs["cifti_template"])
-    else:
-        raise ValueError(
-            "no CIFTI template: give example_file= or cohort_file= (ModelArray files "
-            "store no brain-model geometry)"
-        )
-    kind = cifti.cifti_kind_from_name(tpath)
-    if kind is None and tpath.endswith(_NIFTI_SUFFIXES):
-        raise ClusterH5Error(
-            tpath, "template is NIfTI, not CIFTI; NIfTI export is not supported"
-        )
-    return cifti.load_template(tpath)
 
 
 def results_variables(ds: xr.Dataset) -> list[str]:
@@ -700,42 +416,13 @@ def to_cifti(
         if stat_dim in ds.coords
         else [f"component{i + 1:03d}" for i in range(var.shape[0])]
     )
-    template = _pick_template(ds.attrs, example_file, cohort_file)
+    template = modelarray_io.pick_template(ds.attrs, example_file, cohort_file)
     name = str(var.attrs.get(NAME_ATTR, var_name))
     return cifti.write_dscalar_rows(
         output_dir,
         name,
         stats,
         np.asarray(var.values),
-        template,
-        overwrite=overwrite,
-        progress=progress,
-    )
-
-
-def export_results(
-    in_file: str | os.PathLike[str],
-    analysis: str,
-    output_dir: str | os.PathLike[str],
-    *,
-    example_file: str | os.PathLike[str] | None = None,
-    cohort_file: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-    progress: bool = False,
-) -> list[Path]:
-    """``modelarrayio export-results`` for CIFTI, straight from the HDF5 file.
-
-    Reads ``results/<analysis>/results_matrix`` once (not row by row) with its
-    statistic names (:func:`modelarray_io.read_results`) and writes the files
-    as :func:`to_cifti` does.
-    """
-    template = _pick_template(None, example_file, cohort_file)
-    names, matrix = modelarray_io.read_results(in_file, analysis)
-    return cifti.write_dscalar_rows(
-        output_dir,
-        analysis,
-        names,
-        matrix,
         template,
         overwrite=overwrite,
         progress=progress,

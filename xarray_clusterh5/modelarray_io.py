@@ -27,16 +27,26 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+import pandas as pd
 
-from xarray_clusterh5 import _layout
+from xarray_clusterh5 import _layout, cifti
 from xarray_clusterh5._chunkio import default_threads, encode_chunk, filter_spec
-from xarray_clusterh5._h5 import ClusterH5Error, decode_str, get_link, read_strings
+from xarray_clusterh5._h5 import (
+    ClusterH5Error,
+    atomic_output,
+    decode_str,
+    get_link,
+    read_strings,
+)
 
 GREYORDINATE_COLUMNS = ("vertex_id", "structure_id")
 #: bytes of one stripe held in memory while writing (several chunks wide)
@@ -406,3 +416,449 @@ def read_greyordinates(path: str, f: h5py.File) -> tuple[np.ndarray, np.ndarray]
         )
     structure = np.asarray(names, dtype=str)[codes] if names else codes.astype(str)
     return table[vi].astype(np.int64), structure
+
+
+# --------------------------------------------------------------------------
+# cohorts (ModelArrayIO's CSV rules) and the direct conversion
+# --------------------------------------------------------------------------
+
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_MIF_SUFFIXES = (".mif", ".mif.gz")
+
+
+# --------------------------------------------------------------------------
+# cohort CSV
+# --------------------------------------------------------------------------
+
+
+def read_cohort(
+    cohort_csv: str | os.PathLike[str], scalar_columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """A cohort CSV normalised as ModelArrayIO does: long ``scalar_name, source_file``.
+
+    Long format needs columns ``scalar_name`` and ``source_file``; rows where
+    either is empty are dropped. Wide format (``scalar_columns``) melts each row
+    into one row per scalar column, skipping empty cells. Values are stripped of
+    surrounding whitespace and otherwise kept verbatim (path columns are read as
+    text, so ``001.nii`` stays ``001.nii``). Other columns are kept.
+    """
+    path = os.fspath(cohort_csv)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: cohort file does not exist")
+    header = pd.read_csv(path, nrows=0)
+    cols = list(header.columns)
+    scalar_columns = [c for c in (scalar_columns or []) if c]
+    text_cols = scalar_columns or [
+        c for c in ("scalar_name", "source_file") if c in cols
+    ]
+    df = pd.read_csv(path, dtype={c: str for c in text_cols if c in cols})
+    if scalar_columns:
+        missing = [c for c in scalar_columns if c not in cols]
+        if missing:
+            raise ClusterH5Error(
+                path, f"wide-format cohort is missing scalar columns {missing}"
+            )
+        extra = [c for c in cols if c not in scalar_columns]
+        records = []
+        for i, row in enumerate(df.itertuples(index=False)):
+            rec = dict(zip(cols, row, strict=True))
+            for sc in scalar_columns:
+                val = rec[sc]
+                if val is None or pd.isna(val) or not str(val).strip():
+                    continue
+                records.append(
+                    {
+                        "scalar_name": sc,
+                        "source_file": str(val).strip(),
+                        "_row": i,
+                        **{c: rec[c] for c in extra},
+                    }
+                )
+        long = pd.DataFrame.from_records(
+            records, columns=["scalar_name", "source_file", "_row", *extra]
+        )
+    else:
+        missing = [c for c in ("scalar_name", "source_file") if c not in cols]
+        if missing:
+            raise ClusterH5Error(
+                path,
+                "cohort file must contain columns ['scalar_name', 'source_file'] "
+                f"(missing {missing}); for a wide cohort give scalar_columns",
+            )
+        long = df.copy()
+        long["_row"] = np.arange(len(long))
+        long = long.dropna(subset=["scalar_name", "source_file"])
+        long["scalar_name"] = long["scalar_name"].astype(str).str.strip()
+        long["source_file"] = long["source_file"].astype(str).str.strip()
+        long = long[(long["scalar_name"] != "") & (long["source_file"] != "")]
+    if long.empty:
+        raise ClusterH5Error(
+            path, "cohort file has no scalar entries after normalisation"
+        )
+    return long.reset_index(drop=True)
+
+
+def check_modality(csv: str, sources: Sequence[str]) -> None:
+    kinds: dict[str, str] = {}
+    for s in sources:
+        if cifti.cifti_kind_from_name(s):
+            kinds.setdefault("cifti", s)
+        elif s.endswith(_MIF_SUFFIXES):
+            kinds.setdefault("mif", s)
+        elif s.endswith(_NIFTI_SUFFIXES):
+            kinds.setdefault("nifti", s)
+        else:
+            raise ClusterH5Error(
+                csv,
+                f"cannot tell the type of {s!r}: expected a CIFTI file such as "
+                ".dscalar.nii",
+            )
+    if len(kinds) > 1:
+        raise ClusterH5Error(
+            csv, f"cohort mixes modalities ({', '.join(sorted(kinds))}); e.g. {kinds}"
+        )
+    if "cifti" not in kinds:
+        kind = next(iter(kinds))
+        raise ClusterH5Error(
+            csv,
+            f"{kinds[kind]!r} is {kind.upper()}; clusterh5 converts CIFTI cohorts only "
+            "(use ModelArrayIO for NIfTI and MIF data)",
+        )
+
+
+def resolve_sources(
+    cohort_csv: str | os.PathLike[str],
+    sources: Sequence[str],
+    relative_to: str | os.PathLike[str] | None = None,
+) -> list[str]:
+    """Absolute paths of ``source_file`` values.
+
+    Rule: with ``relative_to=None`` a relative path is looked up as ModelArrayIO
+    does, against the current working directory; if it is not there, the cohort
+    CSV's folder is tried and a warning says so. ``relative_to="cwd"``,
+    ``"csv"`` or a folder uses that base only. The strings stored in the output
+    are never changed, only the paths opened.
+    """
+    csv_dir = Path(os.fspath(cohort_csv)).resolve().parent
+    cwd = Path.cwd()
+    fixed: Path | None = None
+    if relative_to is not None:
+        fixed = {"cwd": cwd, "csv": csv_dir}.get(str(relative_to), Path(relative_to))
+    out: list[str] = []
+    fell_back = 0
+    for s in sources:
+        p = Path(s).expanduser()
+        if p.is_absolute():
+            out.append(str(p))
+            continue
+        if fixed is not None:
+            cand = fixed / p
+            if not cand.exists():
+                raise FileNotFoundError(f"{s}: no such file (looked in {fixed})")
+            out.append(str(cand))
+            continue
+        if (cwd / p).exists():
+            out.append(str(cwd / p))
+        elif (csv_dir / p).exists():
+            out.append(str(csv_dir / p))
+            fell_back += 1
+        else:
+            raise FileNotFoundError(
+                f"{s}: no such file, neither relative to the working directory "
+                f"{cwd} (ModelArrayIO's rule) nor to the cohort file's folder {csv_dir}"
+            )
+    if fell_back:
+        warnings.warn(
+            f"{fell_back} source file(s) of {os.fspath(cohort_csv)} were not found "
+            f"relative to the working directory {cwd} (where ModelArrayIO looks); "
+            f"read them relative to the cohort file's folder {csv_dir}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return out
+
+
+# --------------------------------------------------------------------------
+# lazy reads
+# --------------------------------------------------------------------------
+
+
+class CohortArray:
+    """Array-like (n_files, n_elements) over a cohort's data blocks.
+
+    Indexing reads only the requested greyordinates of the requested files
+    (``os.pread`` at ``vox_offset``), so column stripes are cheap. Holds no open
+    files: it pickles to dask workers.
+    """
+
+    def __init__(self, blocks: Sequence[cifti.DataBlock], n_elements: int) -> None:
+        self.blocks = list(blocks)
+        self.shape = (len(self.blocks), int(n_elements))
+        self.dtype = np.dtype("float32")
+        self.ndim = 2
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        key = key + (slice(None),) * (2 - len(key))
+        if len(key) != 2 or any(k is Ellipsis for k in key):
+            key = np.index_exp[key][:2]
+        rows_key, cols_key = key
+        rows = np.arange(self.shape[0])[rows_key]
+        cols = np.arange(self.shape[1])[cols_key]
+        rows_1d = np.atleast_1d(rows)
+        cols_1d = np.atleast_1d(cols)
+        if cols_1d.size == 0 or rows_1d.size == 0:
+            out = np.empty((rows_1d.size, cols_1d.size), dtype=self.dtype)
+        else:
+            lo, hi = int(cols_1d.min()), int(cols_1d.max()) + 1
+            out = np.empty((rows_1d.size, cols_1d.size), dtype=self.dtype)
+            contiguous = cols_1d.size == hi - lo and np.all(np.diff(cols_1d) == 1)
+            buf = np.empty(hi - lo, dtype=self.dtype)
+            for i, r in enumerate(rows_1d):
+                if contiguous:
+                    cifti.read_columns(self.blocks[int(r)], lo, hi, out[i])
+                else:
+                    cifti.read_columns(self.blocks[int(r)], lo, hi, buf)
+                    out[i] = buf[cols_1d - lo]
+        if np.ndim(rows) == 0:
+            out = out[0]
+            return out[0] if np.ndim(cols) == 0 else out
+        return out[:, 0] if np.ndim(cols) == 0 else out
+
+
+def check_cohort_files(
+    paths: Sequence[str],
+    map_index: int | None,
+    progress: bool,
+    threads: int | None,
+) -> tuple[cifti.BrainModel, list[cifti.DataBlock]]:
+    ref, first = cifti.read_reference(paths[0], map_index=map_index)
+    rest = paths[1:]
+    n_threads = threads or min(4, os.cpu_count() or 1)
+    blocks = [first]
+    with ThreadPoolExecutor(max(1, n_threads)) as pool:
+        results = pool.map(
+            lambda p: cifti.check_file(p, ref, map_index=map_index), rest
+        )
+        if progress:
+            from tqdm.auto import tqdm
+
+            results = tqdm(
+                results,
+                total=len(rest),
+                desc="checking CIFTI headers",
+                unit="file",
+                file=sys.stderr,
+            )
+        blocks.extend(results)
+    return ref, blocks
+
+
+def template_from_cohort(
+    cohort_file: str | os.PathLike[str],
+    relative_to: str | os.PathLike[str] | None = None,
+) -> str:
+    """The first row's ``source_file`` of a long cohort (ModelArrayIO's template)."""
+    long = read_cohort(cohort_file)
+    first = long["source_file"].iloc[0]
+    return resolve_sources(cohort_file, [first], relative_to)[0]
+
+
+def pick_template(
+    ds_attrs: dict[str, Any] | None,
+    example_file: str | os.PathLike[str] | None,
+    cohort_file: str | os.PathLike[str] | None,
+) -> cifti.Template:
+    if example_file is not None and cohort_file is not None:
+        raise ValueError("give example_file or cohort_file, not both")
+    if example_file is not None:
+        tpath = os.fspath(example_file)
+        if not os.path.exists(tpath):
+            raise FileNotFoundError(f"{tpath}: template file does not exist")
+    elif cohort_file is not None:
+        tpath = template_from_cohort(cohort_file)
+    elif ds_attrs and ds_attrs.get("cifti_template"):
+        tpath = str(ds_attrs["cifti_template"])
+    else:
+        raise ValueError(
+            "no CIFTI template: give example_file= or cohort_file= (ModelArray files "
+            "store no brain-model geometry)"
+        )
+    kind = cifti.cifti_kind_from_name(tpath)
+    if kind is None and tpath.endswith(_NIFTI_SUFFIXES):
+        raise ClusterH5Error(
+            tpath, "template is NIfTI, not CIFTI; NIfTI export is not supported"
+        )
+    return cifti.load_template(tpath)
+
+
+def export_results(
+    in_file: str | os.PathLike[str],
+    analysis: str,
+    output_dir: str | os.PathLike[str],
+    *,
+    example_file: str | os.PathLike[str] | None = None,
+    cohort_file: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> list[Path]:
+    """``modelarrayio export-results`` for CIFTI, straight from the HDF5 file.
+
+    Reads ``results/<analysis>/results_matrix`` once (not row by row) with its
+    statistic names (:func:`read_results`) and writes the files
+    as :func:`to_cifti` does.
+    """
+    template = pick_template(None, example_file, cohort_file)
+    names, matrix = read_results(in_file, analysis)
+    return cifti.write_dscalar_rows(
+        output_dir,
+        analysis,
+        names,
+        matrix,
+        template,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def output_plan(
+    output: str | os.PathLike[str], scalars: Sequence[str], split: bool
+) -> list[tuple[Path, list[str]]]:
+    """Which scalars go to which file (ModelArrayIO's split naming).
+
+    Split outputs are ``<scalar>_<name of output>`` in the output's folder, the
+    scalar name sanitised as ModelArrayIO does (``/`` and spaces to ``_``; here
+    also backslashes and control characters) so it cannot leave that folder.
+    """
+    target = Path(output)
+    if not split:
+        return [(target, list(scalars))]
+    plan = []
+    for s in scalars:
+        name = f"{cifti.safe_output_name(s, 'scalar name')}_{target.name}"
+        plan.append((target.with_name(name), [s]))
+    if len({p for p, _ in plan}) != len(plan):
+        raise ValueError("two scalar names give the same split output file name")
+    return plan
+
+
+def stripe_reader(
+    array: CohortArray, pool: ThreadPoolExecutor, threads: int
+) -> Callable[[int, int], np.ndarray]:
+    """``read(start, stop)``: elements ``start:stop`` of every file, read in threads.
+
+    Each file's bytes come from one ``os.pread`` (no GIL), so the pool's
+    threads read several files at once while other threads compress.
+    """
+    n = len(array.blocks)
+    step = max(1, n // (4 * max(1, threads)))
+
+    def read(start: int, stop: int) -> np.ndarray:
+        out = np.empty((n, stop - start), dtype=np.float32)
+
+        def part(i0: int) -> None:
+            for i in range(i0, min(i0 + step, n)):
+                cifti.read_columns(array.blocks[i], start, stop, out[i])
+
+        list(pool.map(part, range(0, n, step)))
+        return out
+
+    return read
+
+
+def cohort_to_h5(
+    cohort_csv: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    scalar_columns: Sequence[str] | None = None,
+    split_files: bool | None = None,
+    relative_to: str | os.PathLike[str] | None = None,
+    map_index: int | None = None,
+    dtype: Any = "float32",
+    compression: str | None = "gzip",
+    compression_level: int = 4,
+    shuffle: bool = True,
+    chunk_voxels: int = 0,
+    target_chunk_mb: float = 2.0,
+    overwrite: bool = False,
+    progress: bool = False,
+    threads: int | None = None,
+) -> list[Path]:
+    """``modelarrayio to-modelarray`` for CIFTI, without xarray (the CLI's path).
+
+    Same files as ``cohort.to_modelarray(cohort.from_cohort(...))``: the CSV is
+    normalised as ModelArrayIO does, every header checked against the first
+    file's brain model, then each scalar streamed in column stripes straight from
+    the files' data blocks into compressed chunks. Memory is a few stripes
+    (``STRIPE_BYTES``), whatever the number of subjects. Outputs are written
+    atomically; ``split_files=None`` splits wide cohorts only.
+    """
+    csv = os.fspath(cohort_csv)
+    long = read_cohort(csv, scalar_columns)
+    sources = long["source_file"].tolist()
+    check_modality(csv, sources)
+    # refuse bad options before reading any file
+    resolve_dtype(dtype)
+    resolve_compression(compression, compression_level, shuffle)
+    scalars = list(dict.fromkeys(long["scalar_name"]))
+    for s in scalars:
+        _layout.check_hdf5_name(s, "scalar name")
+    if split_files is None:
+        split_files = bool(scalar_columns)
+    plan = output_plan(output, scalars, split_files)
+    for out, _ in plan:
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out}: exists; pass overwrite=True to replace it")
+    resolved = resolve_sources(csv, sources, relative_to)
+    ref, blocks = check_cohort_files(resolved, map_index, progress, threads)
+    codes, names = ref.structure_table()
+    n_el = ref.n_elements
+    rows = {s: np.flatnonzero((long["scalar_name"] == s).to_numpy()) for s in scalars}
+    n_threads = threads or default_threads()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = n_el * len(scalars)
+        bar = tqdm(
+            total=total,
+            desc="writing ModelArray HDF5",
+            unit="el",
+            unit_scale=True,
+            file=sys.stderr,
+        )
+    written = []
+    try:
+        with ThreadPoolExecutor(n_threads, thread_name_prefix="cifti-read") as pool:
+            for out, group in plan:
+                with (
+                    atomic_output(out, overwrite=overwrite, suffix=".h5") as tmp,
+                    h5py.File(tmp, "w") as f,
+                ):
+                    write_greyordinates(f, codes, names)
+                    for s in group:
+                        arr = CohortArray([blocks[i] for i in rows[s]], n_el)
+                        write_scalar(
+                            f,
+                            s,
+                            len(rows[s]),
+                            n_el,
+                            [sources[i] for i in rows[s]],
+                            stripe_reader(arr, pool, n_threads),
+                            dtype=dtype,
+                            compression=compression,
+                            compression_level=compression_level,
+                            shuffle=shuffle,
+                            chunk_voxels=chunk_voxels,
+                            target_chunk_mb=target_chunk_mb,
+                            threads=n_threads,
+                            progress=bar.update if bar is not None else None,
+                        )
+                written.append(out)
+    finally:
+        if bar is not None:
+            bar.close()
+    return written
