@@ -1,13 +1,314 @@
-"""Parallel reading of gzip-chunked datasets (placeholder: serial h5py)."""
+"""Parallel reading of gzip-chunked datasets: raw chunks, zlib in threads.
+
+h5py decompresses chunks one at a time in the calling thread, inside its
+global lock, so a large read of a gzip dataset uses one core. HDF5's deflate
+filter stores exactly the zlib format (header and Adler-32 included, at every
+level 0-9), and its shuffle filter is a byte transpose, so we can do the
+filters' work ourselves: read the stored bytes of every chunk covering a
+window with ``H5Dread_chunk`` (``dset.id.read_direct_chunk``), then inflate,
+unshuffle and place them on a shared thread pool (``zlib`` and NumPy copies
+release the GIL).
+
+The reading happens in two steps so that a caller holding an HDF5 lock only
+needs it for the first: ``fetch_window`` reads the raw bytes (needs h5py and
+the lock), ``RawWindow.decode`` decompresses (needs neither).
+``read_window_parallel`` does both.
+
+Only what we can reproduce exactly is handled: 2-D chunked datasets of
+little-endian float32/float64 whose filter pipeline is deflate, optionally
+with shuffle. Anything else (contiguous or unfiltered data, fletcher32,
+scale-offset, szip, lzf, plugins, big-endian or integer data, unallocated
+chunks, stepped selections, corrupt chunks) returns None so that h5py reads
+it, and raises its own errors.
+
+The pool is module-level, created on first use and forgotten in a forked
+child (its threads do not survive ``fork``); arrays never hold it, so they
+pickle.
+"""
 
 from __future__ import annotations
 
+import os
+import threading
+import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
 import h5py
 import numpy as np
+
+__all__ = [
+    "MIN_PARALLEL_CHUNKS",
+    "RawWindow",
+    "fetch_window",
+    "read_window_parallel",
+]
+
+# HDF5 filter ids (H5Zpublic.h)
+_DEFLATE = 1
+_SHUFFLE = 2
+
+#: windows covering fewer chunks are decoded in the calling thread only:
+#: handing one chunk to a pool costs more than it saves (measured in
+#: benchmarks/bench_read.py; a chunk of fmristore's layout inflates in ~1 ms)
+MIN_PARALLEL_CHUNKS = 2
+
+_F32 = np.dtype("<f4")
+_SUPPORTED = (np.dtype("<f4"), np.dtype("<f8"))
+
+_pool: ThreadPoolExecutor | None = None
+_pool_size = 1
+_pool_lock = threading.Lock()
+
+
+def _threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _get_pool() -> tuple[ThreadPoolExecutor, int]:
+    global _pool, _pool_size
+    pool = _pool
+    if pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool_size = _threads()
+                _pool = ThreadPoolExecutor(_pool_size, thread_name_prefix="chunkread")
+            pool = _pool
+    return pool, _pool_size
+
+
+def _forget_pool() -> None:
+    # after fork the child has the executor object but none of its threads
+    global _pool, _pool_lock
+    _pool = None
+    _pool_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+@dataclass(frozen=True)
+class _Pipeline:
+    """The filters to undo, in pipeline order: ``(position, filter id)``."""
+
+    filters: tuple[tuple[int, int], ...]
+    chunks: tuple[int, int]
+    dtype: np.dtype
+
+
+def _pipeline(dset: h5py.Dataset) -> _Pipeline | None:
+    """The dataset's filters if we can undo all of them, else None."""
+    if dset.ndim != 2 or dset.chunks is None or dset.dtype not in _SUPPORTED:
+        return None
+    plist = dset.id.get_create_plist()
+    filters = []
+    for i in range(plist.get_nfilters()):
+        code = plist.get_filter(i)[0]
+        if code not in (_DEFLATE, _SHUFFLE):
+            return None  # fletcher32, scale-offset, szip, lzf, plugins ...
+        filters.append((i, int(code)))
+    if not any(code == _DEFLATE for _, code in filters):
+        return None  # nothing to decompress: h5py reads raw chunks as fast
+    return _Pipeline(
+        tuple(filters), (int(dset.chunks[0]), int(dset.chunks[1])), dset.dtype
+    )
+
+
+def _bounds(sel: object, n: int) -> tuple[int, int] | None:
+    """``(start, stop)`` of a step-1 slice, or None for anything else."""
+    if not isinstance(sel, slice):
+        return None
+    start, stop, step = sel.indices(n)
+    if step != 1:
+        return None
+    return start, max(start, stop)
+
+
+@dataclass
+class _Chunk:
+    """One stored chunk and where its part of the window goes."""
+
+    raw: bytes
+    filter_mask: int
+    src: tuple[slice, slice]  # inside the chunk
+    dst: tuple[slice, slice]  # inside the window
+
+
+@dataclass
+class RawWindow:
+    """The stored bytes of every chunk covering a window, not yet decoded.
+
+    Made by ``fetch_window`` (under the HDF5 lock); ``decode`` needs no h5py
+    object and no lock.
+    """
+
+    shape: tuple[int, int]
+    pipeline: _Pipeline
+    chunks: list[_Chunk]
+
+    @property
+    def n_chunks(self) -> int:
+        """Number of stored chunks covering the window."""
+        return len(self.chunks)
+
+    def decode(self, *, parallel: bool | None = None) -> np.ndarray | None:
+        """Undo the filters and assemble the window as float32.
+
+        Parameters
+        ----------
+        parallel : bool, optional
+            Decode on the shared thread pool (and in the calling thread).
+            Default: when the window covers at least ``MIN_PARALLEL_CHUNKS``
+            chunks.
+
+        Returns
+        -------
+        numpy.ndarray or None
+            The ``(rows, cols)`` window, float32. It is Fortran-ordered: the
+            engine transposes windows to ``(voxel, time)``, which then is a
+            contiguous array, and the transposing copy happens in the worker
+            threads. None if a chunk does not decode (h5py should then read
+            the window and report the problem).
+        """
+        out = np.empty(self.shape[::-1], dtype=_F32).T
+        if parallel is None:
+            parallel = self.n_chunks >= MIN_PARALLEL_CHUNKS
+        try:
+            if parallel and self.n_chunks > 1:
+                _run_parallel(self, out)
+            else:
+                for chunk in self.chunks:
+                    _decode_into(self.pipeline, chunk, out)
+        except (zlib.error, ValueError):
+            return None
+        return out
+
+
+def _decode_into(pipe: _Pipeline, chunk: _Chunk, out: np.ndarray) -> None:
+    """Undo the chunk's filters (last applied first) and copy its part to ``out``."""
+    data: bytes | np.ndarray = chunk.raw
+    itemsize = pipe.dtype.itemsize
+    nbytes = pipe.chunks[0] * pipe.chunks[1] * itemsize
+    for pos, code in reversed(pipe.filters):
+        if chunk.filter_mask & (1 << pos):
+            continue  # this filter was skipped when the chunk was written
+        if code == _DEFLATE:
+            data = zlib.decompress(data, bufsize=nbytes)
+        else:  # shuffle: byte b of every element is stored contiguously
+            buf = np.frombuffer(data, dtype=np.uint8)
+            n = buf.size // itemsize
+            body = buf[: n * itemsize].reshape(itemsize, n).T
+            data = np.concatenate([body.reshape(-1), buf[n * itemsize :]])
+    values = np.frombuffer(data, dtype=pipe.dtype)
+    if values.size != pipe.chunks[0] * pipe.chunks[1]:
+        raise ValueError("decoded chunk has the wrong size")
+    out[chunk.dst] = values.reshape(pipe.chunks)[chunk.src]
+
+
+def _run_parallel(window: RawWindow, out: np.ndarray) -> None:
+    # the calling thread decodes too, so progress never waits on a busy pool
+    pool, size = _get_pool()
+    jobs = iter(window.chunks)
+    lock = threading.Lock()
+
+    def drain() -> None:
+        while True:
+            with lock:
+                chunk = next(jobs, None)
+            if chunk is None:
+                return
+            _decode_into(window.pipeline, chunk, out)
+
+    helpers: list[Future[None]] = [
+        pool.submit(drain) for _ in range(min(size, window.n_chunks - 1))
+    ]
+    try:
+        drain()
+    finally:
+        errors = [f.exception() for f in helpers]
+    for err in errors:
+        if err is not None:
+            raise err
+
+
+def fetch_window(
+    dset: h5py.Dataset, selection: tuple[slice, slice]
+) -> RawWindow | None:
+    """Read the stored bytes of the chunks covering ``dset[selection]``.
+
+    Needs the file open (and, in the engine, the HDF5 lock); decoding the
+    result does not.
+
+    Parameters
+    ----------
+    dset : h5py.Dataset
+        A 2-D dataset.
+    selection : tuple of two slices
+        Step-1 slices (``None`` steps allowed).
+
+    Returns
+    -------
+    RawWindow or None
+        None when the dataset or selection is not one we decode ourselves.
+    """
+    if not (isinstance(selection, tuple) and len(selection) == 2):
+        return None
+    pipe = _pipeline(dset)
+    if pipe is None:
+        return None
+    b0 = _bounds(selection[0], dset.shape[0])
+    b1 = _bounds(selection[1], dset.shape[1])
+    if b0 is None or b1 is None:
+        return None
+    (r0, r1), (c0, c1) = b0, b1
+    if r1 <= r0 or c1 <= c0:
+        return None
+    cr, cc = pipe.chunks
+    chunks: list[_Chunk] = []
+    read = dset.id.read_direct_chunk
+    for orow in range(r0 - r0 % cr, r1, cr):
+        rs, re = max(r0, orow), min(r1, orow + cr)
+        for ocol in range(c0 - c0 % cc, c1, cc):
+            cs, ce = max(c0, ocol), min(c1, ocol + cc)
+            try:
+                mask, raw = read((orow, ocol))
+            except (RuntimeError, OSError, KeyError, ValueError):
+                return None  # unallocated chunk (fill value): let h5py do it
+            chunks.append(
+                _Chunk(
+                    raw,
+                    int(mask),
+                    (slice(rs - orow, re - orow), slice(cs - ocol, ce - ocol)),
+                    (slice(rs - r0, re - r0), slice(cs - c0, ce - c0)),
+                )
+            )
+    return RawWindow((r1 - r0, c1 - c0), pipe, chunks)
 
 
 def read_window_parallel(
     dset: h5py.Dataset, selection: tuple[slice, slice]
 ) -> np.ndarray | None:
-    """Return the window, or None when h5py's own reader should be used."""
-    return None
+    """Read ``dset[selection]`` as float32, decompressing chunks in threads.
+
+    Parameters
+    ----------
+    dset : h5py.Dataset
+        A 2-D dataset; gzip (deflate) chunked, optionally shuffled,
+        little-endian float32 or float64 for this path to apply.
+    selection : tuple of two slices
+        Step-1 slices.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The window (Fortran-ordered float32), or None when h5py should read
+        it (unsupported layout or filters, or a chunk that does not decode).
+    """
+    raw = fetch_window(dset, selection)
+    if raw is None:
+        return None
+    return raw.decode()
