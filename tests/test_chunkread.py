@@ -1,0 +1,307 @@
+"""Parallel raw-chunk reading equals h5py's own reading, or declines.
+
+Every file is an in-memory HDF5 file (core driver, no backing store), closed
+by its ``with`` block.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xarray_clusterh5 import _chunkread, reader
+from xarray_clusterh5._chunkio import shuffle_bytes
+
+_names = itertools.count()
+
+
+@contextmanager
+def memfile() -> Iterator[h5py.File]:
+    """A fresh in-memory HDF5 file."""
+    with h5py.File(
+        f"chunkread-{os.getpid()}-{next(_names)}.h5",
+        "w",
+        driver="core",
+        backing_store=False,
+    ) as f:
+        yield f
+
+
+def check_window(dset: h5py.Dataset, sel: tuple[slice, slice]) -> None:
+    """Ours equals h5py, serially, in parallel and through reader.read_window."""
+    expected = np.asarray(dset[sel], dtype=np.float32)
+    got = _chunkread.read_window_parallel(dset, sel)
+    assert got is not None
+    assert got.dtype == np.float32
+    np.testing.assert_array_equal(got, expected)
+    raw = _chunkread.fetch_window(dset, sel)
+    assert raw is not None
+    for parallel in (False, True):
+        decoded = raw.decode(parallel=parallel)
+        assert decoded is not None
+        np.testing.assert_array_equal(decoded, expected)
+    via_reader = reader.read_window(dset, sel)
+    assert via_reader.dtype == np.float32
+    np.testing.assert_array_equal(via_reader, expected)
+
+
+@st.composite
+def layouts(draw: st.DrawFn) -> dict:
+    """Shape, chunks, filters and a window of a 2-D gzip dataset."""
+    shape = (draw(st.integers(1, 50)), draw(st.integers(1, 50)))
+    chunks = tuple(draw(st.integers(1, n)) for n in shape)
+    window = []
+    for n in shape:
+        a = draw(st.integers(0, n - 1))
+        b = draw(st.integers(a + 1, n))
+        # None bounds and negative starts go through slice.indices like h5py's
+        window.append(
+            draw(
+                st.sampled_from(
+                    [slice(a, b), slice(a - n, b), slice(None, b), slice(a, None)]
+                )
+            )
+        )
+    return {
+        "shape": shape,
+        "chunks": chunks,
+        "level": draw(st.integers(0, 9)),
+        "shuffle": draw(st.booleans()),
+        "dtype": draw(st.sampled_from(["<f4", "<f8"])),
+        "sel": tuple(window),
+        "seed": draw(st.integers(0, 2**32 - 1)),
+    }
+
+
+@settings(max_examples=80, suppress_health_check=[HealthCheck.too_slow])
+@given(layouts())
+def test_random_windows_equal_h5py(case: dict) -> None:
+    rng = np.random.default_rng(case["seed"])
+    data = rng.standard_normal(case["shape"]).astype(case["dtype"])
+    data[rng.random(case["shape"]) < 0.3] = 0.5  # something to compress
+    with memfile() as f:
+        dset = f.create_dataset(
+            "x",
+            data=data,
+            chunks=case["chunks"],
+            compression="gzip",
+            compression_opts=case["level"],
+            shuffle=case["shuffle"],
+        )
+        check_window(dset, case["sel"])
+        check_window(dset, (slice(None), slice(None)))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_fmristore_layout_edge_chunks(shuffle: bool) -> None:
+    # R's chunking: (min(T,128), min(Nc,1024)); T=300 leaves a padded edge chunk
+    data = np.random.default_rng(1).standard_normal((300, 1500)).astype(np.float32)
+    with memfile() as f:
+        dset = f.create_dataset(
+            "cluster_1",
+            data=data,
+            chunks=(128, 1024),
+            compression="gzip",
+            compression_opts=4,
+            shuffle=shuffle,
+            maxshape=(None, None),
+        )
+        raw = _chunkread.fetch_window(dset, (slice(None), slice(None)))
+        assert raw is not None
+        assert raw.n_chunks == 6
+        check_window(dset, (slice(None), slice(None)))
+        check_window(dset, (slice(250, 300), slice(1020, 1500)))
+        check_window(dset, (slice(127, 129), slice(1023, 1025)))
+
+
+def test_resized_dataset_reads_current_extent() -> None:
+    # maxshape (None, None) as R writes it; growing leaves fill in new chunks
+    with memfile() as f:
+        dset = f.create_dataset(
+            "x",
+            data=np.arange(60, dtype=np.float32).reshape(6, 10),
+            chunks=(4, 4),
+            compression="gzip",
+            maxshape=(None, None),
+        )
+        dset.resize((6, 7))
+        check_window(dset, (slice(None), slice(None)))
+
+
+@pytest.mark.parametrize("skip", ["deflate", "shuffle", "both"])
+def test_filter_mask_skips_filters(skip: str, tmp_path: Path) -> None:
+    # a chunk whose filter_mask says a filter was not applied must not be
+    # undone by that filter (HDF5 does the same on read). The file is closed
+    # and reopened: in the writing handle HDF5 2.0 still reports mask 0.
+    data = np.random.default_rng(2).standard_normal((8, 8)).astype(np.float32)
+    path = tmp_path / "mask.h5"
+    block = np.ascontiguousarray(data[4:8])
+    if skip == "deflate":  # deflate is filter 1 of (shuffle, deflate)
+        raw, mask = shuffle_bytes(block.data, 4), 0b10
+    elif skip == "shuffle":
+        raw, mask = zlib.compress(block.tobytes(), 4), 0b01
+    else:
+        raw, mask = block.tobytes(), 0b11
+    with h5py.File(path, "w") as f:
+        dset = f.create_dataset(
+            "x", data=data, chunks=(4, 8), compression="gzip", shuffle=True
+        )
+        dset.id.write_direct_chunk((4, 0), raw, filter_mask=mask)
+    with h5py.File(path, "r") as f:
+        dset = f["x"]
+        assert dset.id.read_direct_chunk((4, 0))[0] == mask
+        np.testing.assert_array_equal(dset[...], data)  # h5py agrees
+        check_window(dset, (slice(None), slice(None)))
+        check_window(dset, (slice(3, 6), slice(1, 7)))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        pytest.param({}, id="contiguous"),
+        pytest.param({"chunks": (4, 4)}, id="chunked-unfiltered"),
+        pytest.param({"chunks": (4, 4), "shuffle": True}, id="shuffle-only"),
+        pytest.param(
+            {"chunks": (4, 4), "compression": "gzip", "fletcher32": True},
+            id="fletcher32",
+        ),
+        pytest.param({"chunks": (4, 4), "compression": "lzf"}, id="lzf"),
+        pytest.param(
+            {"chunks": (4, 4), "compression": "gzip", "scaleoffset": 2},
+            id="scaleoffset",
+        ),
+        pytest.param(
+            {"chunks": (4, 4), "compression": "gzip", "dtype": ">f4"}, id="big-endian"
+        ),
+        pytest.param(
+            {"chunks": (4, 4), "compression": "gzip", "dtype": "<i4"}, id="int32"
+        ),
+        pytest.param(
+            {"chunks": (4, 4), "compression": "gzip", "dtype": "<f2"}, id="float16"
+        ),
+    ],
+)
+def test_unsupported_layouts_decline(kwargs: dict) -> None:
+    data = np.arange(80, dtype=np.float32).reshape(8, 10)
+    with memfile() as f:
+        dset = f.create_dataset("x", data=data, **kwargs)
+        sel = (slice(None), slice(None))
+        assert _chunkread.fetch_window(dset, sel) is None
+        assert _chunkread.read_window_parallel(dset, sel) is None
+        # the reader falls back to h5py and still gives the values
+        np.testing.assert_array_equal(reader.read_window(dset, sel), data)
+
+
+@pytest.mark.parametrize(
+    "sel",
+    [
+        (slice(None, None, 2), slice(None)),
+        (slice(None), 3),
+        (slice(None),),
+        (slice(5, 5), slice(None)),
+        [slice(None), slice(None)],
+    ],
+)
+def test_unsupported_selections_decline(sel: object) -> None:
+    with memfile() as f:
+        dset = f.create_dataset(
+            "x",
+            data=np.ones((8, 10), np.float32),
+            chunks=(4, 4),
+            compression="gzip",
+        )
+        assert _chunkread.read_window_parallel(dset, sel) is None  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("shape", [(12,), (4, 4, 4)])
+def test_not_2d_declines(shape: tuple[int, ...]) -> None:
+    with memfile() as f:
+        dset = f.create_dataset(
+            "x", data=np.ones(shape, np.float32), chunks=True, compression="gzip"
+        )
+        sel = (slice(None), slice(None))
+        assert _chunkread.read_window_parallel(dset, sel) is None
+
+
+def test_unallocated_chunk_declines_and_h5py_fills() -> None:
+    with memfile() as f:
+        dset = f.create_dataset(
+            "x",
+            shape=(8, 8),
+            dtype=np.float32,
+            chunks=(4, 4),
+            compression="gzip",
+            fillvalue=3.5,
+        )
+        dset[:4, :4] = 1.0
+        sel = (slice(None), slice(None))
+        assert _chunkread.read_window_parallel(dset, sel) is None
+        got = reader.read_window(dset, sel)
+        assert got[0, 0] == 1.0
+        assert got[7, 7] == 3.5
+        # a window of allocated chunks only is still ours
+        check_window(dset, (slice(0, 4), slice(0, 4)))
+
+
+def test_corrupt_chunk_declines_and_h5py_raises() -> None:
+    with memfile() as f:
+        dset = f.create_dataset(
+            "x",
+            data=np.ones((8, 8), np.float32),
+            chunks=(4, 4),
+            compression="gzip",
+        )
+        dset.id.write_direct_chunk((4, 4), b"not zlib data", filter_mask=0)
+        sel = (slice(None), slice(None))
+        assert _chunkread.read_window_parallel(dset, sel) is None
+        with pytest.raises(OSError, match=r"(?i)filter|read|inflate"):
+            reader.read_window(dset, sel)
+
+
+def test_wrong_size_chunk_declines() -> None:
+    # valid zlib data that inflates to the wrong number of bytes
+    with memfile() as f:
+        dset = f.create_dataset(
+            "x",
+            data=np.ones((8, 8), np.float32),
+            chunks=(4, 4),
+            compression="gzip",
+        )
+        dset.id.write_direct_chunk((0, 0), zlib.compress(b"\0" * 12), filter_mask=0)
+        raw = _chunkread.fetch_window(dset, (slice(None), slice(None)))
+        assert raw is not None
+        assert raw.decode(parallel=False) is None
+        assert raw.decode(parallel=True) is None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_pool_is_usable_after_fork() -> None:
+    # a forked child (dask/multiprocessing workers) gets a fresh pool, not the
+    # parent's executor whose threads it does not have
+    data = np.random.default_rng(3).standard_normal((300, 600)).astype(np.float32)
+    with memfile() as f:
+        dset = f.create_dataset(
+            "x", data=data, chunks=(128, 256), compression="gzip", compression_opts=4
+        )
+        sel = (slice(None), slice(None))
+        assert _chunkread.read_window_parallel(dset, sel) is not None  # pool made
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - runs in the child
+            code = 1
+            try:
+                got = _chunkread.read_window_parallel(dset, sel)
+                code = 0 if np.array_equal(got, data) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
