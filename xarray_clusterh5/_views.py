@@ -32,7 +32,19 @@ RESERVED = frozenset(
     }
 )  # fmt: skip
 
-VIEW_ATTR = "clusterh5_view"  # "padded", "run" or "root"
+RUN_DATA_ATTRS = {"long_name": "voxel time series"}
+RUN_SUMMARY_ATTRS = {"long_name": "cluster summary time series"}
+VIEW_ATTR = "clusterh5_view"
+#: attributes every view carries about the volume and the file (not metadata)
+GEOMETRY_ATTRS = (
+    "volume_shape",
+    "spacing",
+    "affine",
+    "affine_source",
+    "fmristore_generation",
+    "fmristore_class",
+    "fmristore_version",
+)  # "padded", "run" or "root"
 ROLE = "fmristore_role"
 
 
@@ -151,24 +163,47 @@ def scan_metadata_coords(
     return out
 
 
-def flat_coords(exp: Experiment, *, in_tree: bool = False) -> xr.Coordinates:
-    """Geometry along the flat ``voxel`` dim, the cluster table, the ClusterIndex."""
-    order = exp.flat_order
-    ijk = exp.ijk()[order]
-    index = ClusterIndex(exp.cluster_ids, exp.n_voxels, in_tree=in_tree)
-    coords = xr.Coordinates.from_xindex(index)
-    table = cluster_table(exp, set(RESERVED))
+def flat_geometry(
+    cluster_ids: np.ndarray,
+    n_voxels: np.ndarray,
+    mask_index: np.ndarray,
+    ijk: np.ndarray,
+    cluster_vars: Mapping[str, xr.Variable],
+    *,
+    in_tree: bool = False,
+) -> xr.Coordinates:
+    """Coordinates of the flat views: ClusterIndex, voxel geometry, cluster table.
+
+    ``mask_index`` and ``ijk`` (N, 3) are given in flat order (cluster by cluster).
+    """
+    index = ClusterIndex(cluster_ids, n_voxels, in_tree=in_tree)
     voxel_vars = {
         "mask_index": xr.Variable(
             ("voxel",),
-            order,
+            np.asarray(mask_index, dtype=np.int64),
             {"long_name": "0-based position in fmristore's mask order (x fastest)"},
         ),
-        "i": xr.Variable(("voxel",), ijk[:, 0], {"long_name": "0-based x index"}),
-        "j": xr.Variable(("voxel",), ijk[:, 1], {"long_name": "0-based y index"}),
-        "k": xr.Variable(("voxel",), ijk[:, 2], {"long_name": "0-based z index"}),
     }
-    return coords.assign({**voxel_vars, **table})
+    for axis, name in enumerate("ijk"):
+        voxel_vars[name] = xr.Variable(
+            ("voxel",),
+            np.asarray(ijk[:, axis], dtype=np.int64),
+            {"long_name": f"0-based {'xyz'[axis]} index"},
+        )
+    return xr.Coordinates.from_xindex(index).assign({**voxel_vars, **cluster_vars})
+
+
+def flat_coords(exp: Experiment, *, in_tree: bool = False) -> xr.Coordinates:
+    """Geometry along the flat ``voxel`` dim, the cluster table, the ClusterIndex."""
+    order = exp.flat_order
+    return flat_geometry(
+        exp.cluster_ids,
+        exp.n_voxels,
+        order,
+        exp.ijk()[order],
+        cluster_table(exp, set(RESERVED)),
+        in_tree=in_tree,
+    )
 
 
 def _preferred(var: xr.Variable, chunks: Mapping[str, Any]) -> xr.Variable:
@@ -183,7 +218,7 @@ def _set_preferred(ds: xr.Dataset, chunks: Mapping[str, Any]) -> None:
             _preferred(var, chunks)
 
 
-def _time_coord(n_time: int) -> xr.Variable:
+def time_coord(n_time: int) -> xr.Variable:
     return xr.Variable(
         ("time",), np.arange(n_time, dtype=np.int64), {"long_name": "frame index"}
     )
@@ -200,16 +235,14 @@ def build_run(
     """One scan, exact: ``data(voxel, time)`` and/or ``summary(cluster, time)``."""
     variables: dict[str, xr.Variable] = {}
     if data is not None:
-        variables["data"] = xr.Variable(
-            ("voxel", "time"), data, {"long_name": "voxel time series"}
-        )
+        variables["data"] = xr.Variable(("voxel", "time"), data, RUN_DATA_ATTRS)
     if summary is not None:
         variables["summary"] = xr.Variable(
-            ("cluster", "time"), summary, {"long_name": "cluster summary time series"}
+            ("cluster", "time"), summary, RUN_SUMMARY_ATTRS
         )
     coords = flat_coords(exp) if with_geometry else xr.Coordinates()
     ds = xr.Dataset(variables, coords=coords)
-    ds = ds.assign_coords(time=_time_coord(scan.n_time))
+    ds = ds.assign_coords(time=time_coord(scan.n_time))
     attrs: dict[str, Any] = {VIEW_ATTR: "run", "scan": scan.name}
     if scan.class_attr is not None:
         attrs["scan_class"] = scan.class_attr
@@ -293,7 +326,7 @@ def build_padded(exp: Experiment, data: Any | None, summary: Any | None) -> xr.D
             np.arange(vmax, dtype=np.int64),
             {"long_name": "slot within the cluster"},
         ),
-        "time": _time_coord(tmax),
+        "time": time_coord(tmax),
         "n_time": xr.Variable(
             ("run",), n_time, {"long_name": "time points of the run"}
         ),

@@ -1,3 +1,243 @@
-"""The ``.clusterh5`` accessors on Dataset and DataTree (placeholder, filled in below)."""
+"""The ``.clusterh5`` accessors on Dataset and DataTree.
+
+They are thin: each method names what fmristore users know and calls a plain
+function (``views_convert``, the writers, the CIFTI and ModelArray modules),
+which is imported when first used so that registering stays cheap.
+"""
 
 from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+
+def _vc() -> Any:
+    from xarray_clusterh5 import views_convert
+
+    return views_convert
+
+
+@xr.register_dataset_accessor("clusterh5")
+class ClusterH5DatasetAccessor:
+    """fmristore and ModelArray operations on a clusterh5 Dataset.
+
+    Works on all three views: padded (``xr.open_dataset(path,
+    engine="clusterh5")``), one run (``group=SCAN``) and the tree root.
+    Indices are 0-based (fmristore's R API is 1-based).
+    """
+
+    def __init__(self, obj: xr.Dataset) -> None:
+        self._obj = obj
+
+    # -- what fmristore's experiment object tells -------------------------
+
+    @property
+    def view(self) -> str:
+        """``"padded"``, ``"run"`` or ``"root"``."""
+        return str(_vc().view_of(self._obj))
+
+    @property
+    def scan_names(self) -> list[str]:
+        """Scan names in fmristore's order (R: ``scan_names(exp)``)."""
+        return list(_vc().scan_names(self._obj))
+
+    @property
+    def n_scans(self) -> int:
+        """Number of scans (R: ``n_scans(exp)``)."""
+        return len(self.scan_names)
+
+    def scan_metadata(self) -> dict[str, dict[str, Any]]:
+        """Per-scan metadata with on-disk types (R: ``scan_metadata(exp)``)."""
+        return dict(_vc().scan_metadata(self._obj))
+
+    def cluster_metadata(self) -> Any:
+        """The cluster table as a pandas DataFrame (R: ``cluster_metadata(exp)``)."""
+        return _vc().cluster_metadata(self._obj)
+
+    @property
+    def affine(self) -> np.ndarray:
+        """4x4 voxel-to-world affine (see ``attrs["affine_source"]``)."""
+        return np.asarray(_vc().affine(self._obj))
+
+    def mask(self) -> xr.DataArray:
+        """The mask as a boolean (x, y, z) volume (R: ``mask(exp)``)."""
+        return _vc().mask_volume(self._obj)
+
+    # -- reading ----------------------------------------------------------
+
+    def series(
+        self, mask_index: Sequence[int] | np.ndarray, run: str | None = None
+    ) -> xr.DataArray:
+        """Voxel series by 0-based mask index (R: ``series(run, i)``, 1-based)."""
+        return _vc().series(self._obj, mask_index, run)
+
+    def series_concat(
+        self, mask_index: Sequence[int] | np.ndarray, runs: Sequence[str] | None = None
+    ) -> xr.DataArray:
+        """Series of several full runs stacked in time (R: ``series_concat``)."""
+        return _vc().series_concat(self._obj, mask_index, runs)
+
+    def summary_matrix(self, run: str | None = None) -> xr.DataArray:
+        """A summary run as (time, cluster) (R: ``as.matrix(summary_run)``)."""
+        return _vc().summary_matrix(self._obj, run)
+
+    def matrix_concat(self, runs: Sequence[str] | None = None) -> xr.DataArray:
+        """Summary runs stacked in time (R: ``matrix_concat``)."""
+        return _vc().matrix_concat(self._obj, runs)
+
+    def cluster_means(self) -> xr.DataArray:
+        """Lazy mean time series of every cluster of every full run."""
+        return _vc().cluster_means(self._obj)
+
+    def to_volume(self, run: str | None = None, fill_value: float = 0.0) -> np.ndarray:
+        """A full run as an (X, Y, Z, T) array, ``fill_value`` outside the mask."""
+        return np.asarray(_vc().run_volume(self._obj, run, fill_value))
+
+    def to_nifti(
+        self,
+        run: str | None = None,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        fill_value: float = 0.0,
+        overwrite: bool = False,
+    ) -> Any:
+        """A full run as a ``nibabel.Nifti1Image`` (saved atomically if ``path``)."""
+        img = _vc().to_nifti(self._obj, run, fill_value)
+        if path is not None:
+            from xarray_clusterh5._h5 import atomic_output
+
+            suffix = ".nii.gz" if os.fspath(path).endswith(".gz") else ".nii"
+            with atomic_output(path, overwrite=overwrite, suffix=suffix) as tmp:
+                img.to_filename(tmp)
+        return img
+
+    # -- views ------------------------------------------------------------
+
+    def set_cluster_index(self) -> xr.Dataset:
+        """Attach the ClusterIndex to ``cluster`` / ``voxel_cluster`` again.
+
+        netCDF keeps coordinates but not custom indexes: call this after
+        reopening a saved run or root view to select clusters by id again.
+        """
+        from xarray_clusterh5.index import ClusterIndex
+
+        ds = self._obj
+        if "voxel_cluster" not in ds.coords:
+            raise ValueError("needs 'cluster' and 'voxel_cluster' coordinates")
+        return ds.drop_indexes(
+            [n for n in ("cluster", "voxel_cluster") if n in ds.xindexes]
+        ).set_xindex(["cluster", "voxel_cluster"], ClusterIndex)
+
+    def unpad(self, run: str) -> xr.Dataset:
+        """One run of the padded view as the exact run view."""
+        return _vc().unpad(self._obj, run)
+
+    def to_tree(self) -> xr.DataTree:
+        """The padded view as the exact DataTree."""
+        return _vc().to_tree(self._obj)
+
+    # -- writing and conversions -------------------------------------------
+
+    def to_fmristore(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Write an fmristore file R reads (see ``xarray_clusterh5.to_fmristore``)."""
+        from xarray_clusterh5.writer_xarray import to_fmristore
+
+        return to_fmristore(self._obj, path, **kwargs)
+
+    def to_cifti(self, *args: Any, **kwargs: Any) -> Any:
+        """Write CIFTI files (see ``xarray_clusterh5.cifti``)."""
+        from xarray_clusterh5 import cifti
+
+        return cifti.dataset_to_cifti(self._obj, *args, **kwargs)
+
+    def to_modelarray(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Write ModelArray's HDF5 layout (see ``xarray_clusterh5.to_modelarray``)."""
+        from xarray_clusterh5.cohort import to_modelarray
+
+        return to_modelarray(self._obj, path, **kwargs)
+
+    @staticmethod
+    def from_cohort(cohort_csv: str | os.PathLike[str], **kwargs: Any) -> xr.Dataset:
+        """``xr.Dataset.clusterh5.from_cohort(csv)``: see ``from_cohort``."""
+        from xarray_clusterh5.cohort import from_cohort
+
+        return from_cohort(cohort_csv, **kwargs)
+
+
+@xr.register_datatree_accessor("clusterh5")
+class ClusterH5DataTreeAccessor:
+    """fmristore operations on the exact DataTree (root geometry, a node per scan)."""
+
+    def __init__(self, obj: xr.DataTree) -> None:
+        self._obj = obj
+
+    @property
+    def scan_names(self) -> list[str]:
+        """Scan names in fmristore's order."""
+        return list(self._obj.children)
+
+    @property
+    def n_scans(self) -> int:
+        """Number of scans."""
+        return len(self._obj.children)
+
+    def run(self, name: str) -> xr.Dataset:
+        """One scan as a run-view Dataset, with the root's geometry."""
+        node = self._obj[name]
+        assert isinstance(node, xr.DataTree)
+        ds = node.to_dataset(inherit="all_coords")
+        ds.attrs = {**self._obj.attrs, **node.attrs}
+        ds.attrs["clusterh5_view"] = "run"
+        ds.attrs.pop("scans", None)
+        return ds
+
+    def set_cluster_index(self) -> xr.DataTree:
+        """Attach the ClusterIndex to the root again (e.g. after netCDF)."""
+        from xarray_clusterh5.index import ClusterIndex
+
+        root = self._obj.to_dataset()
+        root = root.drop_indexes(
+            [n for n in ("cluster", "voxel_cluster") if n in root.xindexes]
+        )
+        variables = {n: root[n].variable for n in ("cluster", "voxel_cluster")}
+        index = ClusterIndex.from_variables(variables, options={})
+        index.in_tree = True
+        root = root.assign_coords(xr.Coordinates.from_xindex(index))
+        nodes = {"/": root}
+        for name, child in self._obj.children.items():
+            nodes[f"/{name}"] = child.to_dataset(inherit=False)
+        return xr.DataTree.from_dict(nodes, name=self._obj.name)
+
+    def scan_metadata(self) -> dict[str, dict[str, Any]]:
+        """Per-scan metadata with on-disk types."""
+        return {n: _vc().scan_metadata(self.run(n))[n] for n in self.scan_names}
+
+    def cluster_metadata(self) -> Any:
+        """The cluster table as a pandas DataFrame."""
+        return _vc().cluster_metadata(self._obj.to_dataset())
+
+    def series(self, mask_index: Sequence[int] | np.ndarray, run: str) -> xr.DataArray:
+        """Voxel series of one run by 0-based mask index."""
+        return _vc().series(self.run(run), mask_index)
+
+    def cluster_means(self) -> dict[str, xr.DataArray]:
+        """Lazy cluster means of every full run, by scan name."""
+        return {
+            n: _vc().cluster_means(self.run(n))
+            for n in self.scan_names
+            if "data" in self._obj[n].data_vars
+        }
+
+    def to_padded(self) -> xr.Dataset:
+        """The tree as the padded ``(run, cluster, voxel, time)`` Dataset."""
+        return _vc().tree_to_padded(self._obj)
+
+    def to_fmristore(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Write an fmristore file R reads (see ``xarray_clusterh5.to_fmristore``)."""
+        from xarray_clusterh5.writer_xarray import to_fmristore
+
+        return to_fmristore(self._obj, path, **kwargs)

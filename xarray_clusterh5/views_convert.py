@@ -1,0 +1,520 @@
+"""Conversions between the views, and fmristore's read operations, on xarray objects.
+
+These are plain functions of Datasets and DataTrees (the accessor only calls
+them). They work on any object with the views' coordinates, lazy or loaded,
+whether it came from a file or was derived from one. Indices are 0-based
+(fmristore's R API is 1-based): ``mask_index`` m is the m-th in-mask voxel in
+fmristore's mask order (x fastest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from xarray_clusterh5._views import (
+    GEOMETRY_ATTRS,
+    ROLE,
+    RUN_DATA_ATTRS,
+    RUN_SUMMARY_ATTRS,
+    VIEW_ATTR,
+    flat_geometry,
+    time_coord,
+)
+
+
+def view_of(ds: xr.Dataset) -> str:
+    """``"padded"``, ``"run"`` or ``"root"``, from the attrs or the dims."""
+    view = ds.attrs.get(VIEW_ATTR)
+    if view in ("padded", "run", "root"):
+        return str(view)
+    if "run" in ds.dims and "cluster" in ds.dims:
+        return "padded"
+    if "voxel" in ds.dims or "cluster" in ds.dims:
+        return "run"
+    raise ValueError("not a clusterh5 view: needs 'run'/'cluster'/'voxel' dims")
+
+
+def _values(obj: Any) -> np.ndarray:
+    return np.asarray(obj.values if hasattr(obj, "values") else obj)
+
+
+def volume_shape(ds: xr.Dataset) -> tuple[int, int, int]:
+    """(X, Y, Z) of the volume the clusters live in."""
+    x, y, z = (int(v) for v in np.asarray(ds.attrs["volume_shape"]).reshape(-1))
+    return x, y, z
+
+
+def affine(ds: xr.Dataset) -> np.ndarray:
+    """The 4x4 voxel-to-world affine (see the ``affine_source`` attribute)."""
+    return np.asarray(ds.attrs["affine"], dtype=float).reshape(4, 4)
+
+
+def scan_names(ds: xr.Dataset) -> list[str]:
+    """Scan names in fmristore's order."""
+    view = view_of(ds)
+    if view == "padded":
+        return [str(v) for v in _values(ds["run"])]
+    if view == "root":
+        return [str(v) for v in np.atleast_1d(ds.attrs.get("scans", []))]
+    return [str(ds.attrs["scan"])]
+
+
+def scan_metadata(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
+    """``{scan: {key: value}}`` with the on-disk types; keys sorted as R sorts."""
+    if view_of(ds) != "padded":
+        skip = {VIEW_ATTR, "scan", "scan_class", "scans", "padding_overhead"}
+        skip |= set(GEOMETRY_ATTRS)
+        meta = {k: v for k, v in ds.attrs.items() if k not in skip}
+        return {str(ds.attrs.get("scan", "")): meta}
+    runs = scan_names(ds)
+    out: dict[str, dict[str, Any]] = {r: {} for r in runs}
+    for name, coord in ds.coords.items():
+        if coord.attrs.get(ROLE) != "scan_metadata":
+            continue
+        key = coord.attrs["fmristore_key"]
+        missing = set(np.atleast_1d(coord.attrs.get("fmristore_missing", [])).tolist())
+        dtype = coord.attrs.get("fmristore_dtype", "str")
+        lengths = coord.attrs.get("fmristore_length")
+        values = _values(coord)
+        for r, run in enumerate(runs):
+            if run in missing:
+                continue
+            value = values[r]
+            if dtype == "str":
+                out[run][key] = str(value)
+                continue
+            if coord.ndim == 2:
+                n = int(lengths[r]) if lengths is not None else value.shape[0]
+                out[run][key] = np.asarray(value[:n]).astype(dtype)
+            else:
+                out[run][key] = np.asarray(value).astype(dtype)[()]
+        del name
+    return {
+        r: dict(sorted(m.items(), key=lambda kv: kv[0].encode()))
+        for r, m in out.items()
+    }
+
+
+def cluster_metadata(ds: xr.Dataset) -> pd.DataFrame:
+    """The cluster-metadata table (columns in R's order), one row per cluster."""
+    cols = {}
+    for coord in ds.coords.values():
+        if coord.attrs.get(ROLE) == "cluster_metadata":
+            values = _values(coord)
+            dtype = coord.attrs.get("fmristore_dtype", "str")
+            if dtype != "str" and "fmristore_missing" not in coord.attrs:
+                values = values.astype(dtype)
+            cols[coord.attrs["fmristore_key"]] = values
+    order = sorted(cols, key=lambda k: k.encode())
+    return pd.DataFrame({k: cols[k] for k in order}, index=_values(ds["cluster"]))
+
+
+def mask_volume(ds: xr.Dataset) -> xr.DataArray:
+    """The mask as a boolean (x, y, z) volume."""
+    shape = volume_shape(ds)
+    mask = np.zeros(int(np.prod(shape)), dtype=bool)
+    idx = _mask_linear(ds)
+    mask[idx] = True
+    return xr.DataArray(
+        mask.reshape(shape, order="F"), dims=("x", "y", "z"), name="mask"
+    )
+
+
+def _mask_linear(ds: xr.Dataset) -> np.ndarray:
+    """0-based linear (x fastest) index of every in-mask voxel, in mask order."""
+    x, y, _ = volume_shape(ds)
+    ii, jj, kk = (_values(ds[c]).reshape(-1) for c in "ijk")
+    valid = ii >= 0
+    order = np.argsort(_values(ds["mask_index"]).reshape(-1)[valid], kind="stable")
+    lin = (ii + x * (jj + y * kk))[valid]
+    return lin[order]
+
+
+def _locate(ds: xr.Dataset, mask_index: Sequence[int] | np.ndarray) -> tuple[Any, ...]:
+    """Where each mask index lives: (cluster position, slot) or flat voxel position."""
+    wanted = np.asarray(mask_index, dtype=np.int64).reshape(-1)
+    mi = _values(ds["mask_index"])
+    n_mask = int((mi >= 0).sum())
+    bad = (wanted < 0) | (wanted >= n_mask)
+    if bad.any():
+        raise IndexError(
+            f"mask indices {wanted[bad][:5].tolist()} outside 0..{n_mask - 1} "
+            "(0-based; fmristore's R indices are 1-based)"
+        )
+    flat = mi.reshape(-1)
+    where = np.empty(n_mask, dtype=np.int64)
+    valid = np.flatnonzero(flat >= 0)
+    where[flat[valid]] = valid
+    pos = where[wanted]
+    if mi.ndim == 2:
+        return np.divmod(pos, mi.shape[1])
+    return (pos,)
+
+
+def series(
+    ds: xr.Dataset, mask_index: Sequence[int] | np.ndarray, run: str | None = None
+) -> xr.DataArray:
+    """Time series of voxels given by mask index: fmristore's ``series(run, i)``.
+
+    Returns a ``(time, voxel)`` DataArray (R's ``[T, n]``) with a ``mask_index``
+    coordinate; lazy when the Dataset is.
+    """
+    view = view_of(ds)
+    if view == "padded":
+        if run is None:
+            raise ValueError("series of a padded Dataset needs run=<scan name>")
+        sub = ds.sel(run=run)
+        if not bool(sub["has_data"]):
+            raise ValueError(f"scan {run!r} is summary-only: it has no voxel series")
+        n_time = int(sub["n_time"])
+        c, s = _locate(ds, mask_index)
+        data = sub["data"].isel(time=slice(0, n_time))
+        out = data.isel(
+            cluster=xr.DataArray(c, dims="voxel_pick"),
+            voxel=xr.DataArray(s, dims="voxel_pick"),
+        )
+    else:
+        if "data" not in ds:
+            raise ValueError(f"scan {ds.attrs.get('scan')!r} has no voxel data")
+        (p,) = _locate(ds, mask_index)
+        out = ds["data"].isel(voxel=xr.DataArray(p, dims="voxel_pick"))
+    out = out.drop_vars([v for v in out.coords if v not in ("time",)])
+    out = out.rename({"voxel_pick": "voxel"}).transpose("time", "voxel")
+    return out.assign_coords(mask_index=("voxel", np.asarray(mask_index).reshape(-1)))
+
+
+def series_concat(
+    ds: xr.Dataset,
+    mask_index: Sequence[int] | np.ndarray,
+    runs: Sequence[str] | None = None,
+) -> xr.DataArray:
+    """``series`` of several full runs stacked along time (R's ``series_concat``).
+
+    ``runs`` defaults to every run with voxel data (R's default fails on mixed
+    experiments; here summary runs are skipped).
+    """
+    if runs is None:
+        runs = [
+            r
+            for r, has in zip(scan_names(ds), _values(ds["has_data"]), strict=True)
+            if has
+        ]
+    parts = []
+    for r in runs:
+        s = series(ds, mask_index, run=r)
+        parts.append(s.assign_coords(run=("time", np.full(s.sizes["time"], r))))
+    return xr.concat(parts, dim="time")
+
+
+def summary_matrix(ds: xr.Dataset, run: str | None = None) -> xr.DataArray:
+    """A summary run as ``(time, cluster)``: fmristore's ``as.matrix(run)``."""
+    if view_of(ds) == "padded":
+        if run is None:
+            raise ValueError("summary of a padded Dataset needs run=<scan name>")
+        sub = ds.sel(run=run)
+        if "summary" not in ds or not bool(sub["has_summary"]):
+            raise ValueError(f"scan {run!r} has no summary")
+        out = sub["summary"].isel(time=slice(0, int(sub["n_time"])))
+    else:
+        if "summary" not in ds:
+            raise ValueError(f"scan {ds.attrs.get('scan')!r} has no summary")
+        out = ds["summary"]
+    keep = {"time", "cluster"}
+    out = out.drop_vars([v for v in out.coords if v not in keep])
+    return out.transpose("time", "cluster")
+
+
+def run_volume(
+    ds: xr.Dataset, run: str | None = None, fill_value: float = 0.0
+) -> np.ndarray:
+    """A full run as a 4-D (X, Y, Z, T) NumPy array; ``fill_value`` outside the mask.
+
+    fmristore returns 0 outside the mask, hence the default.
+    """
+    shape = volume_shape(ds)
+    if view_of(ds) == "padded":
+        if run is None:
+            raise ValueError("run_volume of a padded Dataset needs run=<scan name>")
+        flat = unpad(ds, run)
+    else:
+        flat = ds
+    if "data" not in flat:
+        raise ValueError("this run has no voxel data")
+    data = np.asarray(flat["data"].transpose("voxel", "time").values)
+    x, y, _ = shape
+    lin = _values(flat["i"]) + x * (_values(flat["j"]) + y * _values(flat["k"]))
+    out = np.full((int(np.prod(shape)), data.shape[1]), fill_value, dtype=np.float32)
+    out[lin] = data
+    return out.reshape((*shape, data.shape[1]), order="F")
+
+
+def to_nifti(ds: xr.Dataset, run: str | None = None, fill_value: float = 0.0) -> Any:
+    """A full run as a ``nibabel.Nifti1Image`` with the file's affine (and TR)."""
+    import nibabel as nib
+
+    volume = run_volume(ds, run, fill_value)
+    img = nib.Nifti1Image(volume, affine(ds))
+    meta = scan_metadata(ds).get(
+        run if run is not None else str(ds.attrs.get("scan")), {}
+    )
+    tr = meta.get("TR")
+    if tr is not None and np.size(tr) == 1:
+        zooms = img.header.get_zooms()
+        img.header.set_zooms((*zooms[:3], float(tr)))
+        img.header.set_xyzt_units("mm", "sec")
+    return img
+
+
+def cluster_means(ds: xr.Dataset) -> xr.DataArray:
+    """Mean time series of every cluster of every full run, lazily.
+
+    Padded view: ``(run, cluster, time)`` (NaN for summary-only runs and past
+    each run's end). Run view: ``(cluster, time)``.
+    """
+    if "data" not in ds:
+        raise ValueError("no voxel data: nothing to average")
+    if view_of(ds) == "padded":
+        # sum / size instead of nanmean: no "mean of empty slice" for padding
+        total = ds["data"].sum("voxel", skipna=True)
+        valid = ds["has_data"] & (ds["time"] < ds["n_time"])
+        mean = (total / ds["n_voxels"]).where(valid)
+        return mean.astype(ds["data"].dtype).rename("cluster_mean")
+    data = ds["data"]
+    labels = ds["voxel_cluster"]
+    out = data.groupby(labels).mean()
+    return out.rename({"voxel_cluster": "cluster"}).rename("cluster_mean")
+
+
+def unpad(ds: xr.Dataset, run: str) -> xr.Dataset:
+    """One run of a padded Dataset as an exact run view (lazy when ``ds`` is)."""
+    if view_of(ds) != "padded":
+        raise ValueError("unpad needs the padded (run, cluster, voxel, time) view")
+    sub = ds.sel(run=run)
+    n_time = int(sub["n_time"])
+    n_vox = _values(ds["n_voxels"]).astype(np.int64)
+    ids = _values(ds["cluster"])
+    out_vars: dict[str, Any] = {}
+    if "data" in ds and bool(sub["has_data"]):
+        blocks = [
+            sub["data"]
+            .isel(cluster=c, voxel=slice(0, int(n)), time=slice(0, n_time))
+            .drop_vars([v for v in sub["data"].coords if v != "time"], errors="ignore")
+            for c, n in enumerate(n_vox)
+        ]
+        data = xr.concat(blocks, dim="voxel", coords="minimal", compat="override")
+        out_vars["data"] = xr.Variable(
+            ("voxel", "time"), data.variable.data, dict(RUN_DATA_ATTRS)
+        )
+    if "summary" in ds and bool(sub["has_summary"]):
+        summary = (
+            sub["summary"].isel(time=slice(0, n_time)).transpose("cluster", "time")
+        )
+        out_vars["summary"] = xr.Variable(
+            ("cluster", "time"), summary.variable.data, dict(RUN_SUMMARY_ATTRS)
+        )
+    flat = _flat_geometry(ds, n_vox, ids)
+    result = xr.Dataset(out_vars, coords=flat).assign_coords(time=time_coord(n_time))
+    meta = scan_metadata(ds)[run]
+    keep = (
+        "volume_shape",
+        "spacing",
+        "affine",
+        "affine_source",
+        "fmristore_generation",
+    )
+    attrs: dict[str, Any] = {VIEW_ATTR: "run", "scan": run}
+    classes = np.atleast_1d(ds.attrs.get("scan_class", []))
+    runs = scan_names(ds)
+    if len(classes) == len(runs) and classes[runs.index(run)]:
+        attrs["scan_class"] = str(classes[runs.index(run)])
+    attrs.update({k: ds.attrs[k] for k in keep if k in ds.attrs})
+    attrs.update(
+        {
+            k: ds.attrs[k]
+            for k in ("fmristore_class", "fmristore_version")
+            if k in ds.attrs
+        }
+    )
+    attrs.update(meta)
+    result.attrs = attrs
+    return result
+
+
+def _flat_geometry(
+    ds: xr.Dataset, n_vox: np.ndarray, ids: np.ndarray, *, in_tree: bool = False
+) -> xr.Coordinates:
+    valid = np.arange(ds.sizes["voxel"])[None, :] < n_vox[:, None]
+    ijk = np.stack([_values(ds[c])[valid] for c in "ijk"], axis=1)
+    cluster_vars = {
+        str(name): coord.variable
+        for name, coord in ds.coords.items()
+        if coord.dims == ("cluster",) and name != "cluster"
+    }
+    return flat_geometry(
+        ids, n_vox, _values(ds["mask_index"])[valid], ijk, cluster_vars, in_tree=in_tree
+    )
+
+
+def to_tree(ds: xr.Dataset) -> xr.DataTree:
+    """The padded view as the exact DataTree (root geometry, one node per run)."""
+    runs = scan_names(ds)
+    first = unpad(ds, runs[0]) if runs else None
+    if first is None:
+        raise ValueError("no runs")
+    root_vars = [v for v in first.coords if v != "time"]
+    n_vox = _values(ds["n_voxels"]).astype(np.int64)
+    root = xr.Dataset(
+        coords=_flat_geometry(ds, n_vox, _values(ds["cluster"]), in_tree=True)
+    )
+    keep = (
+        "volume_shape",
+        "spacing",
+        "affine",
+        "affine_source",
+        "fmristore_generation",
+    )
+    root.attrs = {VIEW_ATTR: "root", **{k: ds.attrs[k] for k in keep if k in ds.attrs}}
+    root.attrs.update(
+        {
+            k: ds.attrs[k]
+            for k in ("fmristore_class", "fmristore_version")
+            if k in ds.attrs
+        }
+    )
+    root.attrs["scans"] = runs
+    nodes: dict[str, xr.Dataset] = {"/": root}
+    for run in runs:
+        node = unpad(ds, run)
+        node = node.drop_vars([v for v in root_vars if v in node.coords])
+        node.attrs = {
+            k: v
+            for k, v in node.attrs.items()
+            if k not in keep and k not in ("fmristore_class", "fmristore_version")
+        }
+        nodes[f"/{run}"] = node
+    return xr.DataTree.from_dict(nodes)
+
+
+def matrix_concat(ds: xr.Dataset, runs: Sequence[str] | None = None) -> xr.DataArray:
+    """Summary runs stacked along time (R's ``matrix_concat``)."""
+    if runs is None:
+        has = _values(ds["has_summary"])
+        runs = [r for r, h in zip(scan_names(ds), has, strict=True) if h]
+    parts = []
+    for r in runs:
+        m = summary_matrix(ds, r)
+        parts.append(m.assign_coords(run=("time", np.full(m.sizes["time"], r))))
+    return xr.concat(parts, dim="time")
+
+
+def _cluster_columns(ds: xr.Dataset) -> tuple[dict, dict, dict]:
+    columns: dict[str, np.ndarray] = {}
+    missing: dict[str, np.ndarray] = {}
+    dtypes: dict[str, str] = {}
+    ids = _values(ds["cluster"])
+    for coord in ds.coords.values():
+        if coord.attrs.get(ROLE) != "cluster_metadata":
+            continue
+        key = coord.attrs["fmristore_key"]
+        columns[key] = _values(coord)
+        gone = np.atleast_1d(coord.attrs.get("fmristore_missing", []))
+        missing[key] = np.isin(ids, gone)
+        dtypes[key] = str(coord.attrs.get("fmristore_dtype", "str"))
+    return columns, missing, dtypes
+
+
+def experiment_of(tree: xr.DataTree) -> Any:
+    """The file model (``reader.Experiment``) that a DataTree view describes."""
+    from xarray_clusterh5.reader import Experiment, ScanInfo
+
+    root = tree.to_dataset()
+    x, y, _ = volume_shape(root)
+    order = np.argsort(_values(root["mask_index"]), kind="stable")
+    lin = _values(root["i"]) + x * (_values(root["j"]) + y * _values(root["k"]))
+    scans = []
+    for name, node in tree.children.items():
+        ds = node.to_dataset()
+        run_attrs = {**root.attrs, **node.attrs, "scan": name, VIEW_ATTR: "run"}
+        meta = scan_metadata(ds.assign_attrs(run_attrs))[name]
+        scans.append(
+            ScanInfo(
+                name=str(name),
+                has_data="data" in ds,
+                has_summary="summary" in ds,
+                n_time=int(ds.sizes.get("time", 0)),
+                class_attr=node.attrs.get("scan_class"),
+                metadata=meta,
+            )
+        )
+    columns, missing, dtypes = _cluster_columns(root)
+    return Experiment(
+        path=str(tree.encoding.get("source", "<memory>")),
+        volume_shape=volume_shape(root),
+        spacing=tuple(float(v) for v in np.asarray(root.attrs["spacing"])),  # type: ignore[arg-type]
+        affine=affine(root),
+        affine_source=str(root.attrs.get("affine_source", "")),
+        mask_index=lin[order].astype(np.int64),
+        cluster_map=_values(root["voxel_cluster"])[order].astype(np.int32),
+        cluster_ids=_values(root["cluster"]).astype(np.int32),
+        n_voxels=_values(root["n_voxels"]).astype(np.int64),
+        scans=tuple(scans),
+        cluster_metadata=columns,
+        cluster_metadata_missing=missing,
+        cluster_metadata_dtypes=dtypes,
+        generation=str(root.attrs.get("fmristore_generation", "2026")),
+        root_attrs={
+            k: str(root.attrs[k])
+            for k in ("fmristore_class", "fmristore_version")
+            if k in root.attrs
+        },
+    )
+
+
+def tree_to_padded(tree: xr.DataTree) -> xr.Dataset:
+    """The DataTree view as the padded Dataset (lazy when the tree is dask-backed)."""
+    import dask.array as da
+
+    from xarray_clusterh5._views import build_padded
+
+    exp = experiment_of(tree)
+    offsets = exp.offsets
+    vmax = int(exp.n_voxels.max(initial=0))
+    tmax = max((s.n_time for s in exp.scans), default=0)
+
+    def pad(block: Any, shape: tuple[int, ...]) -> Any:
+        widths = [
+            (0, full - have) for have, full in zip(block.shape, shape, strict=True)
+        ]
+        return da.pad(da.asarray(block), widths, constant_values=np.nan)
+
+    data_runs, summary_runs = [], []
+    for scan in exp.scans:
+        node = tree[scan.name].to_dataset()
+        if "data" in node:
+            values = node["data"].transpose("voxel", "time").data
+            blocks = [
+                pad(values[offsets[c] : offsets[c + 1]], (vmax, tmax))
+                for c in range(len(exp.cluster_ids))
+            ]
+            data_runs.append(da.stack(blocks))
+        else:
+            data_runs.append(
+                da.full((len(exp.cluster_ids), vmax, tmax), np.nan, dtype=np.float32)
+            )
+        if "summary" in node:
+            summ = node["summary"].transpose("cluster", "time").data
+            summary_runs.append(pad(summ, (len(exp.cluster_ids), tmax)))
+        else:
+            summary_runs.append(
+                da.full((len(exp.cluster_ids), tmax), np.nan, dtype=np.float32)
+            )
+    any_data = any(s.has_data for s in exp.scans)
+    any_summary = any(s.has_summary for s in exp.scans)
+    data = da.stack(data_runs).astype(np.float32) if any_data else None
+    summary = da.stack(summary_runs).astype(np.float32) if any_summary else None
+    return build_padded(exp, data, summary)
