@@ -62,7 +62,10 @@ def test_geometry_matches_r(fixture_name: str) -> None:
             linear, _csv(fixture_name, "mask_linear_index").ravel()
         )
         np.testing.assert_array_equal(ds.cluster.values, exp["clusters"]["unique_ids"])
-        sizes = {int(c): int(n) for c, n in zip(ds.cluster.values, ds.n_voxels.values, strict=False)}
+        sizes = {
+            int(c): int(n)
+            for c, n in zip(ds.cluster.values, ds.n_voxels.values, strict=False)
+        }
         assert sizes == {int(k): v for k, v in exp["clusters"]["sizes"].items()}
 
 
@@ -84,7 +87,9 @@ def test_cluster_map_and_mask_order(fixture_name: str) -> None:
         ijk = np.stack([root.i.values, root.j.values, root.k.values], axis=1)[
             np.argsort(order)
         ]
-        for m, ijk1 in zip(exp["probe_mask_indices"], exp["probe_voxel_ijk_1based"], strict=False):
+        for m, ijk1 in zip(
+            exp["probe_mask_indices"], exp["probe_voxel_ijk_1based"], strict=False
+        ):
             np.testing.assert_array_equal(ijk[m - 1] + 1, ijk1)
 
 
