@@ -387,8 +387,13 @@ def _brain_model_xml(xml: bytes) -> bytes | None:
         if i < 0:
             return None
         tag_end = xml.find(b">", i)
-        end = xml.find(b"</MatrixIndicesMap>", i)
-        if tag_end < 0 or end < 0:
+        if tag_end < 0:
+            return None
+        if xml[tag_end - 1 : tag_end] == b"/":  # empty element, e.g. a series axis
+            start = tag_end + 1
+            continue
+        end = xml.find(b"</MatrixIndicesMap>", tag_end)
+        if end < 0:
             return None
         if b"CIFTI_INDEX_TYPE_BRAIN_MODELS" in xml[i:tag_end]:
             return xml[i : end + len(b"</MatrixIndicesMap>")]
@@ -684,13 +689,14 @@ def load_template(path: str | os.PathLike[str]) -> Template:
 def safe_output_name(name: str, what: str = "name") -> str:
     """ModelArrayIO's file-name sanitising (spaces and ``/`` to ``_``), made safe.
 
-    Backslashes, NUL and other control characters also become ``_``, and the
-    names ``.``/``..`` or empty names are refused, so a name read from a file can
-    never leave the output folder.
+    Backslashes, NUL and other control characters also become ``_`` and empty
+    names are refused. The result is only ever used as part of a file name
+    (``<analysis>_<stat>``, ``<scalar>_<output>``), never as a path component of
+    its own, so a name read from a file cannot leave the output folder.
     """
     text = str(name).replace(" ", "_").replace("/", "_").replace("\\", "_")
     text = "".join("_" if ord(c) < 32 else c for c in text)
-    if text in ("", ".", ".."):
+    if not text:
         raise ValueError(f"{what} {name!r} cannot be used in a file name")
     return text
 

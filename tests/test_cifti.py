@@ -1,0 +1,562 @@
+"""CIFTI-2 reading (fast path vs nibabel, ModelArrayIO), exports, dtseries, ptseries."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from nibabel.cifti2 import cifti2_axes as ca
+
+from tests.conftest import MODELARRAY
+from xarray_clusterh5 import cifti, modelarray_io
+from xarray_clusterh5._h5 import ClusterH5Error
+
+COHORT = MODELARRAY / "cohort"
+THICK = [
+    COHORT / "thickness" / f"sub-000{i}_thickness.dscalar.nii" for i in range(1, 6)
+]
+AREA = [COHORT / "area" / f"sub-000{i}_area.dscalar.nii" for i in range(1, 6)]
+ANALYSES = {"lm": 19, "lm_stream": 13, "legacy_attr": 25}
+
+
+def _mai_values(name: str = "thickness") -> np.ndarray:
+    with h5py.File(MODELARRAY / "modelarrayio" / "two_scalars.h5", "r") as f:
+        return f[f"scalars/{name}/values"][()]
+
+
+def _write(path: Path, data: np.ndarray, axes: tuple, **nifti: object) -> Path:
+    img = nib.Cifti2Image(data, header=axes)
+    for key, value in nifti.items():
+        if key == "intent":
+            img.nifti_header.set_intent(value)
+        elif key == "dtype":
+            img.set_data_dtype(value)
+    img.to_filename(path)
+    return path
+
+
+def _fixture_axis() -> ca.BrainModelAxis:
+    return nib.load(THICK[0]).header.get_axis(1)
+
+
+# --------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------
+
+
+def test_reference_matches_nibabel_and_modelarrayio_greyordinates():
+    ref, block = cifti.read_reference(THICK[0])
+    axis = _fixture_axis()
+    assert ref.n_elements == 100
+    assert ref.axis == axis  # structures, vertices, voxels, affine, volume, meshes
+    np.testing.assert_array_equal(ref.vertex, axis.vertex)
+    np.testing.assert_array_equal(ref.voxel, axis.voxel)
+    codes, names = ref.structure_table()
+    with h5py.File(MODELARRAY / "modelarrayio" / "thickness.h5", "r") as f:
+        grey = f["greyordinates"][()]
+        expected_names = [str(s) for s in f["greyordinates"].attrs["structure_names"]]
+    np.testing.assert_array_equal(codes, grey[1])
+    assert names == expected_names
+    assert block.n_maps == 1
+    assert not block.use_nibabel
+
+
+@pytest.mark.parametrize("files", [THICK, AREA], ids=["thickness", "area"])
+def test_fast_reads_equal_modelarrayio_values(files):
+    ref, _ = cifti.read_reference(files[0])
+    expected = _mai_values(files[0].parent.name)
+    for i, path in enumerate(files):
+        block = cifti.check_file(path, ref)
+        row = cifti.read_columns(block, 0, 100)
+        np.testing.assert_array_equal(row, expected[i])
+        np.testing.assert_array_equal(
+            cifti.read_columns(block, 37, 61), expected[i, 37:61]
+        )
+
+
+def test_nan_greyordinates_kept():
+    ref, block = cifti.read_reference(THICK[0])
+    row = cifti.read_columns(block, 0, ref.n_elements)
+    assert np.flatnonzero(np.isnan(row)).tolist() == [30, 41, 42, 51, 52]
+
+
+def test_other_number_formatting_same_model_is_accepted(tmp_path):
+    # same values, other bytes: -2.0000000000 written as -2.00000000e0
+    raw = THICK[1].read_bytes()
+    assert b"-2.0000000000" in raw
+    other = tmp_path / "x.dscalar.nii"
+    other.write_bytes(raw.replace(b"-2.0000000000", b"-2.00000000e0"))
+    ref, _ = cifti.read_reference(THICK[0])
+    block = cifti.check_file(other, ref)
+    np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), _mai_values()[1])
+
+
+def test_same_count_other_vertices_is_refused(tmp_path):
+    axis = _fixture_axis()
+    vertex = axis.vertex.copy()
+    vertex[3] += 1  # another medial-wall mask: same structures, same count
+    moved = ca.BrainModelAxis(
+        axis.name, voxel=axis.voxel, vertex=vertex, affine=axis.affine,
+        volume_shape=axis.volume_shape, nvertices=axis.nvertices,
+    )  # fmt: skip
+    bad = _write(
+        tmp_path / "moved.dscalar.nii",
+        np.zeros((1, 100), np.float32),
+        (ca.ScalarAxis(["m"]), moved),
+        intent="ConnDenseScalar",
+    )
+    ref, _ = cifti.read_reference(THICK[0])
+    with pytest.raises(ClusterH5Error, match="vertex") as err:
+        cifti.check_file(bad, ref)
+    assert str(bad) in str(err.value)
+
+
+def test_same_count_other_voxels_is_refused(tmp_path):
+    axis = _fixture_axis()
+    voxel = axis.voxel.copy()
+    voxel[90] = [1, 2, 3]
+    moved = ca.BrainModelAxis(
+        axis.name, voxel=voxel, vertex=axis.vertex, affine=axis.affine,
+        volume_shape=axis.volume_shape, nvertices=axis.nvertices,
+    )  # fmt: skip
+    bad = _write(
+        tmp_path / "vox.dscalar.nii",
+        np.zeros((1, 100), np.float32),
+        (ca.ScalarAxis(["m"]), moved),
+    )
+    ref, _ = cifti.read_reference(THICK[0])
+    with pytest.raises(ClusterH5Error, match=r"voxel \[1, 2, 3\]"):
+        cifti.check_file(bad, ref)
+
+
+def test_other_count_is_refused(tmp_path):
+    axis = _fixture_axis()[:99]
+    bad = _write(
+        tmp_path / "short.dscalar.nii", np.zeros((1, 99), np.float32),
+        (ca.ScalarAxis(["m"]), axis),
+    )  # fmt: skip
+    ref, _ = cifti.read_reference(THICK[0])
+    with pytest.raises(ClusterH5Error, match="99 greyordinates"):
+        cifti.check_file(bad, ref)
+
+
+def test_multi_map_needs_a_map_index(tmp_path):
+    data = np.arange(200, dtype=np.float32).reshape(2, 100)
+    path = _write(
+        tmp_path / "two.dscalar.nii", data, (ca.ScalarAxis(["a", "b"]), _fixture_axis())
+    )
+    with pytest.raises(ClusterH5Error, match="2 maps") as err:
+        cifti.read_reference(path)
+    assert str(path) in str(err.value)
+    _, block = cifti.read_reference(path, map_index=1)
+    np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), data[1])
+    np.testing.assert_array_equal(cifti.read_columns(block, 10, 20), data[1, 10:20])
+    with pytest.raises(ClusterH5Error, match="out of range"):
+        cifti.read_reference(path, map_index=2)
+
+
+@pytest.mark.parametrize(
+    ("axis0", "kind"),
+    [
+        (ca.SeriesAxis(0, 2.0, 3), "dtseries"),
+        (ca.LabelAxis(["a", "b", "c"], {0: ("x", (1, 1, 1, 1))}), "dlabel"),
+    ],
+)
+def test_dtseries_and_dlabel_are_cifti(tmp_path, axis0, kind):
+    data = np.arange(300, dtype=np.float32).reshape(3, 100)
+    path = _write(tmp_path / f"x.{kind}.nii", data, (axis0, _fixture_axis()))
+    assert cifti.cifti_kind_from_name(path) == kind
+    with pytest.raises(ClusterH5Error, match=f"CIFTI-2 {kind} file, not a dscalar"):
+        cifti.read_reference(path)
+    _, block = cifti.read_reference(path, map_index=2)
+    np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), data[2])
+
+
+def test_intent_unknown_is_read_from_the_xml(tmp_path):
+    # nibabel leaves intent 3000 (unknown) unless told; the axes decide
+    data = np.ones((1, 100), np.float32)
+    path = _write(
+        tmp_path / "u.dscalar.nii", data, (ca.ScalarAxis(["m"]), _fixture_axis())
+    )
+    assert int(nib.load(path).nifti_header["intent_code"]) == 3000
+    _, block = cifti.read_reference(path)
+    np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), data[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.int16, np.uint8, np.int32])
+def test_other_dtypes_equal_nibabel(tmp_path, dtype):
+    rng = np.random.default_rng(0)
+    data = (rng.uniform(0, 100, size=(1, 100))).astype(dtype)
+    path = _write(
+        tmp_path / "d.dscalar.nii", data, (ca.ScalarAxis(["m"]), _fixture_axis()),
+        dtype=dtype,
+    )  # fmt: skip
+    _, block = cifti.read_reference(path)
+    expected = nib.load(path).get_fdata()[0].astype(np.float32)  # ModelArrayIO's rule
+    np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), expected)
+
+
+def test_scaled_data_goes_through_nibabel(tmp_path):
+    data = np.ones((1, 100), np.float32)
+    path = _write(
+        tmp_path / "s.dscalar.nii", data, (ca.ScalarAxis(["m"]), _fixture_axis())
+    )
+    raw = bytearray(path.read_bytes())
+    raw[176:192] = np.array([2.5, 1.0], dtype="<f8").tobytes()  # scl_slope, scl_inter
+    path.write_bytes(bytes(raw))
+    _, block = cifti.read_reference(path)
+    assert block.use_nibabel
+    expected = nib.load(path).get_fdata()[0].astype(np.float32)
+    np.testing.assert_array_equal(expected, np.full(100, 3.5, np.float32))
+    np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), expected)
+
+
+def test_big_endian_file(tmp_path):
+    rng = np.random.default_rng(1)
+    data = rng.normal(size=(1, 100)).astype(np.float32)
+    le = _write(
+        tmp_path / "le.dscalar.nii", data, (ca.ScalarAxis(["m"]), _fixture_axis())
+    )
+    # nibabel writes little-endian only: byte-swap header, extension sizes and data
+    raw = le.read_bytes()
+    hdr = np.frombuffer(raw[:540], dtype=nib.nifti2.header_dtype)
+    vox_offset = int(hdr["vox_offset"][0])
+    esize, ecode = np.frombuffer(raw[544:552], dtype="<i4")
+    big = tmp_path / "be.dscalar.nii"
+    big.write_bytes(
+        hdr.astype(nib.nifti2.header_dtype.newbyteorder(">")).tobytes()
+        + raw[540:544]
+        + np.array([esize, ecode], dtype=">i4").tobytes()
+        + raw[552:vox_offset]
+        + data[0].astype(">f4").tobytes()
+    )
+    assert big.read_bytes()[:4] == (540).to_bytes(4, "big")
+    np.testing.assert_array_equal(nib.load(big).get_fdata()[0], data[0])
+    ref, block = cifti.read_reference(big)
+    assert block.dtype.byteorder == ">"
+    np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), data[0])
+    assert ref.axis == _fixture_axis()
+
+
+def test_not_cifti_inputs(tmp_path):
+    nii1 = tmp_path / "vol.nii"
+    nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4)).to_filename(nii1)
+    with pytest.raises(ClusterH5Error, match="NIfTI-1") as err:
+        cifti.read_reference(nii1)
+    assert str(nii1) in str(err.value)
+    nii2 = tmp_path / "vol2.nii"
+    nib.Nifti2Image(np.zeros((2, 2, 2), np.float32), np.eye(4)).to_filename(nii2)
+    with pytest.raises(ClusterH5Error, match="CIFTI"):
+        cifti.read_reference(nii2)
+    with pytest.raises(FileNotFoundError, match="missing"):
+        cifti.read_reference(tmp_path / "missing.dscalar.nii")
+    empty = tmp_path / "empty.dscalar.nii"
+    empty.write_bytes(b"")
+    with pytest.raises(ClusterH5Error, match="empty or truncated"):
+        cifti.read_reference(empty)
+
+
+def test_truncated_data_block(tmp_path):
+    cut = tmp_path / "cut.dscalar.nii"
+    cut.write_bytes(THICK[1].read_bytes()[:-8])
+    ref, _ = cifti.read_reference(THICK[0])
+    with pytest.raises(ClusterH5Error, match="truncated") as err:
+        cifti.check_file(cut, ref)
+    assert str(cut) in str(err.value)
+
+
+@st.composite
+def brain_models(draw: st.DrawFn) -> ca.BrainModelAxis:
+    """Random surface and volume structures, voxels in arbitrary order."""
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    parts = []
+    n_surf = draw(st.integers(0, 2))
+    for name in ["CORTEX_LEFT", "CORTEX_RIGHT"][:n_surf]:
+        nv = draw(st.integers(1, 60))
+        k = draw(st.integers(1, nv))
+        verts = rng.choice(nv, size=k, replace=False)
+        parts.append(ca.BrainModelAxis(name, vertex=verts, nvertices={name: nv}))
+    shape = (7, 8, 9)
+    affine = np.diag([draw(st.sampled_from([1.5, -2.0, 3.25])), 2.0, 2.0, 1.0])
+    affine[:3, 3] = [-90.5, 12.0, 0.125]
+    for name in ["THALAMUS_LEFT", "BRAIN_STEM"][
+        : draw(st.integers(0 if n_surf else 1, 2))
+    ]:
+        k = draw(st.integers(1, 30))
+        flat = rng.choice(int(np.prod(shape)), size=k, replace=False)
+        ijk = np.stack(np.unravel_index(flat, shape), axis=1)
+        parts.append(
+            ca.BrainModelAxis(name, voxel=ijk, affine=affine, volume_shape=shape)
+        )
+    axis = parts[0]
+    for p in parts[1:]:
+        axis = axis + p
+    return axis
+
+
+@given(axis=brain_models())
+def test_fast_xml_parse_equals_nibabel(tmp_path_factory, axis):
+    path = tmp_path_factory.mktemp("bm") / "r.dscalar.nii"
+    data = np.arange(len(axis), dtype=np.float32)[None]
+    _write(path, data, (ca.ScalarAxis(["m"]), axis))
+    ref, block = cifti.read_reference(path)
+    parsed = nib.load(path).header.get_axis(1)
+    assert ref.axis == parsed
+    np.testing.assert_array_equal(ref.voxel, parsed.voxel)
+    np.testing.assert_array_equal(cifti.read_columns(block, 0, len(axis)), data[0])
+
+
+# --------------------------------------------------------------------------
+# exports (against ModelArrayIO's files)
+# --------------------------------------------------------------------------
+
+
+def _assert_same_export(ours: Path, theirs: Path) -> None:
+    names = sorted(os.listdir(theirs))
+    assert sorted(os.listdir(ours)) == names
+    for n in names:
+        a, b = nib.load(ours / n), nib.load(theirs / n)
+        assert a.get_data_dtype() == b.get_data_dtype(), n
+        assert a.header.get_axis(0) == b.header.get_axis(0), n
+        assert a.header.get_axis(1) == b.header.get_axis(1), n
+        np.testing.assert_array_equal(
+            np.asarray(a.dataobj), np.asarray(b.dataobj), err_msg=n
+        )
+
+
+@pytest.mark.parametrize("analysis", sorted(ANALYSES))
+def test_export_equals_modelarrayio(tmp_path, analysis):
+    out = modelarray_io.export_results(
+        MODELARRAY / "results" / "thickness_with_results.h5",
+        analysis,
+        tmp_path / analysis,
+        example_file=THICK[0],
+    )
+    assert len(out) == ANALYSES[analysis]
+    _assert_same_export(tmp_path / analysis, MODELARRAY / "export" / analysis)
+    # a nibabel-written template: ModelArrayIO's files are byte for byte ours
+    for p in out:
+        assert (
+            p.read_bytes() == (MODELARRAY / "export" / analysis / p.name).read_bytes()
+        )
+
+
+def test_export_one_minus_p_values(tmp_path):
+    out = modelarray_io.export_results(
+        MODELARRAY / "results" / "thickness_with_results.h5", "lm", tmp_path,
+        example_file=THICK[0],
+    )  # fmt: skip
+    names, matrix = modelarray_io.read_results(
+        MODELARRAY / "results" / "thickness_with_results.h5", "lm"
+    )
+    row = matrix[names.index("age.p.value.fdr")]
+    got = np.asarray(nib.load(tmp_path / "lm_age.1m.p.value.fdr.dscalar.nii").dataobj)[
+        0
+    ]
+    np.testing.assert_array_equal(got, (1 - row).astype(np.float32))
+    assert np.isnan(got[[30, 41, 42, 51, 52]]).all()
+    assert len(out) == 19
+
+
+def test_export_refuses_to_overwrite_before_writing(tmp_path):
+    h5 = MODELARRAY / "results" / "thickness_with_results.h5"
+    modelarray_io.export_results(h5, "lm_stream", tmp_path, example_file=THICK[0])
+    victim = tmp_path / "lm_stream_age.estimate.dscalar.nii"
+    victim.write_bytes(b"keep")
+    with pytest.raises(FileExistsError, match="lm_stream_"):
+        modelarray_io.export_results(h5, "lm_stream", tmp_path, example_file=THICK[0])
+    assert victim.read_bytes() == b"keep"
+    modelarray_io.export_results(
+        h5, "lm_stream", tmp_path, example_file=THICK[0], overwrite=True
+    )
+    assert victim.read_bytes() != b"keep"
+
+
+def test_export_with_multi_map_template_is_refused(tmp_path):
+    data = np.zeros((2, 100), np.float32)
+    tmpl = _write(
+        tmp_path / "t.dscalar.nii", data, (ca.ScalarAxis(["a", "b"]), _fixture_axis())
+    )
+    with pytest.raises(ClusterH5Error, match="single-map dscalar"):
+        cifti.load_template(tmpl)
+
+
+def test_export_with_integer_template_goes_through_nibabel(tmp_path):
+    tmpl = _write(
+        tmp_path / "t.dscalar.nii",
+        np.zeros((1, 100), np.float32),
+        (ca.ScalarAxis(["t"]), _fixture_axis()),
+        dtype=np.int16,
+    )
+    template = cifti.load_template(tmpl)
+    assert template.header_bytes is None
+    row = np.arange(100, dtype=np.float64)
+    out = cifti.write_dscalar_rows(tmp_path / "o", "a", ["s"], row[None], template)
+    back = nib.load(out[0])
+    assert back.get_data_dtype() == np.int16
+    # exactly what ModelArrayIO's h5_to_cifti does with such a template
+    t = nib.load(tmpl)
+    ref = tmp_path / "mai.dscalar.nii"
+    nib.Cifti2Image(
+        row.reshape(1, -1), header=t.header, nifti_header=t.nifti_header
+    ).to_filename(ref)
+    np.testing.assert_array_equal(back.get_fdata(), nib.load(ref).get_fdata())
+    np.testing.assert_allclose(back.get_fdata()[0], row, rtol=1e-3)
+    assert back.header.get_axis(1) == _fixture_axis()
+
+
+@pytest.mark.parametrize(
+    ("analysis", "stat"),
+    [
+        ("lm", "../../escape"),
+        ("../../escape", "x"),
+        ("a/b", "c/d"),
+        ("..", ".."),
+        ("lm", "..\\..\\x"),
+        ("lm", "/etc/passwd"),
+        ("lm", "p.value/../../x"),
+    ],
+)
+def test_export_names_never_leave_the_folder(tmp_path, analysis, stat):
+    folder = tmp_path / "deep" / "out"
+    template = cifti.load_template(THICK[0])
+    out = cifti.write_dscalar_rows(
+        folder, analysis, [stat], np.zeros((1, 100)), template
+    )
+    for p in out:
+        assert p.parent == folder
+        assert p.exists()
+    written = sorted(q for q in tmp_path.rglob("*") if q.is_file())
+    assert written == sorted(out)
+
+
+@given(
+    analysis=st.text(min_size=1, max_size=12),
+    stats=st.lists(st.text(min_size=1, max_size=12), min_size=1, max_size=4),
+)
+def test_export_file_names_stay_inside(analysis, stats):
+    try:
+        plan = cifti.export_file_names(analysis, stats)
+    except ValueError:
+        return  # names such as "." are refused outright
+    folder = Path("/nonexistent/out")
+    for _, stem, _ in plan:
+        target = folder / f"{stem}.dscalar.nii"
+        assert target.parent == folder
+        assert "/" not in stem
+        assert "\x00" not in stem
+
+
+def test_name_sanitising():
+    with pytest.raises(ValueError, match="cannot be used"):
+        cifti.safe_output_name("")
+    # ModelArrayIO's rule (spaces and / to _), plus backslashes and control chars
+    assert cifti.safe_output_name("age p.value/x") == "age_p.value_x"
+    assert cifti.safe_output_name("a\\b\x00c\nd") == "a_b_c_d"
+    assert cifti.safe_output_name("..") == ".."  # only ever a part of a file name
+
+
+# --------------------------------------------------------------------------
+# dtseries / ptseries from clustered experiments
+# --------------------------------------------------------------------------
+
+AFFINE = np.array([[-3.0, 0, 0, 90], [0, 3.0, 0, -126], [0, 0, 3.0, -72], [0, 0, 0, 1]])
+
+
+def test_dtseries_keeps_the_voxel_order(tmp_path):
+    rng = np.random.default_rng(3)
+    shape = (5, 6, 7)
+    flat = rng.choice(int(np.prod(shape)), size=40, replace=False)  # not C order
+    ijk = np.stack(np.unravel_index(flat, shape), axis=1)
+    data = rng.normal(size=(40, 12)).astype(np.float32)
+    path = cifti.write_dtseries(
+        tmp_path / "run.dtseries.nii", data, ijk, AFFINE, shape, 2.5
+    )
+    img = nib.load(path)
+    series, bm = img.header.get_axis(0), img.header.get_axis(1)
+    assert isinstance(series, ca.SeriesAxis)
+    assert (series.start, series.step, series.size, series.unit) == (
+        0.0,
+        2.5,
+        12,
+        "SECOND",
+    )
+    np.testing.assert_array_equal(bm.voxel, ijk)
+    assert set(bm.name) == {"CIFTI_STRUCTURE_OTHER"}
+    np.testing.assert_array_equal(bm.affine, AFFINE)
+    assert tuple(bm.volume_shape) == shape
+    np.testing.assert_array_equal(np.asarray(img.dataobj), data.T)
+    # our reader finds the same values per voxel
+    _, block = cifti.read_reference(path, map_index=4)
+    np.testing.assert_array_equal(cifti.read_columns(block, 0, 40), data[:, 4])
+    with pytest.raises(FileExistsError):
+        cifti.write_dtseries(path, data, ijk, AFFINE, shape, 2.5)
+
+
+def test_dtseries_bad_inputs(tmp_path):
+    ijk = np.array([[0, 0, 0], [1, 1, 1]])
+    data = np.zeros((2, 3))
+    with pytest.raises(ValueError, match="outside the volume"):
+        cifti.write_dtseries(
+            tmp_path / "a.dtseries.nii", data, ijk + 4, AFFINE, (5, 5, 5), 1
+        )
+    with pytest.raises(ValueError, match="repeated"):
+        cifti.write_dtseries(
+            tmp_path / "a.dtseries.nii",
+            data,
+            np.zeros((2, 3), int),
+            AFFINE,
+            (5, 5, 5),
+            1,
+        )
+    with pytest.raises(ValueError, match="TR"):
+        cifti.write_dtseries(
+            tmp_path / "a.dtseries.nii", data, ijk, AFFINE, (5, 5, 5), 0
+        )
+    with pytest.raises(ValueError, match="does not match"):
+        cifti.write_dtseries(
+            tmp_path / "a.dtseries.nii", data.T, ijk, AFFINE, (5, 5, 5), 1
+        )
+    assert not list(tmp_path.iterdir())
+
+
+def test_ptseries_one_parcel_per_cluster(tmp_path):
+    rng = np.random.default_rng(4)
+    shape = (6, 6, 6)
+    flat = rng.choice(216, size=30, replace=False)
+    ijk = np.stack(np.unravel_index(flat, shape), axis=1)
+    parcels = [ijk[:10], ijk[10:25], ijk[25:]]
+    names = ["cluster_3", "cluster_7", "cluster_12"]
+    summary = rng.normal(size=(3, 9)).astype(np.float32)
+    path = cifti.write_ptseries(
+        tmp_path / "s.ptseries.nii", summary, names, parcels, AFFINE, shape, 0.8
+    )
+    img = nib.load(path)
+    series, pax = img.header.get_axis(0), img.header.get_axis(1)
+    assert isinstance(pax, ca.ParcelsAxis)
+    assert list(pax.name) == names
+    for got, want in zip(pax.voxels, parcels, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert series.step == 0.8
+    assert series.size == 9
+    np.testing.assert_array_equal(np.asarray(img.dataobj), summary.T)
+    with pytest.raises(ValueError, match="unique"):
+        cifti.write_ptseries(
+            tmp_path / "d.ptseries.nii", summary, ["a", "a", "b"], parcels, AFFINE,
+            shape, 1.0,
+        )  # fmt: skip
+
+
+def test_fixtures_are_modelarrayio_files():
+    # expected values come from ModelArrayIO's and R's files: they must be unchanged
+    for line in (MODELARRAY / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        path = MODELARRAY / name.lstrip("*").strip()
+        assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, name
