@@ -1,0 +1,222 @@
+"""Bad files give a Python exception that names the file and the problem."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+from conftest import fmristore_path
+
+from xarray_clusterh5 import ClusterH5Error
+
+
+def _copy(tmp_path: Path, stem: str = "irregular") -> Path:
+    out = tmp_path / f"{stem}.h5"
+    shutil.copy(fmristore_path(stem), out)
+    out.chmod(0o644)
+    return out
+
+
+def _load_all(path: Path) -> None:
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        ds.load()
+
+
+def test_not_hdf5(tmp_path: Path) -> None:
+    path = tmp_path / "notes.h5"
+    path.write_text("subject,age\n")
+    with pytest.raises(ClusterH5Error, match=r"notes\.h5: not an HDF5 file"):
+        xr.open_dataset(path, engine="clusterh5")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"nothere\.h5"):
+        xr.open_dataset(tmp_path / "nothere.h5", engine="clusterh5")
+
+
+def test_truncated(tmp_path: Path) -> None:
+    path = _copy(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 3])
+    with pytest.raises(ClusterH5Error, match=r"irregular\.h5: .*truncated or corrupt"):
+        _load_all(path)
+
+
+def test_hdf5_without_layout(tmp_path: Path) -> None:
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.arange(4)
+    with pytest.raises(ClusterH5Error, match=r"other\.h5: .*clustered layout"):
+        xr.open_dataset(path, engine="clusterh5")
+
+
+def _edit(path: Path, change: Callable[[h5py.File], None]) -> None:
+    with h5py.File(path, "r+") as f:
+        change(f)
+
+
+def _replace(f: h5py.File, name: str, value: np.ndarray, **kw: object) -> None:
+    del f[name]
+    f.create_dataset(name, data=value, **kw)
+
+
+CORRUPTIONS: dict[str, tuple[Callable[[h5py.File], None], str]] = {
+    "cluster_map_length": (
+        lambda f: _replace(f, "cluster_map", f["cluster_map"][:-3]),
+        r"/cluster_map has 481 entries but /mask has 484 voxels",
+    ),
+    "cluster_map_dtype": (
+        lambda f: _replace(f, "cluster_map", f["cluster_map"][()].astype("f8")),
+        r"/cluster_map has dtype float64, not integer",
+    ),
+    "missing_cluster": (
+        lambda f: f.__delitem__("scans/alpha_full/clusters/cluster_17"),
+        r"scan 'alpha_full' lacks cluster datasets \['cluster_17'\]",
+    ),
+    "summary_shape": (
+        lambda f: _replace(
+            f,
+            "scans/beta_summary/clusters_summary/summary_data",
+            np.zeros((3, 23), "f4"),
+        ),
+        r"summary_data has shape \(3, 23\), expected \(n_clusters=4, n_time\)",
+    ),
+    "mask_shape": (
+        lambda f: _replace(f, "mask", f["mask"][:, :, :-1]),
+        r"/mask has h5py shape \(9, 11, 12\)",
+    ),
+    "class_without_data": (
+        lambda f: f.__delitem__("scans/beta_summary/clusters_summary"),
+        r"scan 'beta_summary' is a H5ClusterRunSummary but has no",
+    ),
+    "header": (
+        lambda f: _replace(f, "header/dim", np.array([3, 13, 11, 9], "i4")),
+        r"/header/dim must start with 4",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CORRUPTIONS))
+def test_corrupt_layout_fails_at_open(tmp_path: Path, case: str) -> None:
+    change, message = CORRUPTIONS[case]
+    path = _copy(tmp_path)
+    _edit(path, change)
+    with pytest.raises(ClusterH5Error, match=message) as info:
+        _load_all(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("shape", "dtype", "message"),
+    [
+        ((37, 200), "f4", r"cluster_17 has shape \(37, 200\), expected \(n_time=37"),
+        ((7, 37), "f4", r"cluster_17 has shape \(7, 37\)"),
+        ((37, 7), "S4", r"cluster_17 has dtype \|S4"),
+    ],
+)
+def test_bad_cluster_dataset_fails_when_read(
+    tmp_path: Path, shape: tuple[int, int], dtype: str, message: str
+) -> None:
+    # shapes of cluster datasets are checked lazily, when read: never garbage
+    path = _copy(tmp_path)
+    _edit(
+        path,
+        lambda f: _replace(
+            f, "scans/zeta_full/clusters/cluster_17", np.zeros(shape, dtype=dtype)
+        ),
+    )
+    with xr.open_dataset(path, engine="clusterh5", group="zeta_full") as ds:
+        ds.sel(cluster=2).load()  # other clusters still read
+        with pytest.raises(ClusterH5Error, match=message) as info:
+            ds.sel(cluster=17).load()
+        assert str(path) in str(info.value)
+
+
+def test_bad_probe_dataset_fails_at_open(tmp_path: Path) -> None:
+    # n_time comes from the cluster of the first mask voxel (as in R): checked at open
+    path = _copy(tmp_path)
+    _edit(
+        path,
+        lambda f: _replace(f, "scans/zeta_full/clusters/cluster_5", np.zeros((37, 9))),
+    )
+    with pytest.raises(ClusterH5Error, match=r"cluster_5 has shape \(37, 9\)"):
+        xr.open_dataset(path, engine="clusterh5")
+
+
+def test_external_link_is_refused(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.h5"
+    with h5py.File(secret, "w") as f:
+        f["data"] = np.ones((37, 7), "f4")
+    path = _copy(tmp_path)
+    _edit(path, lambda f: f.__delitem__("scans/zeta_full/clusters/cluster_17"))
+    with h5py.File(path, "r+") as f:
+        f["scans/zeta_full/clusters/cluster_17"] = h5py.ExternalLink(
+            str(secret), "data"
+        )
+    with (
+        xr.open_dataset(path, engine="clusterh5", group="zeta_full") as ds,
+        pytest.raises(ClusterH5Error, match=r"external link to .*secret\.h5"),
+    ):
+        ds.sel(cluster=17).load()
+
+
+def test_external_link_at_open_is_refused(tmp_path: Path) -> None:
+    other = _copy(tmp_path, "vignette")
+    path = _copy(tmp_path)
+    with h5py.File(path, "r+") as f:
+        del f["cluster_map"]
+        f["cluster_map"] = h5py.ExternalLink(str(other), "cluster_map")
+    with pytest.raises(ClusterH5Error, match="external link"):
+        xr.open_dataset(path, engine="clusterh5")
+
+
+def test_virtual_dataset_is_refused(tmp_path: Path) -> None:
+    source = tmp_path / "source.h5"
+    with h5py.File(source, "w") as f:
+        f["data"] = np.ones((37, 7), "f4")
+    path = _copy(tmp_path)
+    layout = h5py.VirtualLayout(shape=(37, 7), dtype="f4")
+    layout[:] = h5py.VirtualSource(str(source), "data", shape=(37, 7))
+    with h5py.File(path, "r+") as f:
+        del f["scans/zeta_full/clusters/cluster_17"]
+        f.create_virtual_dataset("scans/zeta_full/clusters/cluster_17", layout)
+    with (
+        xr.open_dataset(path, engine="clusterh5", group="zeta_full") as ds,
+        pytest.raises(ClusterH5Error, match="virtual dataset"),
+    ):
+        ds.sel(cluster=17).load()
+
+
+def test_unknown_group_and_bad_arguments() -> None:
+    path = fmristore_path("irregular")
+    with pytest.raises(ClusterH5Error, match="no group 'nope'; scans are"):
+        xr.open_dataset(path, engine="clusterh5", group="nope")
+    with pytest.raises(TypeError, match="local files given by path"):
+        xr.open_dataset(path.read_bytes(), engine="clusterh5")
+    with pytest.raises(TypeError, match="lock must be"):
+        xr.open_dataset(path, engine="clusterh5", lock="yes")
+
+
+def test_one_cluster_file_with_scalar_vectors(tmp_path: Path) -> None:
+    # hdf5r writes length-1 vectors as scalars: cluster_ids and metadata columns
+    path = tmp_path / "one.h5"
+    with h5py.File(fmristore_path("vignette"), "r") as src, h5py.File(path, "w") as f:
+        for name in ("mask", "voxel_coords", "header"):
+            src.copy(name, f)
+        f["cluster_map"] = np.full(108, 7, dtype="i4")
+        f["clusters/cluster_ids"] = np.int32(7)
+        f["clusters/cluster_meta/cluster_id"] = np.int32(7)
+        f["clusters/cluster_meta/name"] = "only"
+        f.create_group("scans")
+        run = np.arange(100 * 108, dtype="f4").reshape(100, 108)
+        f["scans/a/clusters/cluster_7"] = run
+        f["scans/a"].attrs["class"] = np.array([b"H5ClusterRun"], dtype=object)
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        assert ds.sizes == {"run": 1, "cluster": 1, "voxel": 108, "time": 100}
+        np.testing.assert_array_equal(ds.data.values[0, 0], run.T)
+        assert ds.clusterh5.cluster_metadata()["name"].tolist() == ["only"]
