@@ -50,7 +50,7 @@ from xarray_clusterh5._h5 import (
 
 GREYORDINATE_COLUMNS = ("vertex_id", "structure_id")
 #: bytes of one stripe held in memory while writing (several chunks wide)
-STRIPE_BYTES = 32 * 1024 * 1024
+STRIPE_BYTES = 8 * 1024 * 1024
 
 
 def resolve_dtype(dtype: Any) -> np.dtype:
@@ -210,7 +210,9 @@ def write_scalar(
         collections.deque()
     )
     n_threads = threads or default_threads()
-    max_pending = max(4 * n_threads, 2 * (width // cw))
+    # the chunks of one stripe compress while the next stripe is read: at most
+    # two stripes (and their compressed chunks) are alive at any time
+    max_pending = max(2 * n_threads, width // cw)
 
     def drain(limit: int) -> None:
         while len(pending) > limit:
@@ -637,7 +639,7 @@ def check_cohort_files(
 ) -> tuple[cifti.BrainModel, list[cifti.DataBlock]]:
     ref, first = cifti.read_reference(paths[0], map_index=map_index)
     rest = paths[1:]
-    n_threads = threads or min(4, os.cpu_count() or 1)
+    n_threads = threads or default_threads()
     blocks = [first]
     with ThreadPoolExecutor(max(1, n_threads)) as pool:
         results = pool.map(
