@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from xarray_clusterh5 import nifti as nifti_module
 from xarray_clusterh5.nifti import from_nifti, nifti_tr
 from xarray_clusterh5.writer_xarray import to_fmristore
 
@@ -89,7 +90,11 @@ def test_build_is_lazy_in_mask_order(nifti_files: dict) -> None:
     )
 
 
-def test_write_reopen_reconstructs_volume(nifti_files: dict, tmp_path: Path) -> None:
+def test_write_reopen_reconstructs_volume(
+    nifti_files: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # one volume per read window: the windowed reader must stitch them exactly
+    monkeypatch.setattr(nifti_module, "_WINDOW_BYTES", 1)
     ds = from_nifti(
         {"rest": nifti_files["rest"][0], "task": nifti_files["task"][0]},
         atlas=nifti_files["atlas"],
