@@ -1,0 +1,420 @@
+"""ModelArray HDF5 layout: writes equal ModelArrayIO's files, results of all writers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.conftest import MODELARRAY
+from xarray_clusterh5 import modelarray_io
+from xarray_clusterh5._h5 import ClusterH5Error
+from xarray_clusterh5._modelarray_backend import (
+    is_modelarray_file,
+    open_modelarray_dataset,
+)
+
+COHORT = MODELARRAY / "cohort"
+RESULTS = MODELARRAY / "results" / "thickness_with_results.h5"
+LM_NAMES = [
+    "element_id",
+    "Intercept.estimate",
+    "Intercept.statistic",
+    "Intercept.p.value",
+    "age.estimate",
+    "age.statistic",
+    "age.p.value",
+    "model.adj.r.squared",
+    "model.p.value",
+    "model.nobs",
+    "Intercept.p.value.fdr",
+    "age.p.value.fdr",
+    "model.p.value.fdr",
+]
+NAN_ELEMENTS = [30, 41, 42, 51, 52]
+
+
+def listing(path: Path) -> dict[str, dict[str, Any]]:
+    """Every object: dtype (and string type), shape, chunks, filters, attrs, values."""
+    out: dict[str, dict[str, Any]] = {}
+    with h5py.File(path, "r") as f:
+
+        def visit(name: str, obj: Any) -> None:
+            attrs = {}
+            for k, v in obj.attrs.items():
+                attrs[k] = (np.asarray(v).tolist(), repr(h5py.check_string_dtype(
+                    obj.attrs.get_id(k).dtype)))  # fmt: skip
+            if isinstance(obj, h5py.Dataset):
+                out[name] = {
+                    "dtype": obj.dtype.str if obj.dtype.kind != "O" else "O",
+                    "string": repr(h5py.check_string_dtype(obj.dtype)),
+                    "shape": obj.shape,
+                    "chunks": obj.chunks,
+                    "maxshape": obj.maxshape,
+                    "compression": obj.compression,
+                    "opts": obj.compression_opts,
+                    "shuffle": obj.shuffle,
+                    "fletcher32": obj.fletcher32,
+                    "fillvalue": repr(obj.fillvalue),
+                    "attrs": attrs,
+                    "values": obj[()],
+                }
+            else:
+                out[name] = {"group": True, "attrs": attrs}
+
+        f.visititems(visit)
+    return out
+
+
+def assert_same_file(ours: Path, theirs: Path) -> None:
+    """Our file equals ModelArrayIO's entry by entry."""
+    a, b = listing(ours), listing(theirs)
+    assert sorted(a) == sorted(b)
+    for name in b:
+        for key, want in b[name].items():
+            got = a[name][key]
+            if key == "values":
+                got, want = np.asarray(got), np.asarray(want)
+                assert got.dtype == want.dtype, name
+                if want.dtype.kind == "f":
+                    np.testing.assert_array_equal(got, want, err_msg=name)
+                else:
+                    assert got.tolist() == want.tolist(), name
+            else:
+                assert got == want, (name, key)
+
+
+def _fill_from(values: np.ndarray):
+    def read(start: int, stop: int) -> np.ndarray:
+        return values[:, start:stop]
+
+    return read
+
+
+# --------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n_subjects", "n_elements", "expected"),
+    [(50, 91282, (50, 10485)), (200, 91282, (200, 2621)), (2, 91282, (2, 91282)),
+     (5, 100, (5, 100))],
+)  # fmt: skip
+def test_default_chunks_are_modelarrayios(n_subjects, n_elements, expected):
+    # the shapes ModelArrayIO 26.0.0 wrote (research notes 1.1 and the fixtures)
+    assert modelarray_io.chunk_shape(n_subjects, n_elements) == expected
+
+
+def test_chunk_options():
+    assert modelarray_io.chunk_shape(200, 91282, chunk_voxels=256) == (200, 256)
+    assert modelarray_io.chunk_shape(5, 100, chunk_voxels=1000) == (5, 100)
+    assert modelarray_io.chunk_shape(50, 91282, target_chunk_mb=0.25) == (50, 1310)
+    assert modelarray_io.chunk_shape(50, 91282, dtype="float64") == (50, 5242)
+    with pytest.raises(ValueError, match="float32 or float64"):
+        modelarray_io.chunk_shape(5, 100, dtype="int16")
+
+
+def test_compression_rules():
+    assert modelarray_io.resolve_compression("gzip", 12, True) == ("gzip", 9, True)
+    assert modelarray_io.resolve_compression("gzip", -3, False) == ("gzip", 0, False)
+    assert modelarray_io.resolve_compression("none", 4, True) == (None, None, False)
+    assert modelarray_io.resolve_compression("lzf", 4, True) == ("lzf", None, True)
+    with pytest.raises(ValueError, match="zstd is TileDB-only"):
+        modelarray_io.resolve_compression("zstd", 4, True)
+
+
+@pytest.mark.parametrize(
+    ("csv", "scalar_columns", "outputs"),
+    [
+        ("cohort_thickness.csv", None, {"out.h5": "thickness.h5"}),
+        ("cohort_long_two_scalars.csv", None, {"out.h5": "two_scalars.h5"}),
+        (
+            "cohort_wide.csv",
+            ["thickness", "area"],
+            {"thickness_out.h5": "thickness_wide.h5", "area_out.h5": "area_wide.h5"},
+        ),
+    ],
+)
+def test_cohort_to_h5_equals_modelarrayio(tmp_path, monkeypatch, csv, scalar_columns,
+                                          outputs):  # fmt: skip
+    monkeypatch.chdir(COHORT)  # relative paths resolve as ModelArrayIO's do
+    written = modelarray_io.cohort_to_h5(
+        csv, tmp_path / "out.h5", scalar_columns=scalar_columns
+    )
+    assert sorted(p.name for p in written) == sorted(outputs)
+    for ours, theirs in outputs.items():
+        assert_same_file(tmp_path / ours, MODELARRAY / "modelarrayio" / theirs)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        outputs
+    )  # no temp files
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"chunk_voxels": 16},
+        {"compression": "none"},
+        {"compression": "lzf"},
+        {"compression_level": 0, "shuffle": False},
+        {"dtype": "float64", "target_chunk_mb": 0.001},
+    ],
+    ids=["chunk16", "none", "lzf", "gzip0-noshuffle", "float64"],
+)
+def test_options_keep_values(tmp_path, monkeypatch, options):
+    monkeypatch.chdir(COHORT)
+    out = tmp_path / "x.h5"
+    modelarray_io.cohort_to_h5("cohort_long_two_scalars.csv", out, **options)
+    with (
+        h5py.File(out, "r") as f,
+        h5py.File(MODELARRAY / "modelarrayio" / "two_scalars.h5", "r") as g,
+    ):
+        for s in ("thickness", "area"):
+            d = f[f"scalars/{s}/values"]
+            np.testing.assert_array_equal(d[()], g[f"scalars/{s}/values"][()])
+            if "chunk_voxels" in options:
+                assert d.chunks == (5, 16)
+            if options.get("compression") == "none":
+                assert d.compression is None
+                assert not d.shuffle
+            if options.get("compression") == "lzf":
+                assert d.compression == "lzf"
+                assert d.shuffle
+            if options.get("compression_level") == 0:
+                assert (d.compression, d.compression_opts, d.shuffle) == (
+                    "gzip",
+                    0,
+                    False,
+                )
+            if options.get("dtype") == "float64":
+                assert d.dtype == np.float64
+                assert d.chunks == (5, 26)  # int(0.001 MiB / (8 B * 5 subjects))
+
+
+@given(
+    n_subjects=st.integers(1, 9),
+    n_elements=st.integers(1, 300),
+    chunk_voxels=st.integers(0, 64),
+    stripe_bytes=st.integers(1, 4000),
+    shuffle=st.booleans(),
+    level=st.integers(0, 9),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_streamed_stripes_round_trip(
+    tmp_path_factory, n_subjects, n_elements, chunk_voxels, stripe_bytes, shuffle,
+    level, seed,
+):  # fmt: skip
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(n_subjects, n_elements)).astype(np.float32)
+    values[rng.uniform(size=values.shape) < 0.1] = np.nan
+    path = tmp_path_factory.mktemp("s") / "s.h5"
+    names = [f"s{i}.dscalar.nii" for i in range(n_subjects)]
+    with h5py.File(path, "w") as f:
+        modelarray_io.write_scalar(
+            f, "x", n_subjects, n_elements, names, _fill_from(values),
+            chunk_voxels=chunk_voxels, stripe_bytes=stripe_bytes, shuffle=shuffle,
+            compression_level=level,
+        )  # fmt: skip
+    with h5py.File(path, "r") as f:
+        d = f["scalars/x/values"]
+        np.testing.assert_array_equal(d[()], values)
+        assert d.chunks == modelarray_io.chunk_shape(
+            n_subjects, n_elements, chunk_voxels=chunk_voxels
+        )
+        assert (d.shuffle, d.compression_opts) == (shuffle, level)
+        assert [s.decode() for s in f["scalars/x/column_names"][()]] == names
+
+
+def test_scalar_names_must_be_hdf5_names(tmp_path):
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        for bad in ["a/b", "..", ""]:
+            with pytest.raises(ValueError, match="scalar name"):
+                modelarray_io.write_scalar(
+                    f, bad, 1, 2, ["s"], _fill_from(np.zeros((1, 2), np.float32))
+                )
+
+
+def test_split_names_stay_in_the_output_folder(tmp_path):
+    plan = modelarray_io.output_plan(
+        tmp_path / "o.h5", ["../../x", "a b/c", ".."], True
+    )
+    assert [p.name for p, _ in plan] == [".._.._x_o.h5", "a_b_c_o.h5", ".._o.h5"]
+    assert all(p.parent == tmp_path for p, _ in plan)
+
+
+# --------------------------------------------------------------------------
+# reading results of the three writers
+# --------------------------------------------------------------------------
+
+
+def test_results_names_from_every_writer():
+    with h5py.File(RESULTS, "r") as f:
+        path = str(RESULTS)
+        assert modelarray_io.list_analyses(path, f) == [
+            "legacy_attr",
+            "lm",
+            "lm_stream",
+        ]
+        assert modelarray_io.result_names(path, f, "lm") == LM_NAMES  # vlen dataset
+        # the streaming writer: fixed-length (19-byte) NUL-padded names, no fdr
+        stream = modelarray_io.result_names(path, f, "lm_stream")
+        assert stream == LM_NAMES[:10]
+        legacy = modelarray_io.result_names(path, f, "legacy_attr")  # attribute
+        assert len(legacy) == 17
+        assert legacy[:4] == LM_NAMES[:4]
+        assert "sex.p.value.fdr" in legacy
+
+
+def test_results_values():
+    names, m = modelarray_io.read_results(RESULTS, "lm")
+    assert m.shape == (13, 100)
+    np.testing.assert_array_equal(m[0], np.arange(100))  # element_id, 0-based
+    assert np.isnan(m[1:, NAN_ELEMENTS]).all()
+    nobs = m[names.index("model.nobs")]
+    assert set(np.delete(nobs, NAN_ELEMENTS)) == {5.0}
+    names, m = modelarray_io.read_results(RESULTS, "legacy_attr")
+    assert np.isnan(m[1:, ::7]).all()
+    assert not np.isnan(np.delete(m[1:], np.s_[::7], axis=1)).any()
+    assert set(np.delete(m[names.index("model.nobs")], np.s_[::7])) == {40.0}
+    # the streaming writer's values equal writeResults' for the shared columns
+    names_s, ms = modelarray_io.read_results(RESULTS, "lm_stream")
+    names_l, ml = modelarray_io.read_results(RESULTS, "lm")
+    keep = np.setdiff1d(np.arange(100), NAN_ELEMENTS)
+    for i, n in enumerate(names_s):
+        np.testing.assert_allclose(ms[i, keep], ml[names_l.index(n), keep], rtol=1e-12)
+    # without num.subj.lthr.abs = 4 the streaming run fitted the 4-subject elements
+    np.testing.assert_array_equal(ms[names_s.index("model.nobs"), NAN_ELEMENTS], 4.0)
+
+
+def test_transposed_and_unnamed_results(tmp_path):
+    path = tmp_path / "r.h5"
+    matrix = np.arange(12.0).reshape(3, 4)  # (stats, elements)
+    with h5py.File(path, "w") as f:
+        f["results/t/results_matrix"] = matrix.T  # a Python writer's orientation
+        f["results/t/column_names"] = np.array([b"a", b"b", b"c"])
+        f["results/n/results_matrix"] = matrix
+    names, m = modelarray_io.read_results(path, "t")
+    assert names == ["a", "b", "c"]
+    np.testing.assert_array_equal(m, matrix)
+    names, m = modelarray_io.read_results(path, "n")
+    assert names == ["component001", "component002", "component003"]
+    with pytest.raises(ClusterH5Error, match="no results for analysis 'zz'"):
+        modelarray_io.read_results(path, "zz")
+
+
+def test_names_count_mismatch_is_an_error(tmp_path):
+    path = tmp_path / "r.h5"
+    with h5py.File(path, "w") as f:
+        f["results/t/results_matrix"] = np.zeros((3, 4))
+        f["results/t/column_names"] = np.array([b"a", b"b"])
+    with pytest.raises(ClusterH5Error, match="2 statistic names"):
+        modelarray_io.read_results(path, "t")
+
+
+def test_scalar_sources_lookup_order(tmp_path):
+    path = tmp_path / "s.h5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("scalars/a/values", data=np.zeros((2, 3), np.float32))
+        d.attrs["column_names"] = ["attr1", "attr2"]
+        f["scalars/a/column_names"] = np.array([b"ds1", b"ds2"])
+        f.create_dataset("scalars/b/values", data=np.zeros((2, 3), np.float32))
+        f["scalars/scalars/b/column_names"] = np.array([b"quirk1\0", b"quirk2 "])
+        f.create_dataset("scalars/c/values", data=np.zeros((2, 3), np.float32))
+    with h5py.File(path, "r") as f:
+        p = str(path)
+        assert modelarray_io.scalar_column_names(p, f, "a") == ["attr1", "attr2"]
+        assert modelarray_io.scalar_column_names(p, f, "b") == ["quirk1", "quirk2"]
+        with pytest.raises(ClusterH5Error, match="no column_names"):
+            modelarray_io.scalar_column_names(p, f, "c")
+
+
+def test_external_links_are_refused(tmp_path):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["values"] = np.zeros((1, 3), np.float32)
+    path = tmp_path / "ma.h5"
+    with h5py.File(path, "w") as f:
+        f["scalars/x/values"] = h5py.ExternalLink(str(other), "values")
+        f["scalars/x/column_names"] = np.array([b"s"])
+    with pytest.raises(ClusterH5Error, match="external link"):
+        open_modelarray_dataset(path)
+
+
+# --------------------------------------------------------------------------
+# the xarray view of ModelArray files
+# --------------------------------------------------------------------------
+
+
+def test_open_results_file():
+    with h5py.File(RESULTS, "r") as f:
+        assert is_modelarray_file(f)
+    with open_modelarray_dataset(RESULTS) as ds:
+        assert ds["thickness"].dims == ("subject", "element")
+        assert ds["thickness"].attrs["modelarray_group"] == "scalars"
+        sources = [f"thickness/sub-000{i}_thickness.dscalar.nii" for i in range(1, 6)]
+        assert ds["source_file"].values.tolist() == sources
+        assert ds["lm"].dims == ("stat_lm", "element")
+        assert ds["stat_lm"].values.tolist() == LM_NAMES
+        assert ds["stat_lm_stream"].values.tolist() == LM_NAMES[:10]
+        assert ds["legacy_attr"].shape == (17, 100)
+        assert ds["structure"].values[0] == "CIFTI_STRUCTURE_CORTEX_LEFT"
+        assert ds["structure"].values[-1] == "CIFTI_STRUCTURE_THALAMUS_RIGHT"
+        np.testing.assert_array_equal(ds["element"].values, np.arange(100))
+        age_p = ds["lm"].sel(stat_lm="age.p.value")
+        names, m = modelarray_io.read_results(RESULTS, "lm")
+        np.testing.assert_array_equal(age_p.values, m[names.index("age.p.value")])
+        assert ds["thickness"].encoding["preferred_chunks"] == {
+            "subject": 5, "element": 100,
+        }  # fmt: skip
+        assert ds["lm"].encoding["preferred_chunks"] == {"stat_lm": 32, "element": 32}
+        # lazily indexed, read on demand
+        np.testing.assert_array_equal(
+            ds["thickness"][1:3, 10:20].values, _values("thickness")[1:3, 10:20]
+        )
+
+
+def _values(scalar: str) -> np.ndarray:
+    with h5py.File(MODELARRAY / "modelarrayio" / "two_scalars.h5", "r") as f:
+        return f[f"scalars/{scalar}/values"][()]
+
+
+def test_open_with_the_engine_and_dask():
+    with xr.open_dataset(
+        MODELARRAY / "modelarrayio" / "two_scalars.h5", engine="clusterh5", chunks={}
+    ) as ds:
+        assert set(ds.data_vars) == {"thickness", "area"}
+        assert ds["thickness"].chunks == ((5,), (100,))
+        assert ds["source_file_area"].values[0] == "area/sub-0001_area.dscalar.nii"
+        np.testing.assert_array_equal(ds["area"].values, _values("area"))
+        assert ds["thickness"].attrs["modelarray_sources"] == "source_file_thickness"
+
+
+def test_scalars_with_different_subject_counts(tmp_path):
+    path = tmp_path / "m.h5"
+    with h5py.File(path, "w") as f:
+        f["scalars/a/values"] = np.ones((2, 4), np.float32)
+        f["scalars/a/column_names"] = np.array([b"a1", b"a2"])
+        f["scalars/b/values"] = np.ones((4, 3), np.float32).T  # transposed, 3 subjects
+        f["scalars/b/column_names"] = np.array([b"b1", b"b2", b"b3"])
+    with open_modelarray_dataset(path) as ds:
+        assert ds["a"].dims == ("subject_a", "element")
+        assert ds["b"].dims == ("subject_b", "element")
+        assert ds["b"].shape == (3, 4)
+        assert ds["source_file_b"].values.tolist() == ["b1", "b2", "b3"]
+        np.testing.assert_array_equal(ds["b"][:, 1:3].values, np.ones((3, 2)))
+
+
+def test_pickled_lazy_arrays_hold_no_h5py_objects():
+    import pickle
+
+    with open_modelarray_dataset(RESULTS) as ds:
+        arr = ds["lm"].chunk({}).data
+        again = pickle.loads(pickle.dumps(arr))
+        _, m = modelarray_io.read_results(RESULTS, "lm")
+        np.testing.assert_array_equal(again.compute(), m)
