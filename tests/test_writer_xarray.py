@@ -45,7 +45,7 @@ def test_padded_round_trip(tmp_path: Path, fixture_name: str) -> None:
 def test_datatree_round_trip(tmp_path: Path, fixture_name: str) -> None:
     out = tmp_path / "tree.h5"
     with xr.open_datatree(fmristore_path(fixture_name), engine="clusterh5") as dt:
-        to_fmristore(dt, out)
+        dt.clusterh5.to_fmristore(out)  # the accessor forwards to to_fmristore
         with xr.open_datatree(out, engine="clusterh5") as back:
             xr.testing.assert_identical(back.load(), dt.load())
 
@@ -161,3 +161,21 @@ def test_stream_of_blocks_and_lazy_summary(tmp_path: Path) -> None:
             runs={"r": iter([(1, np.zeros((2, 3)))])},
         )
     assert not (tmp_path / "t.h5").exists()
+
+
+def test_subsets_of_a_view_write_consistent_files(tmp_path: Path) -> None:
+    """Selecting clusters or time points still writes a valid experiment."""
+    with xr.open_dataset(fmristore_path("irregular"), engine="clusterh5") as ds:
+        ds = ds.load()
+    # the selected clusters have at most 203 voxels: drop the extra padding
+    sub = ds.sel(cluster=[5, 17]).isel(time=slice(0, 20), voxel=slice(0, 203))
+    out = to_fmristore(sub, tmp_path / "sub.h5")
+    with xr.open_dataset(out, engine="clusterh5") as back:
+        back = back.load()
+    assert back["cluster"].values.tolist() == [5, 17]
+    assert back["n_time"].values.tolist() == [20, 20, 20, 20]
+    assert int(back["n_voxels"].sum()) == 210
+    # values equal; mask positions are renumbered for the smaller mask
+    for name in ("data", "summary", "i", "j", "k", "label", "TR"):
+        np.testing.assert_array_equal(back[name].values, sub[name].values)
+    assert back["mask_index"].values.max() == 209

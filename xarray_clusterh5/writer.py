@@ -154,6 +154,14 @@ def _r_value(value: Any, what: str, non_ascii: str) -> np.ndarray:
     if arr.size == 1:
         arr = arr.reshape(())
     kind = arr.dtype.kind
+    if kind == "O" and not any(
+        isinstance(v, str | bytes | np.str_ | np.bytes_) for v in arr.reshape(-1)
+    ):
+        # object arrays of numbers or bools (pandas): type them by their values
+        typed = np.array(arr.tolist())
+        if typed.dtype == object:
+            raise ValueError(f"{what} holds values fmristore cannot store: {arr!r}")
+        return _r_value(typed, what, non_ascii)
     if kind in "USO":
         flat = [
             _ascii_check(

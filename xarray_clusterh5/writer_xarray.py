@@ -95,9 +95,9 @@ def _mask_and_map(
     order = np.argsort(linear, kind="stable")
     if np.any(np.diff(linear[order]) == 0):
         raise ValueError("the same voxel appears twice in the i/j/k coordinates")
-    if mask_index is not None and not np.array_equal(
-        mask_index[order], np.arange(linear.size)
-    ):
+    # positions in mask order must follow the voxels' column-major order; they
+    # need not be 0..N-1 (a subset of clusters keeps the original positions)
+    if mask_index is not None and np.any(np.diff(mask_index[order]) <= 0):
         raise ValueError(
             "mask_index disagrees with i/j/k (positions in mask order must follow "
             "the voxels' column-major order)"
@@ -307,10 +307,9 @@ def _from_padded(ds: xr.Dataset, threads: int | None) -> dict[str, Any]:
         return np.full(len(runs), var in ds.data_vars)
 
     has_data, has_summary = flag("has_data", "data"), flag("has_summary", "summary")
-    if "n_time" in ds.coords:
-        n_time = _values(ds["n_time"]).astype(int)
-    else:
-        n_time = np.full(len(runs), ds.sizes.get("time", 0))
+    n_time = np.full(len(runs), ds.sizes.get("time", 0))
+    if "n_time" in ds.coords:  # a time slice of the view can shorten runs
+        n_time = np.minimum(_values(ds["n_time"]).astype(int), n_time)
     run_specs: dict[str, Run] = {}
     for r, name in enumerate(runs):
         t = int(n_time[r])
