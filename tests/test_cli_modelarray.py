@@ -1,0 +1,308 @@
+"""``clusterh5 to-modelarray``, ``export-results``: ModelArrayIO's flags and files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pytest
+from nibabel.cifti2 import cifti2_axes as ca
+
+from tests.conftest import MODELARRAY
+from tests.test_cifti import _assert_same_export
+from tests.test_modelarray import assert_same_file
+from xarray_clusterh5.cli import main
+
+COHORT = MODELARRAY / "cohort"
+RESULTS = MODELARRAY / "results" / "thickness_with_results.h5"
+MAI = MODELARRAY / "modelarrayio"
+
+
+@pytest.fixture
+def cohort_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A writable copy of the fixture cohort, as the working directory."""
+    work = tmp_path / "cohort"
+    shutil.copytree(COHORT, work)
+    monkeypatch.chdir(work)
+    return work
+
+
+def _run(*argv: str) -> int:
+    return main(list(argv))
+
+
+@pytest.mark.parametrize(
+    ("argv", "outputs"),
+    [
+        (["--cohort-file", "cohort_thickness.csv"], {"o.h5": "thickness.h5"}),
+        (["--cohort_file", "cohort_long_two_scalars.csv"], {"o.h5": "two_scalars.h5"}),
+        (
+            ["--cohort-file", "cohort_wide.csv", "--scalar-columns", "thickness",
+             "area"],
+            {"thickness_o.h5": "thickness_wide.h5", "area_o.h5": "area_wide.h5"},
+        ),
+        (
+            ["--cohort-file", "cohort_long_two_scalars.csv", "--compression", "gzip",
+             "--compression-level", "4", "--target-chunk-mb", "2.0", "--dtype",
+             "float32", "--s3-workers", "2", "--workers", "3", "--log-level", "DEBUG"],
+            {"o.h5": "two_scalars.h5"},
+        ),
+    ],
+    ids=["long", "underscore-alias", "wide-splits", "explicit-defaults"],
+)  # fmt: skip
+def test_to_modelarray_equals_modelarrayio(cohort_dir, tmp_path, argv, outputs):
+    out = tmp_path / "out" / "o.h5"  # parent folders are created, as ModelArrayIO does
+    assert _run("to-modelarray", *argv, "--output", str(out)) == 0
+    assert sorted(p.name for p in out.parent.iterdir()) == sorted(outputs)
+    for ours, theirs in outputs.items():
+        assert_same_file(out.parent / ours, MAI / theirs)
+
+
+def test_default_output_name_and_overwrite(cohort_dir):
+    (cohort_dir / "modelarray.h5").write_bytes(b"old")
+    assert _run("to-modelarray", "--cohort-file", "cohort_thickness.csv") == 0
+    assert_same_file(cohort_dir / "modelarray.h5", MAI / "thickness.h5")  # replaced
+
+
+def test_split_flags(cohort_dir, tmp_path):
+    assert (
+        _run("to-modelarray", "--cohort-file", "cohort_long_two_scalars.csv",
+             "--split-files", "--output", str(tmp_path / "s.h5"))
+        == 0
+    )  # fmt: skip
+    assert sorted(p.name for p in tmp_path.glob("*.h5")) == [
+        "area_s.h5",
+        "thickness_s.h5",
+    ]
+    assert (
+        _run("to-modelarray", "--cohort-file", "cohort_wide.csv", "--scalar_columns",
+             "thickness", "area", "--no_split_files", "--output",
+             str(tmp_path / "w.h5"))
+        == 0
+    )  # fmt: skip
+    with h5py.File(tmp_path / "w.h5", "r") as f:
+        assert sorted(f["scalars"]) == ["area", "thickness"]
+        np.testing.assert_array_equal(
+            f["scalars/area/values"][()],
+            h5py.File(MAI / "area_wide.h5", "r")["scalars/area/values"][()],
+        )
+
+
+def test_chunk_and_filter_flags(cohort_dir, tmp_path):
+    out = tmp_path / "c.h5"
+    argv = ["to-modelarray", "--cohort-file", "cohort_thickness.csv", "--output",
+            str(out), "--chunk-voxels", "32", "--no-shuffle", "--compression-level",
+            "11", "--dtype", "float64"]  # fmt: skip
+    assert _run(*argv) == 0
+    with h5py.File(out, "r") as f, h5py.File(MAI / "thickness.h5", "r") as g:
+        d = f["scalars/thickness/values"]
+        assert d.chunks == (5, 32)
+        assert (d.compression, d.compression_opts, d.shuffle) == ("gzip", 9, False)
+        assert d.dtype == np.float64
+        np.testing.assert_array_equal(d[()], g["scalars/thickness/values"][()])
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["--split-files", "--no-split-files"],
+        ["--chunk-voxels", "10", "--target-chunk-mb", "1"],
+        ["--dtype", "float16"],
+        ["--compression", "brotli"],
+    ],
+)
+def test_argparse_errors_exit_2(cohort_dir, extra, capsys):
+    with pytest.raises(SystemExit) as err:
+        _run("to-modelarray", "--cohort-file", "cohort_thickness.csv", *extra)
+    assert err.value.code == 2
+    assert "error" in capsys.readouterr().err
+
+
+def test_missing_cohort_file_exits_2(cohort_dir, capsys):
+    with pytest.raises(SystemExit) as err:
+        _run("to-modelarray", "--cohort-file", "nope.csv")
+    assert err.value.code == 2
+    assert "Path does not exist: <nope.csv>" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--compression", "zstd"], "zstd is TileDB-only"),
+        (["--backend", "tiledb"], "--backend tiledb is not supported"),
+        (["--mask", "mask.nii.gz"], "--mask selects NIfTI"),
+        (["--index-file", "i.nii"], "MIF fixel"),
+    ],
+)
+def test_unsupported_paths_are_refused_before_any_work(
+    cohort_dir, capsys, extra, message
+):
+    assert _run("to-modelarray", "--cohort-file", "cohort_thickness.csv", *extra) == 1
+    assert message in capsys.readouterr().err
+    assert not (cohort_dir / "modelarray.h5").exists()
+
+
+def _rewrite(path: Path, axes: tuple, data: np.ndarray) -> None:
+    img = nib.Cifti2Image(data, header=axes)
+    img.nifti_header.set_intent("ConnDenseScalar")
+    img.to_filename(path)
+
+
+def test_bad_file_is_named_and_no_output_is_left(cohort_dir, capsys):
+    target = cohort_dir / "thickness" / "sub-0004_thickness.dscalar.nii"
+    img = nib.load(target)
+    axis = img.header.get_axis(1)
+    voxel = axis.voxel.copy()
+    voxel[-1] = [0, 0, 0]  # same count and structures: ModelArrayIO accepts this
+    other = ca.BrainModelAxis(
+        axis.name, voxel=voxel, vertex=axis.vertex, affine=axis.affine,
+        volume_shape=axis.volume_shape, nvertices=axis.nvertices,
+    )  # fmt: skip
+    _rewrite(target, (img.header.get_axis(0), other), np.asarray(img.dataobj))
+    (cohort_dir / "modelarray.h5").write_bytes(b"previous run")
+    assert _run("to-modelarray", "--cohort-file", "cohort_thickness.csv") == 1
+    err = capsys.readouterr().err
+    assert "sub-0004_thickness.dscalar.nii" in err
+    assert "another brain model" in err
+    assert (cohort_dir / "modelarray.h5").read_bytes() == b"previous run"
+    assert not list(cohort_dir.glob(".modelarray.h5.*"))
+
+
+def test_multi_map_files_need_cifti_map(cohort_dir, capsys, tmp_path):
+    data = np.stack([np.arange(100), 10 * np.arange(100)]).astype(np.float32)
+    for i in range(1, 6):
+        path = cohort_dir / "thickness" / f"sub-000{i}_thickness.dscalar.nii"
+        img = nib.load(path)
+        _rewrite(path, (ca.ScalarAxis(["a", "b"]), img.header.get_axis(1)), data * i)
+    assert _run("to-modelarray", "--cohort-file", "cohort_thickness.csv") == 1
+    err = capsys.readouterr().err
+    assert "sub-0001_thickness.dscalar.nii: has 2 maps" in err
+    out = tmp_path / "m.h5"
+    argv = ["to-modelarray", "--cohort-file", "cohort_thickness.csv", "--cifti-map",
+            "1", "--output", str(out)]  # fmt: skip
+    assert _run(*argv) == 0
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(
+            f["scalars/thickness/values"][()], [data[1] * i for i in range(1, 6)]
+        )
+
+
+def test_dtseries_inputs_are_cifti(cohort_dir, capsys, tmp_path):
+    axis = nib.load(cohort_dir / "thickness" / "sub-0001_thickness.dscalar.nii").header
+    axis = axis.get_axis(1)
+    rows = ["scalar_name,source_file"]
+    for i in range(3):
+        name = f"run{i}.dtseries.nii"
+        data = np.full((4, 100), i, np.float32) + np.arange(4)[:, None]
+        nib.Cifti2Image(data, header=(ca.SeriesAxis(0, 2, 4), axis)).to_filename(name)
+        rows.append(f"bold,{name}")
+    Path("ts.csv").write_text("\n".join(rows) + "\n")
+    assert _run("to-modelarray", "--cohort-file", "ts.csv") == 1
+    err = capsys.readouterr().err
+    assert "run0.dtseries.nii: is a CIFTI-2 dtseries file, not a dscalar" in err
+    assert "--mask" not in err  # ModelArrayIO mistakes it for NIfTI
+    out = tmp_path / "ts.h5"
+    assert _run("to-modelarray", "--cohort-file", "ts.csv", "--cifti-map", "3",
+                "--output", str(out)) == 0  # fmt: skip
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(
+            f["scalars/bold/values"][()], np.repeat([[3.0], [4.0], [5.0]], 100, axis=1)
+        )
+
+
+def test_missing_source_file_is_named(cohort_dir, capsys):
+    (cohort_dir / "thickness" / "sub-0002_thickness.dscalar.nii").unlink()
+    assert _run("to-modelarray", "--cohort-file", "cohort_thickness.csv") == 1
+    assert (
+        "thickness/sub-0002_thickness.dscalar.nii: no such file"
+        in capsys.readouterr().err
+    )
+
+
+def test_progress_goes_to_stderr(cohort_dir, capsys):
+    assert _run("to-modelarray", "--cohort-file", "cohort_thickness.csv") == 0
+    captured = capsys.readouterr()
+    assert "writing ModelArray HDF5" in captured.err
+    assert "writing ModelArray HDF5" not in captured.out
+    assert _run("to-modelarray", "--cohort-file", "cohort_thickness.csv",
+                "--log-level", "WARNING") == 0  # fmt: skip
+    assert "writing ModelArray HDF5" not in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------
+# export-results
+# --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("analysis", ["lm", "lm_stream", "legacy_attr"])
+@pytest.mark.parametrize("template", ["--cohort-file", "--example_file"])
+def test_export_results_equals_modelarrayio(cohort_dir, tmp_path, analysis, template):
+    value = (
+        "cohort_thickness.csv"
+        if template == "--cohort-file"
+        else "thickness/sub-0001_thickness.dscalar.nii"
+    )
+    out = tmp_path / "exp" / analysis
+    argv = ["export-results", "--input-hdf5", str(RESULTS), "--analysis_name",
+            analysis, "--output-dir", str(out), template, value]  # fmt: skip
+    assert _run(*argv) == 0
+    _assert_same_export(out, MODELARRAY / "export" / analysis)
+
+
+def test_export_into_an_existing_folder_overwrites_like_modelarrayio(
+    cohort_dir, tmp_path
+):
+    out = tmp_path / "e"
+    out.mkdir()
+    (out / "lm_stream_age.estimate.dscalar.nii").write_bytes(b"stale")
+    (out / "unrelated.txt").write_text("kept")
+    argv = ["export-results", "--input-hdf5", str(RESULTS), "--analysis-name",
+            "lm_stream", "--output-dir", str(out), "--cohort-file",
+            "cohort_thickness.csv"]  # fmt: skip
+    assert _run(*argv) == 0
+    assert (out / "unrelated.txt").read_text() == "kept"
+    (out / "unrelated.txt").unlink()
+    _assert_same_export(out, MODELARRAY / "export" / "lm_stream")
+
+
+def test_export_flag_errors(cohort_dir, tmp_path, capsys):
+    base = ["export-results", "--input-hdf5", str(RESULTS), "--analysis-name", "lm",
+            "--output-dir", str(tmp_path / "x")]  # fmt: skip
+    with pytest.raises(SystemExit) as err:
+        _run(*base, "--cohort-file", "cohort_thickness.csv", "--example-file",
+             "thickness/sub-0001_thickness.dscalar.nii")  # fmt: skip
+    assert err.value.code == 2
+    capsys.readouterr()
+    assert _run(*base) == 1
+    assert "Provide --cohort-file or --example-file" in capsys.readouterr().err
+    assert (
+        _run(*base[:4], "nope", *base[5:], "--cohort-file", "cohort_thickness.csv") == 1
+    )
+    assert "no results for analysis 'nope'" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as err:
+        _run("export-results", "--input-hdf5", "missing.h5", "--analysis-name", "lm",
+             "--output-dir", "x")  # fmt: skip
+    assert err.value.code == 2
+    assert not (tmp_path / "x").exists()
+
+
+def test_export_hostile_analysis_name_stays_inside(cohort_dir, tmp_path):
+    h5 = tmp_path / "r.h5"
+    with h5py.File(h5, "w") as f:
+        f["results/..%2f/results_matrix"] = np.zeros((2, 100))
+        f["results/..%2f/column_names"] = np.array([b"../../../escape", b"a/../b"])
+    out = tmp_path / "deep" / "out"
+    before = {p for p in tmp_path.rglob("*") if p.is_file()}
+    argv = ["export-results", "--input-hdf5", str(h5), "--analysis-name", "..%2f",
+            "--output-dir", str(out), "--cohort-file",
+            "cohort_thickness.csv"]  # fmt: skip
+    assert _run(*argv) == 0
+    new = sorted(p for p in tmp_path.rglob("*") if p.is_file() and p not in before)
+    assert [p.name for p in new] == [
+        "..%2f_.._.._.._escape.dscalar.nii",
+        "..%2f_a_.._b.dscalar.nii",
+    ]
+    assert all(p.parent == out for p in new)
