@@ -148,11 +148,17 @@ class ClusterH5DatasetAccessor:
 
         return to_fmristore(self._obj, path, **kwargs)
 
-    def to_cifti(self, *args: Any, **kwargs: Any) -> Any:
-        """Write CIFTI files (see ``xarray_clusterh5.cifti``)."""
-        from xarray_clusterh5 import cifti
+    def to_cifti(self, output_dir: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Write CIFTI files into ``output_dir``.
 
-        return cifti.dataset_to_cifti(self._obj, *args, **kwargs)
+        A clustered view writes ``<run>.dtseries.nii`` for full runs and
+        ``<run>.ptseries.nii`` for summaries (``experiment_to_cifti``); a
+        ModelArray results Dataset writes ModelArrayIO's
+        ``<analysis>_<stat>.dscalar.nii`` exports (``cohort.to_cifti``).
+        """
+        from xarray_clusterh5.experiment_cifti import to_cifti
+
+        return to_cifti(self._obj, output_dir, **kwargs)
 
     def to_modelarray(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
         """Write ModelArray's HDF5 layout (see ``xarray_clusterh5.to_modelarray``)."""
@@ -235,6 +241,12 @@ class ClusterH5DataTreeAccessor:
     def to_padded(self) -> xr.Dataset:
         """The tree as the padded ``(run, cluster, voxel, time)`` Dataset."""
         return _vc().tree_to_padded(self._obj)
+
+    def to_cifti(self, output_dir: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Full runs to ``.dtseries.nii``, summaries to ``.ptseries.nii``."""
+        from xarray_clusterh5.experiment_cifti import experiment_to_cifti
+
+        return experiment_to_cifti(self._obj, output_dir, **kwargs)
 
     def to_fmristore(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
         """Write an fmristore file R reads (see ``xarray_clusterh5.to_fmristore``)."""
