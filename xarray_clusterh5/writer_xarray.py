@@ -252,13 +252,19 @@ def _stream_dask(
         thread.join()
 
 
-def _run_blocks(getters: dict[int, Any], threads: int | None) -> Any:
-    """Full data for write_experiment: a dask stream or a per-cluster callable."""
-    if getters and all(_is_dask(g) for g in getters.values()):
-        return _stream_dask(getters, threads)
-    return lambda cid: np.asarray(
-        getters[cid].values if hasattr(getters[cid], "values") else getters[cid]
-    )
+def _run_blocks(
+    var: xr.Variable, keys: dict[int, tuple[Any, ...]], threads: int | None
+) -> Any:
+    """Full data for write_experiment: a dask stream or a per-cluster callable.
+
+    ``keys`` maps cluster id -> indexer of ``var`` giving its (Nc, T) block.
+    Blocks are indexed when needed: a Variable kept around would cache its
+    values (xarray's MemoryCachedArray) and hold the whole run in memory.
+    """
+    # Variable.data would load a lazily indexed array whole; chunks is cheap
+    if var.chunks is not None and _is_dask(var.data):
+        return _stream_dask({cid: var.data[key] for cid, key in keys.items()}, threads)
+    return lambda cid: np.asarray(var[keys[cid]].values)
 
 
 # --------------------------------------------------------------------------
@@ -318,18 +324,18 @@ def _from_padded(ds: xr.Dataset, threads: int | None) -> dict[str, Any]:
             if "data" not in ds.data_vars:
                 raise ValueError(f"run {name!r} has_data but there is no 'data'")
             var = ds["data"].variable.transpose("run", "cluster", "voxel", "time")
-            getters = {}
+            keys: dict[int, tuple[Any, ...]] = {}
             for c, cid in enumerate(cluster_ids):
-                block = var[r, c, : int(n_voxels[c]), :t]
+                slots: Any = slice(0, int(n_voxels[c]))
                 if not np.array_equal(perms[c], np.arange(perms[c].size)):
-                    block = block[perms[c]]
-                getters[int(cid)] = block.data if _is_dask(block.data) else block
-            data = _run_blocks(getters, threads)
+                    slots = perms[c]
+                keys[int(cid)] = (r, c, slots, slice(0, t))
+            data = _run_blocks(var, keys, threads)
         if has_summary[r]:
             if "summary" not in ds.data_vars:
                 raise ValueError(f"run {name!r} has_summary but there is no 'summary'")
             svar = ds["summary"].variable.transpose("run", "cluster", "time")
-            summary = _lazy_values(svar[r, :, :t])
+            summary = _lazy_values(svar, (r, slice(None), slice(0, t)))
         if data is None and summary is None:
             raise ValueError(f"run {name!r} has neither data nor summary")
         run_specs[name] = Run(data=data, summary=summary)
@@ -345,9 +351,9 @@ def _from_padded(ds: xr.Dataset, threads: int | None) -> dict[str, Any]:
     }
 
 
-def _lazy_values(var: xr.Variable) -> Any:
+def _lazy_values(var: xr.Variable, key: tuple[Any, ...]) -> Any:
     """A callable the writer calls when it gets to this array (streams it)."""
-    return lambda: np.asarray(var.values)
+    return lambda: np.asarray(var[key].values)
 
 
 def _flat_geometry(
@@ -384,22 +390,21 @@ def _flat_run(
     data = summary = None
     if "data" in node.data_vars:
         var = node["data"].variable.transpose("voxel", "time")
-        getters = {}
+        keys: dict[int, tuple[Any, ...]] = {}
         for cid, r in zip(cluster_ids, rows, strict=True):
             if r.size and r[-1] - r[0] + 1 == r.size:  # contiguous: a slice
-                block = var[int(r[0]) : int(r[-1]) + 1]
+                keys[int(cid)] = (slice(int(r[0]), int(r[-1]) + 1),)
             else:
-                block = var[r]
-            getters[int(cid)] = block.data if _is_dask(block.data) else block
-        data = _run_blocks(getters, threads)
+                keys[int(cid)] = (r,)
+        data = _run_blocks(var, keys, threads)
     if "summary" in node.data_vars:
         svar = node["summary"].variable.transpose("cluster", "time")
-        order = np.argsort(
-            _values(node["cluster"]) if "cluster" in node.coords else cluster_ids
-        )
+        ids = _values(node["cluster"]) if "cluster" in node.coords else cluster_ids
+        order = np.argsort(ids)
+        sel: Any = slice(None)
         if not np.array_equal(order, np.arange(order.size)):
-            svar = svar[order]
-        summary = _lazy_values(svar)
+            sel = order
+        summary = _lazy_values(svar, (sel, slice(None)))
     if data is None and summary is None:
         raise ValueError(
             f"scan {node.attrs.get('scan')!r} has neither data nor summary"
