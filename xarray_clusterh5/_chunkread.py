@@ -40,6 +40,7 @@ import numpy as np
 __all__ = [
     "MIN_PARALLEL_CHUNKS",
     "RawWindow",
+    "decode_windows",
     "fetch_window",
     "read_window_parallel",
 ]
@@ -210,21 +211,29 @@ def _decode_into(pipe: _Pipeline, chunk: _Chunk, out: np.ndarray) -> None:
 
 
 def _run_parallel(window: RawWindow, out: np.ndarray) -> None:
-    # the calling thread decodes too, so progress never waits on a busy pool
+    _drain_all([(window.pipeline, chunk, out) for chunk in window.chunks])
+
+
+def _drain_all(jobs: list[tuple[_Pipeline, _Chunk, np.ndarray]]) -> None:
+    """Decode every job on the pool; the calling thread decodes too.
+
+    Helpers pull jobs from one shared iterator, so uneven chunks balance out
+    and progress never waits on a pool busy with another caller's work.
+    """
     pool, size = _get_pool()
-    jobs = iter(window.chunks)
+    it = iter(jobs)
     lock = threading.Lock()
 
     def drain() -> None:
         while True:
             with lock:
-                chunk = next(jobs, None)
-            if chunk is None:
+                job = next(it, None)
+            if job is None:
                 return
-            _decode_into(window.pipeline, chunk, out)
+            _decode_into(*job)
 
     helpers: list[Future[None]] = [
-        pool.submit(drain) for _ in range(min(size, window.n_chunks - 1))
+        pool.submit(drain) for _ in range(min(size, len(jobs) - 1))
     ]
     try:
         drain()
@@ -233,6 +242,47 @@ def _run_parallel(window: RawWindow, out: np.ndarray) -> None:
     for err in errors:
         if err is not None:
             raise err
+
+
+def decode_windows(windows: list[RawWindow | None]) -> list[np.ndarray | None]:
+    """Decode many fetched windows at once, all their chunks on the pool.
+
+    Decoding windows one by one waits for each window's last chunk before
+    the next starts (a window of fmristore's layout has about 3 chunks, so
+    one core idles part of the time); pooling the chunks of many windows
+    keeps every core busy. Needs no h5py object and no lock.
+
+    Parameters
+    ----------
+    windows : list of RawWindow or None
+        From ``fetch_window``; None entries stay None.
+
+    Returns
+    -------
+    list of numpy.ndarray or None
+        Fortran-ordered float32 windows, aligned with ``windows``; None for
+        a None input or a window with a chunk that does not decode (read
+        that one with h5py).
+    """
+    outs: list[np.ndarray | None] = []
+    jobs: list[tuple[_Pipeline, _Chunk, np.ndarray]] = []
+    for w in windows:
+        if w is None:
+            outs.append(None)
+            continue
+        out = np.empty(w.shape[::-1], dtype=_F32).T
+        outs.append(out)
+        jobs.extend((w.pipeline, chunk, out) for chunk in w.chunks)
+    try:
+        if len(jobs) >= MIN_PARALLEL_CHUNKS:
+            _drain_all(jobs)
+        else:
+            for job in jobs:
+                _decode_into(*job)
+    except (zlib.error, ValueError):
+        # find which windows are bad; the good ones decode again (rare path)
+        return [None if w is None else w.decode(parallel=False) for w in windows]
+    return outs
 
 
 def fetch_window(
