@@ -401,11 +401,11 @@ def data_rows(path: Path, repeat: int, seed: int) -> list[Row]:
         s: xr.open_dataset(path, engine=ENGINE, group=s, cache=False) for s in scans
     }
     padded = xr.open_dataset(path, engine=ENGINE, cache=False)
+    f = h5py.File(path, "r")
     try:
-        rows += _data_rows(
-            path, repeat, seed, scans, ids, counts, offsets, runs, padded
-        )
+        rows += _data_rows(f, repeat, seed, scans, ids, counts, offsets, runs, padded)
     finally:
+        f.close()
         for ds in runs.values():
             ds.close()
         padded.close()
@@ -637,6 +637,9 @@ def main(argv: list[str] | None = None) -> int:
         for label, seconds, tasks in distributed_rows(path, max(1, repeat // 2)):
             print(f"  {label:<52}{seconds:8.3f} s  {tasks:4d} chunks")
     failed = [r.case for r in rows if r.ok is False]
+    if args.quick:
+        print("\n(quick: a tiny file, ratios are dominated by fixed per-call costs;")
+        print(" the targets are for the full configuration)")
     print("\nall targets met" if not failed else f"\nmissed: {', '.join(failed)}")
     return 0
 
