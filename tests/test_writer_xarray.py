@@ -70,6 +70,13 @@ def test_dask_round_trip_and_format_switch(tmp_path: Path) -> None:
         to_fmristore(ds, tmp_path / "new.h5", format="2026", progress=True)
         with xr.open_dataset(tmp_path / "d.h5", engine="clusterh5") as back:
             xr.testing.assert_identical(back.load(), ds.load())
+    # blocks that arrive in several dask chunks are assembled before writing
+    with xr.open_dataset(path, engine="clusterh5", chunks={}) as ds:
+        ds = ds.chunk({"time": 16, "voxel": 100})
+        assert len(ds["data"].chunks[3]) > 1
+        to_fmristore(ds, tmp_path / "parts.h5")
+        with xr.open_dataset(tmp_path / "parts.h5", engine="clusterh5") as back:
+            xr.testing.assert_identical(back.load(), ds.load())
     with xr.open_dataset(tmp_path / "new.h5", engine="clusterh5") as new:
         assert new.attrs["fmristore_generation"] == "2026"
         assert new.attrs["fmristore_class"] == "H5ParcellatedMultiScan"

@@ -185,9 +185,12 @@ class _QueueSink:
             covered = sum(p.size for _, p in self.parts)
             if covered < int(np.prod(self.shape)):
                 return
-            block = np.empty(self.shape, dtype=np.float32)
-            for k, p in self.parts:
-                block[k] = p
+            if len(self.parts) == 1 and self.parts[0][1].shape == self.shape:
+                block = self.parts[0][1]  # the usual case: one chunk, no copy
+            else:
+                block = np.empty(self.shape, dtype=np.float32)
+                for k, p in self.parts:
+                    block[k] = p
             self.parts = []
             while not self.cancel.is_set():
                 with contextlib.suppress(queue.Full):
