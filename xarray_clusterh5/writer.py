@@ -171,11 +171,9 @@ def _r_value(value: Any, what: str, non_ascii: str) -> np.ndarray:
             else _not_a_string(v, what)
             for v in arr.reshape(-1)
         ]
-        out = np.empty(arr.shape, dtype=_ASCII)
-        out.reshape(-1)[:] = flat if arr.ndim else flat[0]
-        if arr.ndim == 0:
-            out = np.array(flat[0], dtype=_ASCII)
-        return out
+        out = np.empty(len(flat), dtype=_ASCII)
+        out[:] = flat
+        return out.reshape(arr.shape)
     if kind == "b":
         return arr.astype(np.int8)
     if kind in "iu":
