@@ -133,6 +133,13 @@ def test_relative_paths_fall_back_to_the_csv_folder(tmp_path, monkeypatch):
         cohort.from_cohort(COHORT / "cohort_thickness.csv", relative_to="cwd")
 
 
+def test_remote_sources_are_refused(tmp_path):
+    csv = tmp_path / "c.csv"
+    csv.write_text("scalar_name,source_file\nthickness,s3://bucket/sub-1.dscalar.nii\n")
+    with pytest.raises(ClusterH5Error, match="remote sources"):
+        cohort.from_cohort(csv)
+
+
 def test_missing_file_names_it(tmp_path):
     csv = tmp_path / "c.csv"
     csv.write_text("scalar_name,source_file\nthickness,nowhere/sub-9.dscalar.nii\n")

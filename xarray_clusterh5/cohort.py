@@ -2,9 +2,11 @@
 
 ``from_cohort`` reads a ModelArrayIO cohort CSV (long or wide) into a lazy
 Dataset; ``to_modelarray`` writes a Dataset in ModelArray's layout exactly as
-``modelarrayio to-modelarray`` does; ``to_cifti`` and ``export_results`` write
-results as ``<analysis>_<stat>.dscalar.nii`` files exactly as ``modelarrayio
-export-results`` does.
+``modelarrayio to-modelarray`` does; ``to_cifti`` writes results as
+``<analysis>_<stat>.dscalar.nii`` files exactly as ``modelarrayio
+export-results`` does. The CLI uses the xarray-free equivalents in
+``modelarray_io`` (``cohort_to_h5``, ``export_results``), which write the same
+files.
 
 The Dataset model (shared with the ModelArray reader in
 ``_modelarray_backend``):
@@ -22,8 +24,9 @@ The Dataset model (shared with the ModelArray reader in
   (``CIFTI_STRUCTURE_...``), ``vertex`` (surface vertex, -1 for voxels) and
   ``voxel_i``/``voxel_j``/``voxel_k`` (-1 for vertices);
 * results (from a ModelArray file) are variables with
-  ``modelarray_group="results"`` and dims ``(stat, element)``, ``stat`` holding
-  the statistic names.
+  ``modelarray_group="results"`` and dims ``(stat, element)`` (``stat_<analysis>``
+  when analyses have different statistics), the stat dimension's coordinate
+  holding the statistic names.
 """
 
 from __future__ import annotations

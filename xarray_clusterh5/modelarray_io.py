@@ -549,6 +549,12 @@ def resolve_sources(
     out: list[str] = []
     fell_back = 0
     for s in sources:
+        if "://" in s:
+            raise ClusterH5Error(
+                os.fspath(cohort_csv),
+                f"{s}: remote sources (s3:// and other URLs) are not supported; "
+                "download the files and list local paths",
+            )
         p = Path(s).expanduser()
         if p.is_absolute():
             out.append(str(p))
