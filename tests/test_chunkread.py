@@ -305,3 +305,50 @@ def test_pool_is_usable_after_fork() -> None:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
+
+
+@settings(max_examples=25, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(layouts(), min_size=1, max_size=4), st.data())
+def test_decode_windows_equals_h5py(cases: list[dict], data: st.DataObject) -> None:
+    # many windows decoded in one pool pass, with unsupported ones (None)
+    with memfile() as f:
+        dsets, windows = [], []
+        for n, case in enumerate(cases):
+            rng = np.random.default_rng(case["seed"])
+            values = rng.standard_normal(case["shape"]).astype(case["dtype"])
+            dset = f.create_dataset(
+                f"x{n}",
+                data=values,
+                chunks=case["chunks"],
+                compression="gzip",
+                compression_opts=case["level"],
+                shuffle=case["shuffle"],
+            )
+            dsets.append(dset)
+            skip = data.draw(st.booleans())
+            windows.append(None if skip else _chunkread.fetch_window(dset, case["sel"]))
+        for dset, case, win, got in zip(
+            dsets, cases, windows, _chunkread.decode_windows(windows), strict=True
+        ):
+            if win is None:
+                assert got is None
+            else:
+                assert got is not None
+                np.testing.assert_array_equal(
+                    got, np.asarray(dset[case["sel"]], np.float32)
+                )
+
+
+def test_decode_windows_isolates_a_corrupt_window() -> None:
+    data = np.arange(64, dtype=np.float32).reshape(8, 8)
+    with memfile() as f:
+        good = f.create_dataset("good", data=data, chunks=(4, 4), compression="gzip")
+        bad = f.create_dataset("bad", data=data, chunks=(4, 4), compression="gzip")
+        bad.id.write_direct_chunk((0, 0), b"garbage", filter_mask=0)
+        sel = (slice(None), slice(None))
+        wins = [_chunkread.fetch_window(good, sel), _chunkread.fetch_window(bad, sel)]
+        got = _chunkread.decode_windows(wins)
+        assert got[1] is None
+        assert got[0] is not None
+        np.testing.assert_array_equal(got[0], data)
+        assert _chunkread.decode_windows([]) == []
