@@ -14,7 +14,9 @@ from nibabel.cifti2 import cifti2_axes as ca
 from tests.conftest import MODELARRAY
 from tests.test_cifti import _assert_same_export
 from tests.test_modelarray import assert_same_file
+from xarray_clusterh5._modelarray_backend import open_modelarray_dataset
 from xarray_clusterh5.cli import main
+from xarray_clusterh5.cohort import to_modelarray
 
 COHORT = MODELARRAY / "cohort"
 RESULTS = MODELARRAY / "results" / "thickness_with_results.h5"
@@ -306,3 +308,112 @@ def test_export_hostile_analysis_name_stays_inside(cohort_dir, tmp_path):
         "..%2f_a_.._b.dscalar.nii",
     ]
     assert all(p.parent == out for p in new)
+
+
+# --------------------------------------------------------------------------
+# parcellated cohorts (pscalar, pconn), as ModelArrayIO converts them
+# --------------------------------------------------------------------------
+
+
+def _parcels(n: int = 10) -> ca.ParcelsAxis:
+    axis = nib.load(COHORT / "thickness" / "sub-0001_thickness.dscalar.nii").header
+    axis = axis.get_axis(1)
+    return ca.ParcelsAxis.from_brain_models(
+        [(f"P{i}", axis[i * 10 : (i + 1) * 10]) for i in range(n)]
+    )
+
+
+def _parcel_cohort(folder: Path, kind: str, n_subjects: int = 4) -> list[np.ndarray]:
+    rng = np.random.default_rng(5)
+    parcels = _parcels()
+    rows = ["scalar_name,source_file"]
+    data = []
+    for i in range(n_subjects):
+        if kind == "pscalar":
+            values = rng.normal(size=(1, 10)).astype(np.float32)
+            axes = (ca.ScalarAxis([f"s{i}"]), parcels)
+        else:
+            values = rng.normal(size=(10, 10)).astype(np.float32)
+            axes = (parcels, parcels)
+        nib.Cifti2Image(values, header=axes).to_filename(folder / f"s{i}.{kind}.nii")
+        rows.append(f"fa,s{i}.{kind}.nii")
+        data.append(values)
+    (folder / "c.csv").write_text("\n".join(rows) + "\n")
+    return data
+
+
+@pytest.mark.parametrize("kind", ["pscalar", "pconn"])
+def test_parcellated_cohort_round_trip(tmp_path, monkeypatch, kind):
+    monkeypatch.chdir(tmp_path)
+    data = _parcel_cohort(tmp_path, kind)
+    assert _run("to-modelarray", "--cohort-file", "c.csv", "--output", "o.h5") == 0
+    names = [f"P{i}" for i in range(10)]
+    with h5py.File("o.h5", "r") as f:
+        assert "greyordinates" not in f
+        expected_ids = (
+            {"parcel_id": names}
+            if kind == "pscalar"
+            else {"parcel_id_from": names, "parcel_id_to": names}
+        )
+        assert sorted(f["parcels"]) == sorted(expected_ids)
+        for k, v in expected_ids.items():
+            assert h5py.check_string_dtype(f["parcels"][k].dtype).length is None
+            assert [s.decode() for s in f["parcels"][k][()]] == v
+        values = f["scalars/fa/values"]
+        # pconn matrices flattened row-major, as ModelArrayIO's ravel()
+        np.testing.assert_array_equal(values[()], [d.ravel() for d in data])
+        assert values.chunks == (4, data[0].size)
+    # the engine reads it, and writes it back unchanged
+    with open_modelarray_dataset(tmp_path / "o.h5") as ds:
+        if kind == "pscalar":
+            assert ds["parcel"].values.tolist() == names
+        else:
+            assert ds["parcel_from"].values[:12].tolist() == ["P0"] * 10 + ["P1"] * 2
+            assert ds["parcel_to"].values[:12].tolist() == [*names, "P0", "P1"]
+        to_modelarray(ds, tmp_path / "rt.h5", progress=False)
+    assert_same_file(tmp_path / "rt.h5", tmp_path / "o.h5")
+    # results back to CIFTI with the first file as template
+    with h5py.File(tmp_path / "o.h5", "a") as f:
+        m = np.arange(3 * data[0].size, dtype=float).reshape(3, -1)
+        m[1, ::3] = np.nan
+        f["results/lm/results_matrix"] = m
+        f["results/lm/column_names"] = np.array([b"element_id", b"p.value", b"b"])
+    argv = ["export-results", "--input-hdf5", "o.h5", "--analysis-name", "lm",
+            "--output-dir", "exp", "--cohort-file", "c.csv"]  # fmt: skip
+    assert _run(*argv) == 0
+    assert sorted(p.name for p in Path("exp").iterdir()) == sorted(
+        f"lm_{s}.{kind}.nii" for s in ["element_id", "p.value", "1m.p.value", "b"]
+    )
+    template = nib.load(f"s0.{kind}.nii")
+    for stat, row in [
+        ("element_id", m[0]),
+        ("p.value", m[1]),
+        ("1m.p.value", 1 - m[1]),
+    ]:
+        img = nib.load(f"exp/lm_{stat}.{kind}.nii")
+        assert img.header.get_axis(0) == template.header.get_axis(0)
+        assert img.header.get_axis(1) == template.header.get_axis(1)
+        np.testing.assert_array_equal(
+            img.get_fdata(), row.reshape(data[0].shape).astype(np.float32)
+        )
+
+
+def test_parcellated_cohort_with_other_parcels_is_refused(
+    tmp_path, monkeypatch, capsys
+):
+    monkeypatch.chdir(tmp_path)
+    _parcel_cohort(tmp_path, "pscalar")
+    img = nib.load("s2.pscalar.nii")
+    other = _parcels()
+    renamed = ca.ParcelsAxis(
+        [f"Q{i}" for i in range(10)], other.voxels, other.vertices, other.affine,
+        other.volume_shape, other.nvertices,
+    )  # fmt: skip
+    nib.Cifti2Image(
+        np.asarray(img.dataobj), header=(img.header.get_axis(0), renamed)
+    ).to_filename("s2.pscalar.nii")
+    assert _run("to-modelarray", "--cohort-file", "c.csv") == 1
+    err = capsys.readouterr().err
+    assert "s2.pscalar.nii: parcels differ" in err
+    assert "other parcel names" in err
+    assert not Path("modelarray.h5").exists()

@@ -1,9 +1,9 @@
 """``clusterh5 to-modelarray`` and ``clusterh5 export-results``: ModelArrayIO's CLI.
 
 Drop-in replacements for ``modelarrayio to-modelarray`` and ``modelarrayio
-export-results`` (26.0.0) on the CIFTI path: the same flags, underscore
-aliases, defaults and mutual exclusions, and the same files. Differences, all
-on purpose:
+export-results`` (26.0.0) on the CIFTI path (dscalar, pscalar and pconn
+cohorts and templates): the same flags, underscore aliases, defaults and mutual
+exclusions, and the same files. Differences, all on purpose:
 
 * outputs are written to a temporary file and renamed into place, so a failed
   run leaves nothing partial; like ModelArrayIO, existing outputs are replaced;

@@ -18,7 +18,9 @@ or ``/results``, no ``/cluster_map``) gives:
   scalar becomes ``results_<analysis>`` (attribute ``modelarray_name`` keeps the
   name). A transposed (n_elements, n_stats) matrix is accepted, as ModelArray does;
 * along ``element``: the greyordinate index ``element`` (``vertex_id``) and
-  ``structure`` (the structure name), from ``/greyordinates``.
+  ``structure`` (the structure name), from ``/greyordinates``; for parcellated
+  files ``parcel`` (pscalar) or ``parcel_from``/``parcel_to`` (pconn, flattened
+  row-major as ModelArrayIO stores it), from ``/parcels``.
 
 The same Dataset writes back with ``cohort.to_modelarray`` and exports with
 ``cohort.to_cifti`` (given a template, since ModelArray files store no
@@ -265,4 +267,8 @@ def _build(
             )
         coords[ELEMENT_DIM] = (ELEMENT_DIM, vertex_id)
         coords["structure"] = (ELEMENT_DIM, structure.astype(object))
+    parcels = modelarray_io.read_parcels(path, f)
+    if parcels is not None and grey is None and n_el is not None:
+        for k, v in modelarray_io.parcel_element_names(path, parcels, n_el).items():
+            coords[k] = (ELEMENT_DIM, v.astype(object))
     return xr.Dataset(data_vars, coords=coords)

@@ -73,7 +73,11 @@ def from_cohort(
     progress: bool = False,
     threads: int | None = None,
 ) -> xr.Dataset:
-    """Open a ModelArrayIO cohort of CIFTI dscalar files as a lazy Dataset.
+    """Open a ModelArrayIO cohort of CIFTI files as a lazy Dataset.
+
+    dscalar cohorts are the main case; pscalar and pconn cohorts are read as
+    ModelArrayIO reads them (pconn matrices flattened row-major) with parcel
+    names along ``element`` instead of the brain model.
 
     Parameters
     ----------
@@ -167,17 +171,21 @@ def from_cohort(
             dims=(dim, ELEMENT_DIM),
             attrs={GROUP_ATTR: "scalars", SOURCES_ATTR: src_name},
         )
-    voxel = ref.voxel
-    coords.update(
-        {
-            ELEMENT_DIM: (ELEMENT_DIM, np.arange(n_el, dtype=np.int64)),
-            "structure": (ELEMENT_DIM, ref.structure.astype(object)),
-            "vertex": (ELEMENT_DIM, ref.vertex),
-            "voxel_i": (ELEMENT_DIM, voxel[:, 0]),
-            "voxel_j": (ELEMENT_DIM, voxel[:, 1]),
-            "voxel_k": (ELEMENT_DIM, voxel[:, 2]),
-        }
-    )
+    coords[ELEMENT_DIM] = (ELEMENT_DIM, np.arange(n_el, dtype=np.int64))
+    if isinstance(ref, cifti.ParcelModel):
+        for k, v in ref.element_names().items():
+            coords[k] = (ELEMENT_DIM, v.astype(object))
+    else:
+        voxel = ref.voxel
+        coords.update(
+            {
+                "structure": (ELEMENT_DIM, ref.structure.astype(object)),
+                "vertex": (ELEMENT_DIM, ref.vertex),
+                "voxel_i": (ELEMENT_DIM, voxel[:, 0]),
+                "voxel_j": (ELEMENT_DIM, voxel[:, 1]),
+                "voxel_k": (ELEMENT_DIM, voxel[:, 2]),
+            }
+        )
     attrs = {
         "cohort_file": str(Path(csv).resolve()),
         "cohort_format": "wide" if scalar_columns else "long",
@@ -221,13 +229,45 @@ def _sources_of(ds: xr.Dataset, name: str) -> list[str]:
     )
 
 
-def _structure_table(ds: xr.Dataset) -> tuple[np.ndarray, list[str]]:
-    if "structure" not in ds.coords:
-        raise ValueError(
-            "the Dataset has no 'structure' coordinate along 'element'; "
-            "/greyordinates cannot be written"
+def _element_writer(ds: xr.Dataset) -> Any:
+    """Writes ``/greyordinates`` (from ``structure``) or ``/parcels`` (from
+    ``parcel`` or ``parcel_from``/``parcel_to``) for the Dataset's elements."""
+    coords = ds.coords
+    if "structure" in coords:
+        codes, names = cifti.factorize_structures(
+            np.asarray(ds["structure"].values, dtype=str)
         )
-    return cifti.factorize_structures(np.asarray(ds["structure"].values, dtype=str))
+        return lambda f: modelarray_io.write_greyordinates(f, codes, names)
+    if "parcel" in coords:
+        arrays = {"parcel_id": [str(v) for v in ds["parcel"].values]}
+        return lambda f: modelarray_io.write_parcels(f, arrays)
+    if "parcel_from" in coords and "parcel_to" in coords:
+        rows = list(dict.fromkeys(str(v) for v in ds["parcel_from"].values))
+        n_cols = ds.sizes[ELEMENT_DIM] // max(1, len(rows))
+        cols = [str(v) for v in ds["parcel_to"].values[:n_cols]]
+        expected = modelarray_io.parcel_element_names(
+            "Dataset",
+            {"parcel_id_from": np.array(rows), "parcel_id_to": np.array(cols)},
+            ds.sizes[ELEMENT_DIM],
+        )
+        if not (
+            np.array_equal(
+                expected["parcel_from"], ds["parcel_from"].values.astype(str)
+            )
+            and np.array_equal(
+                expected["parcel_to"], ds["parcel_to"].values.astype(str)
+            )
+        ):
+            raise ValueError(
+                "parcel_from/parcel_to are not a full row-major pconn matrix; "
+                "/parcels cannot be written"
+            )
+        arrays = {"parcel_id_from": rows, "parcel_id_to": cols}
+        return lambda f: modelarray_io.write_parcels(f, arrays)
+    raise ValueError(
+        "the Dataset has no 'structure' (or 'parcel') coordinate along 'element'; "
+        "ModelArray's element table cannot be written"
+    )
 
 
 def _stripe_reader(var: xr.DataArray) -> Any:
@@ -295,7 +335,7 @@ def to_modelarray(
             )
     modelarray_io.resolve_dtype(dtype)
     modelarray_io.resolve_compression(compression, compression_level, shuffle)
-    codes, structures = _structure_table(ds)
+    write_elements = _element_writer(ds)
     if split_files is None:
         split_files = ds.attrs.get("cohort_format") == "wide"
     plan = modelarray_io.output_plan(path, names, bool(split_files))
@@ -322,7 +362,7 @@ def to_modelarray(
                 import h5py
 
                 with h5py.File(tmp, "w") as f:
-                    modelarray_io.write_greyordinates(f, codes, structures)
+                    write_elements(f)
                     for n in group:
                         var = ds[n]
                         sources = _sources_of(ds, n)

@@ -127,6 +127,29 @@ def write_greyordinates(
     return dset
 
 
+def write_parcels(f: h5py.File, arrays: dict[str, Sequence[str]]) -> None:
+    """``/parcels/<name>`` string datasets (pscalar: ``parcel_id``; pconn:
+    ``parcel_id_from``/``parcel_id_to``), as ModelArrayIO writes them."""
+    grp = f.require_group("parcels")
+    for name, values in arrays.items():
+        grp.create_dataset(
+            name,
+            data=np.array([str(v) for v in values], dtype=object),
+            dtype=h5py.string_dtype(),
+        )
+
+
+def element_writer(
+    ref: cifti.BrainModel | cifti.ParcelModel,
+) -> Callable[[h5py.File], Any]:
+    """Writes what the file says about its elements: greyordinates or parcels."""
+    if isinstance(ref, cifti.ParcelModel):
+        arrays = ref.parcel_arrays()
+        return lambda f: write_parcels(f, arrays)
+    codes, names = ref.structure_table()
+    return lambda f: write_greyordinates(f, codes, names)
+
+
 def write_column_names(f: h5py.File, scalar: str, names: Sequence[str]) -> h5py.Dataset:
     """``/scalars/<scalar>/column_names``: 1-D variable-length UTF-8 strings."""
     values = np.array([str(n) for n in names], dtype=object)
@@ -418,6 +441,41 @@ def read_greyordinates(path: str, f: h5py.File) -> tuple[np.ndarray, np.ndarray]
         )
     structure = np.asarray(names, dtype=str)[codes] if names else codes.astype(str)
     return table[vi].astype(np.int64), structure
+
+
+def read_parcels(path: str, f: h5py.File) -> dict[str, np.ndarray] | None:
+    """The ``/parcels`` string datasets of a pscalar/pconn file, or None."""
+    grp = get_link(path, f, "/parcels")
+    if not isinstance(grp, h5py.Group):
+        return None
+    out = {}
+    for name in ("parcel_id", "parcel_id_from", "parcel_id_to"):
+        obj = get_link(path, grp, name)
+        if isinstance(obj, h5py.Dataset):
+            out[name] = read_strings(path, obj).reshape(-1)
+    return out or None
+
+
+def parcel_element_names(
+    path: str, parcels: dict[str, np.ndarray], n_elements: int
+) -> dict[str, np.ndarray]:
+    """Per-element parcel names; pconn elements are row-major (from, to) pairs."""
+    if "parcel_id" in parcels:
+        names = {"parcel": parcels["parcel_id"]}
+    elif {"parcel_id_from", "parcel_id_to"} <= parcels.keys():
+        rows, cols = parcels["parcel_id_from"], parcels["parcel_id_to"]
+        names = {
+            "parcel_from": np.repeat(rows, cols.size),
+            "parcel_to": np.tile(cols, rows.size),
+        }
+    else:
+        raise ClusterH5Error(path, f"/parcels has {sorted(parcels)}, not parcel ids")
+    for k, v in names.items():
+        if v.size != n_elements:
+            raise ClusterH5Error(
+                path, f"/parcels gives {v.size} {k} names for {n_elements} elements"
+            )
+    return names
 
 
 # --------------------------------------------------------------------------
@@ -822,7 +880,7 @@ def cohort_to_h5(
             raise FileExistsError(f"{out}: exists; pass overwrite=True to replace it")
     resolved = resolve_sources(csv, sources, relative_to)
     ref, blocks = check_cohort_files(resolved, map_index, progress, threads)
-    codes, names = ref.structure_table()
+    write_elements = element_writer(ref)
     n_el = ref.n_elements
     rows = {s: np.flatnonzero((long["scalar_name"] == s).to_numpy()) for s in scalars}
     n_threads = threads or default_threads()
@@ -846,7 +904,7 @@ def cohort_to_h5(
                     atomic_output(out, overwrite=overwrite, suffix=".h5") as tmp,
                     h5py.File(tmp, "w") as f,
                 ):
-                    write_greyordinates(f, codes, names)
+                    write_elements(f)
                     for s in group:
                         arr = CohortArray([blocks[i] for i in rows[s]], n_el)
                         write_scalar(
