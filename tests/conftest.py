@@ -1,4 +1,4 @@
-"""Shared fixtures: R-written fmristore files, ModelArrayIO files, unclosed-file checks."""
+"""Shared fixtures: R-written fmristore and ModelArrayIO files, unclosed files."""
 
 from __future__ import annotations
 
