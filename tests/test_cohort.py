@@ -13,12 +13,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
+from hypothesis import given
+from hypothesis import strategies as st
 from nibabel.cifti2 import cifti2_axes as ca
 
 from tests.conftest import MODELARRAY
 from tests.test_cifti import _assert_same_export
 from tests.test_modelarray import LM_NAMES, assert_same_file
-from xarray_clusterh5 import cifti, cohort
+from xarray_clusterh5 import cifti, cohort, modelarray_io
 from xarray_clusterh5._h5 import ClusterH5Error
 from xarray_clusterh5._modelarray_backend import open_modelarray_dataset
 
@@ -388,3 +390,32 @@ def test_stat_names_of_lm_reach_the_files(in_cohort, tmp_path):
         )
     stems = {p.name[len("lm_") : -len(".dscalar.nii")] for p in out}
     assert set(LM_NAMES) <= stems
+
+
+_index = st.one_of(
+    st.integers(-5, 4),
+    st.slices(5),
+    st.lists(st.integers(0, 4), min_size=1, max_size=6),
+)
+_cols = st.one_of(
+    st.integers(-100, 99),
+    st.slices(100),
+    st.lists(st.integers(0, 99), min_size=1, max_size=8),
+)
+
+
+@given(rows=_index, cols=_cols)
+def test_cohort_array_indexing_equals_numpy(rows, cols):
+    files = [
+        COHORT / "thickness" / f"sub-000{i}_thickness.dscalar.nii" for i in range(1, 6)
+    ]
+    ref, blocks = modelarray_io.check_cohort_files(
+        [str(p) for p in files], None, False, 1
+    )
+    arr = modelarray_io.CohortArray(blocks, ref.n_elements)
+    full = _values("thickness.h5", "thickness")
+    # outer (orthogonal) indexing, as dask and xarray's backends ask for it
+    r, c = np.arange(5)[rows], np.arange(100)[cols]
+    expected = full[np.ix_(np.atleast_1d(r), np.atleast_1d(c))]
+    expected = expected[tuple(0 if np.ndim(k) == 0 else slice(None) for k in (r, c))]
+    np.testing.assert_array_equal(arr[rows, cols], expected)

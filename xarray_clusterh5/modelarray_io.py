@@ -652,9 +652,10 @@ def resolve_sources(
 class CohortArray:
     """Array-like (n_files, n_elements) over a cohort's data blocks.
 
-    Indexing reads only the requested greyordinates of the requested files
-    (``os.pread`` at ``vox_offset``), so column stripes are cheap. Holds no open
-    files: it pickles to dask workers.
+    Indexing is outer (orthogonal, one key per axis, as dask and xarray's
+    backends ask for it) and reads only the requested greyordinates of the
+    requested files (``os.pread`` at ``vox_offset``), so column stripes are
+    cheap. Holds no open files: it pickles to dask workers.
     """
 
     def __init__(self, blocks: Sequence[cifti.DataBlock], n_elements: int) -> None:
@@ -668,9 +669,13 @@ class CohortArray:
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
+        if any(k is Ellipsis for k in key):
+            i = next(i for i, k in enumerate(key) if k is Ellipsis)
+            fill = (slice(None),) * (3 - len(key))
+            key = key[:i] + fill + key[i + 1 :]
         key = key + (slice(None),) * (2 - len(key))
-        if len(key) != 2 or any(k is Ellipsis for k in key):
-            key = np.index_exp[key][:2]
+        if len(key) != 2:
+            raise IndexError(f"too many indices for a 2-D cohort array: {key!r}")
         rows_key, cols_key = key
         rows = np.arange(self.shape[0])[rows_key]
         cols = np.arange(self.shape[1])[cols_key]
@@ -700,7 +705,25 @@ def check_cohort_files(
     map_index: int | None,
     progress: bool,
     threads: int | None,
-) -> tuple[cifti.BrainModel, list[cifti.DataBlock]]:
+) -> tuple[cifti.BrainModel | cifti.ParcelModel, list[cifti.DataBlock]]:
+    """Check every file of a cohort against the first; where each one's data is.
+
+    Parameters
+    ----------
+    paths : resolved paths, the first one the reference.
+    map_index : map to take from multi-map files (None: single-map files only).
+    progress : progress bar on stderr.
+    threads : threads reading headers (default: available CPUs).
+
+    Returns
+    -------
+    The first file's brain model (or parcels) and one ``DataBlock`` per file.
+
+    Raises
+    ------
+    ClusterH5Error
+        Naming the first file that is not CIFTI-2, of another type or brain model.
+    """
     ref, first = cifti.read_reference(paths[0], map_index=map_index)
     rest = paths[1:]
     n_threads = threads or default_threads()
