@@ -163,6 +163,69 @@ print(json.dumps({"traced_peak": peak, "rss_growth": hwm - rss0, "rss_peak": hwm
 """
 
 
+_NIFTI_SCRIPT = r"""
+import json, sys, tracemalloc
+import dask.array, dask.threaded, tqdm.auto  # imports are not the writer's memory
+from xarray_clusterh5.nifti import from_nifti
+from xarray_clusterh5.writer_xarray import to_fmristore
+
+def status(key):
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(key):
+                return int(line.split()[1]) * 1024
+run, atlas, dst = sys.argv[1:4]
+with open("/proc/self/clear_refs", "w") as fh:
+    fh.write("5")
+rss0 = status("VmRSS")
+tracemalloc.start()
+ds = from_nifti({"rest": run}, atlas=atlas)
+to_fmristore(ds, dst, overwrite=True)
+_, peak = tracemalloc.get_traced_memory()
+tracemalloc.stop()
+hwm = status("VmHWM")
+print(json.dumps({"traced_peak": peak, "rss_growth": hwm - rss0, "rss_peak": hwm}))
+"""
+
+
+def _nifti_memory(tmpdir: Path, exp: dict, run_bytes: int) -> None:
+    """from_nifti + to_fmristore of one 4-D run: memory against the run's data."""
+    import nibabel as nib
+
+    mask, cmap = exp["mask"], exp["cmap"]
+    lin = np.flatnonzero(mask.ravel(order="F"))
+    flat = np.zeros(mask.size, dtype=np.int16)
+    flat[lin] = cmap
+    atlas = flat.reshape(mask.shape, order="F")
+    n_time = exp["runs"][0].shape[1]
+    vol = np.zeros((mask.size, n_time), dtype=np.float32)
+    vol[lin] = exp["runs"][0]
+    vol = vol.reshape((*mask.shape, n_time), order="F")
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmpdir / "run.nii")
+    nib.save(nib.Nifti1Image(atlas, np.eye(4)), tmpdir / "atlas.nii")
+    del vol
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _NIFTI_SCRIPT,
+            str(tmpdir / "run.nii"),
+            str(tmpdir / "atlas.nii"),
+            str(tmpdir / "nifti.h5"),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    mem = json.loads(out.stdout.strip().splitlines()[-1])
+    print(
+        f"from_nifti + to_fmristore (one run, .nii): tracemalloc peak "
+        f"{mem['traced_peak'] / 2**20:.1f} MiB = "
+        f"{mem['traced_peak'] / run_bytes:.2f}x one run; peak RSS growth "
+        f"{mem['rss_growth'] / 2**20:.1f} MiB = {mem['rss_growth'] / run_bytes:.2f}x"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small configuration")
@@ -214,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             f"file sizes      : raw {sizes['raw'] / 2**20:.1f} MiB, ours "
             f"{sizes['ours'] / 2**20:.1f} MiB"
         )
-        del blocks, exp
+        del blocks
         gc.collect()
         out = subprocess.run(
             [
@@ -236,6 +299,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{mem['rss_growth'] / 2**20:.1f} MiB = "
             f"{mem['rss_growth'] / run_bytes:.2f}x one run (target < 2x)"
         )
+        _nifti_memory(tmpdir, exp, run_bytes)
     return 0
 
 
