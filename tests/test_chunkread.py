@@ -327,16 +327,21 @@ def test_decode_windows_equals_h5py(cases: list[dict], data: st.DataObject) -> N
             dsets.append(dset)
             skip = data.draw(st.booleans())
             windows.append(None if skip else _chunkread.fetch_window(dset, case["sel"]))
-        for dset, case, win, got in zip(
-            dsets, cases, windows, _chunkread.decode_windows(windows), strict=True
-        ):
-            if win is None:
-                assert got is None
-            else:
-                assert got is not None
-                np.testing.assert_array_equal(
-                    got, np.asarray(dset[case["sel"]], np.float32)
-                )
+        with pytest.MonkeyPatch.context() as mp:
+            # small test chunks: force the pool path as well as the default
+            for min_bytes in (_chunkread.MIN_PARALLEL_BYTES, 0):
+                mp.setattr(_chunkread, "MIN_PARALLEL_BYTES", min_bytes)
+                decoded = _chunkread.decode_windows(windows)
+                for dset, case, win, got in zip(
+                    dsets, cases, windows, decoded, strict=True
+                ):
+                    if win is None:
+                        assert got is None
+                    else:
+                        assert got is not None
+                        np.testing.assert_array_equal(
+                            got, np.asarray(dset[case["sel"]], np.float32)
+                        )
 
 
 def test_decode_windows_isolates_a_corrupt_window() -> None:
@@ -347,8 +352,20 @@ def test_decode_windows_isolates_a_corrupt_window() -> None:
         bad.id.write_direct_chunk((0, 0), b"garbage", filter_mask=0)
         sel = (slice(None), slice(None))
         wins = [_chunkread.fetch_window(good, sel), _chunkread.fetch_window(bad, sel)]
-        got = _chunkread.decode_windows(wins)
-        assert got[1] is None
-        assert got[0] is not None
-        np.testing.assert_array_equal(got[0], data)
+        with pytest.MonkeyPatch.context() as mp:
+            for min_bytes in (_chunkread.MIN_PARALLEL_BYTES, 0):
+                mp.setattr(_chunkread, "MIN_PARALLEL_BYTES", min_bytes)
+                got = _chunkread.decode_windows(wins)
+                assert got[1] is None
+                assert got[0] is not None
+                np.testing.assert_array_equal(got[0], data)
         assert _chunkread.decode_windows([]) == []
+
+
+def test_parallel_heuristic() -> None:
+    # fmristore-size windows (several ~100-500 KB chunks) go to the pool,
+    # one chunk or a few KB stay in the calling thread
+    worth = _chunkread._worth_parallel
+    assert worth(3, 3 * 200_000)
+    assert not worth(1, 10**7)
+    assert not worth(12, 4_000)

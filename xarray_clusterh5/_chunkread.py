@@ -38,6 +38,7 @@ import h5py
 import numpy as np
 
 __all__ = [
+    "MIN_PARALLEL_BYTES",
     "MIN_PARALLEL_CHUNKS",
     "RawWindow",
     "decode_windows",
@@ -49,10 +50,13 @@ __all__ = [
 _DEFLATE = 1
 _SHUFFLE = 2
 
-#: windows covering fewer chunks are decoded in the calling thread only:
-#: handing one chunk to a pool costs more than it saves (measured in
-#: benchmarks/bench_read.py; a chunk of fmristore's layout inflates in ~1 ms)
+#: windows covering fewer chunks, or fewer stored bytes, are decoded in the
+#: calling thread only. Handing a chunk to a pool thread costs 30-60 us;
+#: zlib inflates about 150-250 MB/s per core here, so below ~100 KB of
+#: compressed data the handoff eats the gain (a chunk of fmristore's layout,
+#: (128, Nc<=1024) float32, is 100-500 KB and inflates in 0.5-2 ms).
 MIN_PARALLEL_CHUNKS = 2
+MIN_PARALLEL_BYTES = 128 * 1024
 
 _F32 = np.dtype("<f4")
 _SUPPORTED = (np.dtype("<f4"), np.dtype("<f8"))
@@ -156,6 +160,11 @@ class RawWindow:
         """Number of stored chunks covering the window."""
         return len(self.chunks)
 
+    @property
+    def nbytes(self) -> int:
+        """Stored (compressed) bytes of those chunks."""
+        return sum(len(c.raw) for c in self.chunks)
+
     def decode(self, *, parallel: bool | None = None) -> np.ndarray | None:
         """Undo the filters and assemble the window as float32.
 
@@ -164,7 +173,7 @@ class RawWindow:
         parallel : bool, optional
             Decode on the shared thread pool (and in the calling thread).
             Default: when the window covers at least ``MIN_PARALLEL_CHUNKS``
-            chunks.
+            chunks and ``MIN_PARALLEL_BYTES`` stored bytes.
 
         Returns
         -------
@@ -177,7 +186,7 @@ class RawWindow:
         """
         out = np.empty(self.shape[::-1], dtype=_F32).T
         if parallel is None:
-            parallel = self.n_chunks >= MIN_PARALLEL_CHUNKS
+            parallel = _worth_parallel(self.n_chunks, self.nbytes)
         try:
             if parallel and self.n_chunks > 1:
                 _run_parallel(self, out)
@@ -208,6 +217,10 @@ def _decode_into(pipe: _Pipeline, chunk: _Chunk, out: np.ndarray) -> None:
     if values.size != pipe.chunks[0] * pipe.chunks[1]:
         raise ValueError("decoded chunk has the wrong size")
     out[chunk.dst] = values.reshape(pipe.chunks)[chunk.src]
+
+
+def _worth_parallel(n_chunks: int, nbytes: int) -> bool:
+    return n_chunks >= MIN_PARALLEL_CHUNKS and nbytes >= MIN_PARALLEL_BYTES
 
 
 def _run_parallel(window: RawWindow, out: np.ndarray) -> None:
@@ -274,7 +287,7 @@ def decode_windows(windows: list[RawWindow | None]) -> list[np.ndarray | None]:
         outs.append(out)
         jobs.extend((w.pipeline, chunk, out) for chunk in w.chunks)
     try:
-        if len(jobs) >= MIN_PARALLEL_CHUNKS:
+        if _worth_parallel(len(jobs), sum(len(job[1].raw) for job in jobs)):
             _drain_all(jobs)
         else:
             for job in jobs:
