@@ -28,7 +28,7 @@ __all__ = ["from_nifti", "nifti_tr"]
 ImageLike = str | os.PathLike[str] | nib.spatialimages.SpatialImage
 
 #: bytes of one run read at once (a window of whole volumes)
-_WINDOW_BYTES = 32 * 2**20
+_WINDOW_BYTES = 8 * 2**20
 
 _TIME_UNIT_SECONDS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 
@@ -111,7 +111,7 @@ def _load_masked(
 ) -> np.ndarray:
     """(N, T) float32: the in-mask voxels of a 4-D run, mask order.
 
-    Reads windows of whole volumes so that at most ~32 MiB of the 4-D image
+    Reads windows of whole volumes so that at most ~8 MiB of the 4-D image
     is in memory besides the result. Paths are opened with
     ``keep_file_open=True``: windows of a .nii.gz then continue one gzip
     stream instead of decompressing from the start each time.
@@ -130,6 +130,7 @@ def _load_masked(
         block = np.asarray(proxy[..., t0:t1])
         flat = block.reshape(-1, t1 - t0, order="F")  # (X*Y*Z, w), x fastest
         out[:, t0:t1] = flat[mask_index]
+        del block, flat  # free this window before reading the next one
     del proxy, img  # ArrayProxy.__del__ closes the kept file
     return out
 
