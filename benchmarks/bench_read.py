@@ -703,9 +703,15 @@ def main(argv: list[str] | None = None) -> int:
         f"(HDF5 {h5py.version.hdf5_version})\n",
         flush=True,
     )
+    load0 = os.getloadavg()[0]
     rows = open_rows(path, big, repeat)
     rows += data_rows(path, repeat, cfg.seed)
     print_table(rows)
+    print(
+        f"\nload average (1 min) {load0:.1f} at start, {os.getloadavg()[0]:.1f} at "
+        f"end on {os.cpu_count()} CPUs: above ~0.5 the thread-pool decoding has "
+        "no idle core to use and ratios against serial h5py rise"
+    )
     if not args.no_distributed:
         print("\ncluster means of all full runs, opening included:")
         for label, seconds, tasks in distributed_rows(path, max(1, repeat // 2)):
