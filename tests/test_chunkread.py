@@ -369,3 +369,75 @@ def test_parallel_heuristic() -> None:
     assert worth(3, 3 * 200_000)
     assert not worth(1, 10**7)
     assert not worth(12, 4_000)
+
+
+@pytest.mark.parametrize("min_bytes", [None, 0])
+def test_decoder_streams_windows_into_given_outputs(min_bytes: int | None) -> None:
+    rng = np.random.default_rng(4)
+    with memfile() as f, pytest.MonkeyPatch.context() as mp:
+        if min_bytes is not None:
+            mp.setattr(_chunkread, "MIN_PARALLEL_BYTES", min_bytes)
+        dsets = [
+            f.create_dataset(
+                f"c{n}",
+                data=rng.standard_normal((30, nc)).astype(np.float32),
+                chunks=(8, min(nc, 16)),
+                compression="gzip",
+                shuffle=bool(n % 2),
+            )
+            for n, nc in enumerate([5, 40, 17, 1])
+        ]
+        # the engine's use: (voxel, time) result, each window decoded into
+        # a transposed view of its rows
+        offsets = np.cumsum([0] + [d.shape[1] for d in dsets])
+        result = np.full((offsets[-1], 30), np.nan, np.float32)
+        sel = (slice(None), slice(None))
+        with _chunkread.Decoder() as dec:
+            for n, d in enumerate(dsets):
+                dst = result[offsets[n] : offsets[n + 1]].T
+                assert dec.add(_chunkread.fetch_window(d, sel), out=dst) == n
+            assert dec.add(None) == len(dsets)
+            got = dec.finish()
+        assert got[-1] is None
+        for n, d in enumerate(dsets):
+            np.testing.assert_array_equal(result[offsets[n] : offsets[n + 1]].T, d[...])
+            np.testing.assert_array_equal(got[n], d[...])
+        with pytest.raises(RuntimeError, match="after finish"):
+            dec.add(None)
+
+
+def test_decoder_marks_corrupt_window_and_checks_out() -> None:
+    data = np.arange(64, dtype=np.float32).reshape(8, 8)
+    with memfile() as f, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_chunkread, "MIN_PARALLEL_BYTES", 0)
+        good = f.create_dataset("good", data=data, chunks=(4, 4), compression="gzip")
+        bad = f.create_dataset("bad", data=data, chunks=(4, 4), compression="gzip")
+        bad.id.write_direct_chunk((4, 4), b"garbage", filter_mask=0)
+        sel = (slice(None), slice(None))
+        with _chunkread.Decoder() as dec:
+            dec.add(_chunkread.fetch_window(bad, sel))
+            dec.add(_chunkread.fetch_window(good, sel))
+            with pytest.raises(ValueError, match="expected"):
+                dec.add(_chunkread.fetch_window(good, sel), out=np.empty((8, 7)))
+            got = dec.finish()
+        assert got[0] is None
+        assert got[1] is not None
+        np.testing.assert_array_equal(got[1], data)
+
+
+def test_decoder_releases_helpers_when_fetching_fails() -> None:
+    data = np.ones((64, 64), np.float32)
+    with memfile() as f, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_chunkread, "MIN_PARALLEL_BYTES", 0)
+        d = f.create_dataset("x", data=data, chunks=(8, 8), compression="gzip")
+
+        def fetch_then_fail() -> None:
+            with _chunkread.Decoder() as dec:
+                dec.add(_chunkread.fetch_window(d, (slice(None), slice(None))))
+                raise KeyError("fetch failed")
+
+        with pytest.raises(KeyError):
+            fetch_then_fail()
+        # the pool is free again: a later parallel read completes
+        got = _chunkread.read_window_parallel(d, (slice(None), slice(None)))
+        np.testing.assert_array_equal(got, data)
