@@ -439,22 +439,26 @@ def _data_rows(
         raw_all(f)
 
     def proposed_runs() -> list[np.ndarray]:
-        # what RunVoxelArray would do if it fetched every cluster's raw
-        # chunks under the lock and decoded them in one pool pass: the same
-        # dataset lookups (reader.cluster_dataset), no per-window barrier
+        # what RunVoxelArray would do with _chunkread.Decoder: fetch each
+        # cluster's raw chunks (the same reader.cluster_dataset lookups) while
+        # the pool already decodes earlier ones, each straight into its rows
+        # of the result; no per-window barrier and no extra copy
         outs = []
         whole = (slice(None), slice(None))
         for s in scans:
-            dsets = [
-                reader.cluster_dataset(f, f.filename, s, int(i), int(n), n_time)
-                for i, n in zip(ids, counts, strict=True)
-            ]
-            windows = [_chunkread.fetch_window(d, whole) for d in dsets]
-            blocks = _chunkread.decode_windows(windows)
             out = np.empty((int(offsets[-1]), n_time), np.float32)
-            for c, (d, b) in enumerate(zip(dsets, blocks, strict=True)):
-                block = b if b is not None else reader.read_window(d, whole)
-                out[offsets[c] : offsets[c + 1]] = block.T
+            with _chunkread.Decoder() as dec:
+                for c, (i, n) in enumerate(zip(ids, counts, strict=True)):
+                    d = reader.cluster_dataset(f, f.filename, s, int(i), int(n), n_time)
+                    rows = out[offsets[c] : offsets[c + 1]]
+                    dec.add(_chunkread.fetch_window(d, whole), out=rows.T)
+                blocks = dec.finish()
+            for c, b in enumerate(blocks):
+                if b is None:  # not ours to decode, or a bad chunk: h5py reads it
+                    d = reader.cluster_dataset(
+                        f, f.filename, s, int(ids[c]), int(counts[c]), n_time
+                    )
+                    out[offsets[c] : offsets[c + 1]] = reader.read_window(d, whole).T
             outs.append(out)
         return outs
 
