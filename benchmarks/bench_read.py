@@ -713,8 +713,9 @@ def main(argv: list[str] | None = None) -> int:
     print_table(rows)
     print(
         f"\nload average (1 min) {load0:.1f} at start, {os.getloadavg()[0]:.1f} at "
-        f"end on {os.cpu_count()} CPUs: above ~0.5 the thread-pool decoding has "
-        "no idle core to use and ratios against serial h5py rise"
+        f"end on {os.cpu_count()} CPUs (this benchmark counts ~1): when other "
+        "processes hold a core, thread-pool decoding has nothing to run on and "
+        "ratios against serial h5py rise"
     )
     if not args.no_distributed:
         print("\ncluster means of all full runs, opening included:")
