@@ -12,7 +12,13 @@ release the GIL).
 The reading happens in two steps so that a caller holding an HDF5 lock only
 needs it for the first: ``fetch_window`` reads the raw bytes (needs h5py and
 the lock), ``RawWindow.decode`` decompresses (needs neither).
-``read_window_parallel`` does both.
+``read_window_parallel`` does both, one window at a time. ``Decoder`` lets a
+caller reading many windows (one per cluster dataset) fetch the next while
+the pool decodes earlier ones straight into its result; no window then waits
+for another's last chunk (a window of fmristore's layout has only ~3).
+
+The pool has one thread per CPU; a caller uses CPUs - 1 of them and decodes
+in its own thread too (more threads than cores measured slower).
 
 Only what we can reproduce exactly is handled: 2-D chunked datasets of
 little-endian float32/float64 whose filter pipeline is deflate, optionally
