@@ -186,3 +186,37 @@ def test_subsets_of_a_view_write_consistent_files(tmp_path: Path) -> None:
     for name in ("data", "summary", "i", "j", "k", "label", "TR"):
         np.testing.assert_array_equal(back[name].values, sub[name].values)
     assert back["mask_index"].values.max() == 209
+
+
+def test_failed_dask_write_stops_producer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error while writing stops the dask producer thread; no file is left."""
+    import threading
+
+    from xarray_clusterh5 import _chunkio
+
+    calls = {"n": 0}
+    original = _chunkio.ChunkWriter.write
+
+    def failing(self, dset, array, **kw):  # type: ignore[no-untyped-def]
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise OSError("disk full")
+        return original(self, dset, array, **kw)
+
+    monkeypatch.setattr(_chunkio.ChunkWriter, "write", failing)
+    with (
+        xr.open_dataset(
+            fmristore_path("irregular"), engine="clusterh5", chunks={}
+        ) as ds,
+        pytest.raises(OSError, match="disk full") as excinfo,
+    ):
+        # threads=1: a queue of 2 blocks, so the producer is still blocked
+        # on the queue when the writer fails
+        to_fmristore(ds, tmp_path / "x.h5", threads=1)
+    # even while the traceback (and so the writer's frames) is still alive
+    assert excinfo.traceback
+    alive = [t for t in threading.enumerate() if t.name == "clusterh5-dask-store"]
+    assert alive == []
+    assert list(tmp_path.iterdir()) == []

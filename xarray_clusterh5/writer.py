@@ -17,6 +17,7 @@ Chunks are compressed on several cores and written with
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import warnings
@@ -416,18 +417,24 @@ class _FullSource:
                 yield int(cid), self._check(pos, self._get(int(cid)))
             return
         done: set[int] = set()
-        for cid, block in self._iter:
-            cid = int(cid)
-            pos = int(np.searchsorted(ids, cid))
-            if pos >= ids.size or ids[pos] != cid:
-                raise ValueError(
-                    f"scan {self.scan!r}: data for cluster id {cid} missing from "
-                    "the cluster map"
-                )
-            if cid in done:
-                raise ValueError(f"scan {self.scan!r}: cluster {cid} given twice")
-            done.add(cid)
-            yield cid, self._check(pos, block)
+        try:
+            for cid, block in self._iter:
+                cid = int(cid)
+                pos = int(np.searchsorted(ids, cid))
+                if pos >= ids.size or ids[pos] != cid:
+                    raise ValueError(
+                        f"scan {self.scan!r}: data for cluster id {cid} missing "
+                        "from the cluster map"
+                    )
+                if cid in done:
+                    raise ValueError(f"scan {self.scan!r}: cluster {cid} given twice")
+                done.add(cid)
+                yield cid, self._check(pos, block)
+        finally:
+            # a producer (dask thread) behind the iterator must stop on errors
+            close = getattr(self._iter, "close", None)
+            if close is not None:
+                close()
         missing = sorted(set(ids.tolist()) - done)
         if missing:
             raise ValueError(
@@ -546,6 +553,35 @@ def _cluster_metadata_columns(
 # --------------------------------------------------------------------------
 # the writer
 # --------------------------------------------------------------------------
+
+
+def _write_full_scan(
+    group: h5py.Group,
+    src: _FullSource,
+    writer: ChunkWriter,
+    caps: Mapping[str, int],
+    filt: Mapping[str, Any],
+    bar: Any,
+) -> None:
+    """``cluster_<id>`` datasets of one scan, one cluster in memory at a time."""
+    # closing(): an error while writing also stops a producer behind the blocks
+    with contextlib.closing(src.blocks()) as blocks:
+        for cid, block in blocks:
+            t, nc = block.shape[1], block.shape[0]
+            name = f"cluster_{cid}"
+            if t == 0:  # R: empty matrices are contiguous, unfiltered
+                group.create_dataset(name, shape=(0, nc), dtype=L.DATA_DTYPE)
+            else:
+                d = group.create_dataset(
+                    name,
+                    shape=(t, nc),
+                    dtype=L.DATA_DTYPE,
+                    chunks=(min(t, caps["time"]), min(nc, caps["voxel"])),
+                    maxshape=(None, None),
+                    **filt,
+                )
+                writer.write(d, block.T)  # (T, Nc) on disk: hdf5r's reversal
+            bar.update(1)
 
 
 def write_experiment(
@@ -837,22 +873,7 @@ def write_experiment(
             if name in sources:
                 src = sources[name]
                 cg = g.create_group("clusters")
-                for cid, block in src.blocks():  # one cluster in memory
-                    t, nc = block.shape[1], block.shape[0]
-                    dname = f"cluster_{cid}"
-                    if t == 0:
-                        cg.create_dataset(dname, shape=(0, nc), dtype=L.DATA_DTYPE)
-                    else:
-                        d = cg.create_dataset(
-                            dname,
-                            shape=(t, nc),
-                            dtype=L.DATA_DTYPE,
-                            chunks=(min(t, caps["time"]), min(nc, caps["voxel"])),
-                            maxshape=(None, None),
-                            **filt,
-                        )
-                        writer.write(d, block.T)
-                    bar.update(1)
+                _write_full_scan(cg, src, writer, caps, filt, bar)
             if name in summaries:
                 summ = summaries[name]
                 summ = np.asarray(summ() if callable(summ) else summ, L.DATA_DTYPE)
