@@ -100,13 +100,13 @@ def test_sel_cluster_reads_one_dataset_per_run(monkeypatch: pytest.MonkeyPatch) 
     from xarray_clusterh5 import _arrays
 
     reads: list[tuple[str, int]] = []
-    original = _arrays._ClusterArray._read_voxels
+    original = _arrays._ClusterArray._read_blocks
 
-    def counting(self, f, scan, cluster_id, *args):  # type: ignore[no-untyped-def]
-        reads.append((scan, cluster_id))
-        return original(self, f, scan, cluster_id, *args)
+    def counting(self, jobs):  # type: ignore[no-untyped-def]
+        reads.extend((job.scan, job.cluster_id) for job in jobs)
+        return original(self, jobs)
 
-    monkeypatch.setattr(_arrays._ClusterArray, "_read_voxels", counting)
+    monkeypatch.setattr(_arrays._ClusterArray, "_read_blocks", counting)
     path = fmristore_path("irregular")
     with xr.open_datatree(path, engine="clusterh5") as dt:
         sub = dt.sel(cluster=17)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import h5py
@@ -17,9 +18,22 @@ from xarray.backends import BackendArray
 from xarray.backends.file_manager import FileManager
 from xarray.core import indexing
 
-from xarray_clusterh5 import reader
+from xarray_clusterh5 import _chunkread, reader
 
 _F32 = np.dtype("float32")
+
+
+@dataclass
+class _Job:
+    """One window of one ``cluster_<id>`` dataset and where its values go."""
+
+    scan: str
+    cluster_id: int
+    n_voxels: int
+    n_time: int
+    v_idx: np.ndarray
+    t_idx: np.ndarray
+    dest: np.ndarray  # (len(v_idx), len(t_idx)) view of the result
 
 
 def _axis(key: Any, size: int) -> tuple[np.ndarray, bool]:
@@ -35,7 +49,8 @@ def _axis(key: Any, size: int) -> tuple[np.ndarray, bool]:
 def _window(idx: np.ndarray) -> tuple[slice, np.ndarray | None]:
     """Covering slice of sorted indices, and the local picks if not contiguous."""
     lo, hi = int(idx[0]), int(idx[-1]) + 1
-    if hi - lo == len(idx):
+    # xarray passes non-decreasing indices as they are, duplicates included
+    if hi - lo == len(idx) and (len(idx) < 2 or bool(np.all(np.diff(idx) == 1))):
         return slice(lo, hi), None
     return slice(lo, hi), idx - lo
 
@@ -68,26 +83,56 @@ class _ClusterArray(BackendArray):
     def _raw_indexing_method(self, key: tuple[Any, ...]) -> np.ndarray:
         raise NotImplementedError
 
-    def _read_voxels(
-        self,
-        f: h5py.File,
-        scan: str,
-        cluster_id: int,
-        n_voxels: int,
-        n_time: int,
-        v_idx: np.ndarray,
-        t_idx: np.ndarray,
-    ) -> np.ndarray:
-        """``(len(v_idx), len(t_idx))`` values of one cluster dataset."""
-        v_sl, v_pick = _window(v_idx)
-        t_sl, t_pick = _window(t_idx)
-        dset = reader.cluster_dataset(f, self.path, scan, cluster_id, n_voxels, n_time)
-        block = reader.read_window(dset, (t_sl, v_sl)).T  # on disk (T, Nc)
-        if v_pick is not None:
-            block = block[v_pick]
-        if t_pick is not None:
-            block = block[:, t_pick]
-        return block
+    def _read_blocks(self, jobs: list[_Job]) -> None:
+        """Fill each job's destination with its window of one cluster dataset.
+
+        Raw chunks are fetched under the lock; they are inflated on the thread
+        pool while later ones are fetched, and the last ones after the lock is
+        released. Whatever we do not decode ourselves, h5py reads.
+        """
+        pending = []
+        with _chunkread.Decoder() as dec:
+            with self._file() as f:
+                groups: dict[str, h5py.Group | None] = {}
+                for job in jobs:
+                    dset = self._dataset(f, groups, job)
+                    v_sl, v_pick = _window(job.v_idx)
+                    t_sl, t_pick = _window(job.t_idx)
+                    raw = _chunkread.fetch_window(dset, (t_sl, v_sl))
+                    direct = raw is not None and v_pick is None and t_pick is None
+                    dec.add(raw, out=job.dest.T if direct else None)
+                    pending.append((job, (t_sl, v_sl), v_pick, t_pick, direct))
+            blocks = dec.finish()
+        for (job, sel, v_pick, t_pick, direct), block in zip(
+            pending, blocks, strict=True
+        ):
+            if direct and block is not None:
+                continue
+            if block is None:  # not ours to decode, or a bad chunk: h5py reads
+                with self._file() as f:
+                    dset = self._dataset(f, {}, job)
+                    block = np.asarray(dset[sel], dtype=_F32)
+            block = block.T  # on disk (T, Nc)
+            if v_pick is not None:
+                block = block[v_pick]
+            if t_pick is not None:
+                block = block[:, t_pick]
+            job.dest[...] = block
+
+    def _dataset(
+        self, f: h5py.File, groups: dict[str, h5py.Group | None], job: _Job
+    ) -> h5py.Dataset:
+        if job.scan not in groups:
+            groups[job.scan] = reader.clusters_group_of(f, self.path, job.scan)
+        return reader.cluster_dataset(
+            f,
+            self.path,
+            job.scan,
+            job.cluster_id,
+            job.n_voxels,
+            job.n_time,
+            group=groups[job.scan],
+        )
 
 
 class RunVoxelArray(_ClusterArray):
@@ -120,18 +165,21 @@ class RunVoxelArray(_ClusterArray):
         pos = np.searchsorted(self.offsets, v_idx, side="right") - 1
         starts = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1]])
         stops = np.r_[starts[1:], len(pos)]
-        with self._file() as f:
-            for a, b in zip(starts, stops, strict=True):
-                c = int(pos[a])
-                out[a:b] = self._read_voxels(
-                    f,
+        jobs = []
+        for a, b in zip(starts, stops, strict=True):
+            c = int(pos[a])
+            jobs.append(
+                _Job(
                     self.scan,
                     int(self.cluster_ids[c]),
                     int(self.n_voxels[c]),
                     self.shape[1],
                     v_idx[a:b] - self.offsets[c],
                     t_idx,
+                    out[a:b],
                 )
+            )
+        self._read_blocks(jobs)
         return _finish(out, [keep_v, keep_t])
 
 
@@ -182,18 +230,20 @@ class PaddedVoxelArray(_ClusterArray):
                 nv = int(np.searchsorted(v_idx, self.n_voxels[c]))
                 if nv:
                     jobs.append((a, int(r), b, int(c), nv, nt))
-        if jobs:
-            with self._file() as f:
-                for a, r, b, c, nv, nt in jobs:
-                    out[a, b, :nv, :nt] = self._read_voxels(
-                        f,
-                        self.scans[r],
-                        int(self.cluster_ids[c]),
-                        int(self.n_voxels[c]),
-                        int(self.n_time[r]),
-                        v_idx[:nv],
-                        t_idx[:nt],
-                    )
+        self._read_blocks(
+            [
+                _Job(
+                    self.scans[r],
+                    int(self.cluster_ids[c]),
+                    int(self.n_voxels[c]),
+                    int(self.n_time[r]),
+                    v_idx[:nv],
+                    t_idx[:nt],
+                    out[a, b, :nv, :nt],
+                )
+                for a, r, b, c, nv, nt in jobs
+            ]
+        )
         return _finish(out, keep)
 
 

@@ -63,8 +63,7 @@ def make_manager(
         for k, v in (("locking", locking), ("rdcc_nbytes", rdcc_nbytes))
         if v is not None
     }
-    # fail now, with the file's name, rather than at the first lazy read
-    open_h5(path, "r", **kwargs).close()
+    # the first acquire (reading the layout) raises errors that name the file
     return path, CachingFileManager(open_h5, path, mode="r", kwargs=kwargs)
 
 

@@ -14,6 +14,7 @@ exactly the concatenation of the on-disk ``cluster_<id>`` datasets.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -24,6 +25,7 @@ import numpy as np
 from xarray_clusterh5 import _layout as L
 from xarray_clusterh5._h5 import (
     ClusterH5Error,
+    check_local_object,
     decode_str,
     get_link,
     read_attr_str,
@@ -100,7 +102,7 @@ class Experiment:
         """(K+1,) start of each cluster in the flat voxel order."""
         return np.concatenate([[0], np.cumsum(self.n_voxels)]).astype(np.int64)
 
-    @property
+    @functools.cached_property
     def flat_order(self) -> np.ndarray:
         """(N,) mask positions in flat voxel order (cluster by cluster)."""
         return np.argsort(self.cluster_map, kind="stable").astype(np.int64)
@@ -512,16 +514,38 @@ def read_experiment(
     )
 
 
+def clusters_group_of(f: h5py.File, path: str, scan: str) -> h5py.Group | None:
+    """The ``clusters`` group of a scan (None if absent), links checked once."""
+    group = get_link(path, f, L.clusters_group(scan))
+    return group if isinstance(group, h5py.Group) else None
+
+
 def cluster_dataset(
-    f: h5py.File, path: str, scan: str, cluster_id: int, n_voxels: int, n_time: int
+    f: h5py.File,
+    path: str,
+    scan: str,
+    cluster_id: int,
+    n_voxels: int,
+    n_time: int,
+    *,
+    group: h5py.Group | None = None,
 ) -> h5py.Dataset:
     """The ``cluster_<id>`` dataset of a full scan, checked against the cluster map.
 
     Its shape is ``(T, Nc)`` on disk (hdf5r reverses dimensions). Shapes are
-    checked here, lazily, rather than for every cluster at open time.
+    checked here, lazily, rather than for every cluster at open time. With
+    ``group`` (from ``clusters_group_of``) a hard link is looked up directly,
+    which is several times cheaper than resolving the whole path.
     """
     name = L.cluster_path(scan, cluster_id)
-    dset = get_link(path, f, name)
+    dset: Any = None
+    if group is not None:
+        link = group.get(f"cluster_{int(cluster_id)}", getlink=True)
+        if isinstance(link, h5py.HardLink):
+            dset = group[f"cluster_{int(cluster_id)}"]
+            check_local_object(path, dset)
+    if dset is None:
+        dset = get_link(path, f, name)
     if not isinstance(dset, h5py.Dataset):
         raise ClusterH5Error(path, f"missing dataset {name}")
     if dset.shape != (n_time, n_voxels):
