@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 from pathlib import Path
@@ -27,6 +28,14 @@ def _warn_for_unclosed_files():
     # an unclosed CachingFileManager warns in __del__; filterwarnings=error fails it
     with xr.set_options(warn_for_unclosed_files=True):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _collect_garbage():
+    # an unclosed file warns when its manager is collected: collect after each
+    # test so the warning fails the test that leaked, not a later one
+    yield
+    gc.collect()
 
 
 @pytest.fixture(params=FMRISTORE_FIXTURES)

@@ -26,8 +26,8 @@ def test_full_and_summary_runs_to_cifti(tmp_path: Path) -> None:
         ]
         with pytest.raises(FileExistsError):
             ds.clusterh5.to_cifti(tmp_path, runs=["zeta_full"])
-        run = ds.clusterh5.unpad("zeta_full")
-        summary = ds.clusterh5.summary_matrix("beta_summary")
+        run = ds.clusterh5.unpad("zeta_full").load()
+        summary = ds.clusterh5.summary_matrix("beta_summary").load()
         labels = ds.clusterh5.cluster_metadata()["label"].tolist()
 
     img = nib.load(tmp_path / "zeta_full.dtseries.nii")
