@@ -44,7 +44,13 @@ GEOMETRY_ATTRS = (
     "fmristore_generation",
     "fmristore_class",
     "fmristore_version",
-)  # "padded", "run" or "root"
+)
+#: every attribute a view sets itself; the run view's other attrs are metadata
+VIEW_ATTRS = frozenset(
+    {VIEW_ATTR, "scan", "scan_class", "scans", "padding_overhead", *GEOMETRY_ATTRS}
+)
+#: a metadata key that collides with a view attribute is stored with this prefix
+METADATA_PREFIX = "metadata_"  # "padded", "run" or "root"
 ROLE = "fmristore_role"
 
 
@@ -249,7 +255,7 @@ def build_run(
     if with_geometry:
         attrs.update(geometry_attrs(exp))
     for key, value in scan.metadata.items():
-        attrs[f"{key}" if key not in attrs else f"metadata_{key}"] = value
+        attrs[key if key not in VIEW_ATTRS else f"{METADATA_PREFIX}{key}"] = value
     ds.attrs = attrs
     _set_preferred(
         ds,

@@ -34,11 +34,16 @@ from xarray_clusterh5._h5 import (
 
 ScanKind = Literal["full", "summary", "both"]
 
-_ZERO_HEADER_NOTE = (
+NO_QUATERNION_NOTE = "header without quaternions: diag(spacing)"
+#: affine_source of headers that do not store an orientation; a writer given a
+#: view with one of these writes R's header (zero quaternion) back
+R_HEADER_SOURCES: tuple[str, ...] = ()  # filled below
+ZERO_HEADER_NOTE = (
     "fmristore header with all quaternion and offset fields zero (fmristore's "
     "writer never stores them), so rotation and origin are unknown; "
     "diag(spacing) with the sign of qfac and origin 0, exactly as R reads it"
 )
+R_HEADER_SOURCES = (ZERO_HEADER_NOTE, NO_QUATERNION_NOTE)
 
 
 @dataclass(frozen=True)
@@ -195,7 +200,7 @@ def _read_header(
         affine = np.eye(4)
         affine[:3, :3] = zoom
         affine[:3, 3] = offset
-        return shape, spacing, affine, "header without quaternions: diag(spacing)"
+        return shape, spacing, affine, NO_QUATERNION_NOTE
     b, c, d = (q["quatern_b"], q["quatern_c"], q["quatern_d"])
     offset = [q["qoffset_x"], q["qoffset_y"], q["qoffset_z"]]
     assert b is not None
@@ -204,7 +209,7 @@ def _read_header(
     if b == c == d == 0.0 and all(o == 0.0 for o in offset):
         affine = np.eye(4)
         affine[:3, :3] = zoom
-        return shape, spacing, affine, _ZERO_HEADER_NOTE
+        return shape, spacing, affine, ZERO_HEADER_NOTE
     a = np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d)))
     rot = np.array(
         [

@@ -17,11 +17,12 @@ import pandas as pd
 import xarray as xr
 
 from xarray_clusterh5._views import (
-    GEOMETRY_ATTRS,
+    METADATA_PREFIX,
     ROLE,
     RUN_DATA_ATTRS,
     RUN_SUMMARY_ATTRS,
     VIEW_ATTR,
+    VIEW_ATTRS,
     flat_geometry,
     time_coord,
 )
@@ -64,36 +65,49 @@ def scan_names(ds: xr.Dataset) -> list[str]:
     return [str(ds.attrs["scan"])]
 
 
+def typed_value(value: Any, dtype: str | None) -> Any:
+    """A metadata value with the on-disk type the reader recorded restored."""
+    if dtype == "str":
+        arr = np.asarray(value)
+        return str(arr[()]) if arr.ndim == 0 else arr.astype(str)
+    if dtype is None:
+        return value
+    arr = np.asarray(value).astype(np.dtype(dtype))
+    return arr[()] if arr.ndim == 0 else arr
+
+
 def scan_metadata(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     """``{scan: {key: value}}`` with the on-disk types; keys sorted as R sorts."""
     if view_of(ds) != "padded":
-        skip = {VIEW_ATTR, "scan", "scan_class", "scans", "padding_overhead"}
-        skip |= set(GEOMETRY_ATTRS)
-        meta = {k: v for k, v in ds.attrs.items() if k not in skip}
+        meta = {}
+        for name, value in ds.attrs.items():
+            if name in VIEW_ATTRS:
+                continue
+            key = name
+            if (
+                name.startswith(METADATA_PREFIX)
+                and name[len(METADATA_PREFIX) :] in VIEW_ATTRS
+            ):
+                key = name[len(METADATA_PREFIX) :]
+            meta[key] = value
         return {str(ds.attrs.get("scan", "")): meta}
     runs = scan_names(ds)
     out: dict[str, dict[str, Any]] = {r: {} for r in runs}
-    for name, coord in ds.coords.items():
+    for coord in ds.coords.values():
         if coord.attrs.get(ROLE) != "scan_metadata":
             continue
         key = coord.attrs["fmristore_key"]
         missing = set(np.atleast_1d(coord.attrs.get("fmristore_missing", [])).tolist())
-        dtype = coord.attrs.get("fmristore_dtype", "str")
+        dtype = coord.attrs.get("fmristore_dtype")
         lengths = coord.attrs.get("fmristore_length")
         values = _values(coord)
         for r, run in enumerate(runs):
             if run in missing:
                 continue
             value = values[r]
-            if dtype == "str":
-                out[run][key] = str(value)
-                continue
-            if coord.ndim == 2:
-                n = int(lengths[r]) if lengths is not None else value.shape[0]
-                out[run][key] = np.asarray(value[:n]).astype(dtype)
-            else:
-                out[run][key] = np.asarray(value).astype(dtype)[()]
-        del name
+            if coord.ndim == 2 and lengths is not None:
+                value = value[: int(np.asarray(lengths)[r])]
+            out[run][key] = typed_value(value, dtype)
     return {
         r: dict(sorted(m.items(), key=lambda kv: kv[0].encode()))
         for r, m in out.items()

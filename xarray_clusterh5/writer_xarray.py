@@ -30,29 +30,12 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
+from xarray_clusterh5 import views_convert
+from xarray_clusterh5._views import ROLE
+from xarray_clusterh5.reader import R_HEADER_SOURCES
 from xarray_clusterh5.writer import Run, write_experiment
 
 __all__ = ["to_fmristore"]
-
-ROLE = "fmristore_role"
-
-#: run-view attributes that are not scan metadata (the reader prefixes a
-#: metadata key that collides with one of them with "metadata_")
-_VIEW_ATTRS = frozenset(
-    {
-        "clusterh5_view", "scan", "scan_class", "scans", "volume_shape", "spacing",
-        "affine", "affine_source", "fmristore_generation", "fmristore_class",
-        "fmristore_version", "padding_overhead",
-    }
-)  # fmt: skip
-
-# reader.py's affine_source texts for headers whose quaternion fields are
-# missing or all zero: R's own header, which we write back unchanged
-_R_HEADER_SOURCES = (
-    "fmristore header with all quaternion",
-    "header without quaternions",
-)
-
 
 # --------------------------------------------------------------------------
 # pieces shared by the views
@@ -72,7 +55,7 @@ def _header_kwargs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     spacing = tuple(float(s) for s in np.asarray(attrs.get("spacing", (1, 1, 1))))
     affine = attrs.get("affine")
     source = str(attrs.get("affine_source", ""))
-    if affine is None or source.startswith(_R_HEADER_SOURCES):
+    if affine is None or source.startswith(R_HEADER_SOURCES):
         # R's header (zero quaternion): write it back as it was
         return {"affine": None, "spacing": spacing}
     aff = np.asarray(affine, dtype=np.float64).reshape(4, 4)
@@ -107,41 +90,6 @@ def _mask_and_map(
     return mask.reshape((x, y, z), order="F"), labels[order]
 
 
-def _scan_metadata_from_coords(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
-    """{run: {key: value}} from the padded view's scan-metadata coordinates."""
-    runs = [str(r) for r in _values(ds["run"])]
-    out: dict[str, dict[str, Any]] = {r: {} for r in runs}
-    for name, coord in ds.coords.items():
-        if coord.attrs.get(ROLE) != "scan_metadata":
-            continue
-        key = str(coord.attrs.get("fmristore_key", name))
-        dtype = coord.attrs.get("fmristore_dtype")
-        missing = {
-            str(m) for m in np.atleast_1d(coord.attrs.get("fmristore_missing", []))
-        }
-        lengths = coord.attrs.get("fmristore_length")
-        values = _values(coord)
-        for r, run in enumerate(runs):
-            if run in missing:
-                continue
-            v = values[r]
-            if lengths is not None and np.ndim(v) == 1:
-                v = v[: int(np.asarray(lengths)[r])]
-            out[run][key] = _typed(v, dtype)
-    return out
-
-
-def _typed(value: Any, dtype: str | None) -> Any:
-    """A value with its on-disk type (recorded by the reader) restored."""
-    if dtype == "str":
-        arr = np.asarray(value)
-        return str(arr[()]) if arr.ndim == 0 else arr.astype(str)
-    if dtype is None:
-        return value
-    arr = np.asarray(value).astype(np.dtype(dtype))
-    return arr[()] if arr.ndim == 0 else arr
-
-
 def _cluster_metadata_from_coords(
     ds: xr.Dataset, cluster_ids: np.ndarray
 ) -> tuple[dict[str, np.ndarray] | None, bool]:
@@ -154,7 +102,9 @@ def _cluster_metadata_from_coords(
         key = str(coord.attrs.get("fmristore_key", name))
         missing = np.atleast_1d(coord.attrs.get("fmristore_missing", []))
         absent |= np.isin(cluster_ids, missing.astype(np.int64))
-        columns[key] = _typed(_values(coord), coord.attrs.get("fmristore_dtype"))
+        columns[key] = views_convert.typed_value(
+            _values(coord), coord.attrs.get("fmristore_dtype")
+        )
     if not columns:
         return None, False
     keep = ~absent
@@ -347,7 +297,7 @@ def _from_padded(ds: xr.Dataset, threads: int | None) -> dict[str, Any]:
         "mask": mask,
         "cluster_map": cmap,
         "runs": run_specs,
-        "scan_metadata": _scan_metadata_from_coords(ds),
+        "scan_metadata": views_convert.scan_metadata(ds),
         "cluster_metadata": table,
         "allow_missing_rows": partial,
         **_header_kwargs(ds.attrs),
@@ -415,18 +365,6 @@ def _flat_run(
     return Run(data=data, summary=summary)
 
 
-def _run_metadata(attrs: Mapping[str, Any]) -> dict[str, Any]:
-    out = {}
-    for name, value in attrs.items():
-        if name in _VIEW_ATTRS:
-            continue
-        key = name
-        if name.startswith("metadata_") and name[len("metadata_") :] in _VIEW_ATTRS:
-            key = name[len("metadata_") :]
-        out[key] = value
-    return out
-
-
 def _from_run_view(ds: xr.Dataset, threads: int | None) -> dict[str, Any]:
     mask, cmap, ids, _labels, rows = _flat_geometry(ds, ds.attrs)
     name = str(ds.attrs.get("scan", "scan_001"))
@@ -435,7 +373,7 @@ def _from_run_view(ds: xr.Dataset, threads: int | None) -> dict[str, Any]:
         "mask": mask,
         "cluster_map": cmap,
         "runs": {name: _flat_run(ds, ids, rows, threads)},
-        "scan_metadata": {name: _run_metadata(ds.attrs)},
+        "scan_metadata": {name: views_convert.scan_metadata(ds)[name]},
         "cluster_metadata": table,
         "allow_missing_rows": partial,
         **_header_kwargs(ds.attrs),
@@ -451,7 +389,7 @@ def _from_tree(tree: xr.DataTree, threads: int | None) -> dict[str, Any]:
         node = child.to_dataset(inherit=True)
         name = str(node.attrs.get("scan", child_name))
         runs[name] = _flat_run(node, ids, rows, threads)
-        meta[name] = _run_metadata(node.attrs)
+        meta[name] = views_convert.scan_metadata(node.assign_attrs(scan=name))[name]
     table, partial = _cluster_metadata_from_coords(root, ids)
     return {
         "mask": mask,
