@@ -1,0 +1,98 @@
+"""Layouts R files take besides the common one: compound cluster metadata,
+summary-only experiments, UTF-8 strings, files without class attributes."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import xarray as xr
+from conftest import FMRISTORE, fmristore_expected, fmristore_path
+
+import xarray_clusterh5  # noqa: F401
+
+
+def _copy(tmp_path: Path, stem: str) -> Path:
+    out = tmp_path / f"{stem}.h5"
+    shutil.copy(fmristore_path(stem), out)
+    out.chmod(0o644)
+    return out
+
+
+def test_compound_cluster_meta_reads_like_the_group(tmp_path: Path) -> None:
+    # fmristore's reader also accepts one compound dataset (its tests write one)
+    path = _copy(tmp_path, "irregular")
+    with h5py.File(path, "r+") as f:
+        group = f["clusters/cluster_meta"]
+        ids = group["cluster_id"][()]
+        labels = [v.decode() for v in group["label"][()]]
+        volume = group["volume_mm3"][()]
+        del f["clusters/cluster_meta"]
+        table = np.zeros(
+            4,
+            dtype=[
+                ("cluster_id", "<i4"),
+                ("label", h5py.string_dtype()),
+                ("volume_mm3", "<f8"),
+            ],
+        )
+        order = [3, 1, 0, 2]  # rows in the caller's order, not sorted by id
+        table["cluster_id"] = ids[order]
+        table["label"] = [labels[i] for i in order]
+        table["volume_mm3"] = volume[order]
+        f["clusters/cluster_meta"] = table
+    expected = fmristore_expected("irregular")["cluster_metadata"]["columns"]
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        got = ds.clusterh5.cluster_metadata()
+    assert list(got.columns) == ["cluster_id", "label", "volume_mm3"]
+    assert got["label"].tolist() == expected["label"]
+    np.testing.assert_array_equal(got["cluster_id"], expected["cluster_id"])
+    np.testing.assert_array_equal(got["volume_mm3"], expected["volume_mm3"])
+
+
+def test_summary_only_experiment(tmp_path: Path) -> None:
+    path = _copy(tmp_path, "vignette_head")
+    with h5py.File(path, "r+") as f:
+        del f["scans/rest_run"]
+        f["scans"].attrs["summary_only"] = np.array([1], dtype=np.uint8)
+    expected = np.loadtxt(
+        FMRISTORE / "vignette_head.expected.summary.motor_run.csv", delimiter=","
+    )
+    with xr.open_dataset(path, engine="clusterh5", chunks={}) as ds:
+        assert "data" not in ds
+        assert ds.summary.dims == ("run", "cluster", "time")
+        np.testing.assert_array_equal(
+            ds.clusterh5.summary_matrix("motor_run").values, expected.astype("f4")
+        )
+    with xr.open_datatree(path, engine="clusterh5") as dt:
+        assert list(dt.children) == ["motor_run"]
+        np.testing.assert_array_equal(
+            dt["motor_run"]["summary"].values.T, expected.astype("f4")
+        )
+
+
+def test_classless_scans_decided_by_their_datasets(tmp_path: Path) -> None:
+    # R's "prefer" rule: no class attribute, the datasets present decide
+    path = _copy(tmp_path, "vignette")
+    with h5py.File(path, "r+") as f:
+        for scan in ("rest_run", "motor_run"):
+            del f[f"scans/{scan}"].attrs["class"]
+        del f["scans"].attrs["summary_only"]
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        assert ds.has_data.values.tolist() == [False, True]
+        assert ds.has_summary.values.tolist() == [True, False]
+
+
+def test_utf8_strings(tmp_path: Path) -> None:
+    # hdf5r flags strings ASCII but stores R's UTF-8 bytes unchanged
+    path = _copy(tmp_path, "vignette")
+    with h5py.File(path, "r+") as f:
+        del f["scans/rest_run/metadata/task"]
+        ascii_vlen = h5py.string_dtype("ascii")
+        f["scans/rest_run/metadata"].create_dataset(
+            "task", data="répos".encode(), dtype=ascii_vlen
+        )
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        assert ds.clusterh5.scan_metadata()["rest_run"]["task"] == "répos"
