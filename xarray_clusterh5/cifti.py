@@ -542,13 +542,18 @@ def _check_maps(path: str, kind: str, n_maps: int, map_index: int | None) -> int
             f"is a CIFTI-2 {kind} file; supported are dscalar, pscalar and pconn "
             "files (and dtseries/dlabel with a map index)",
         )
+    if map_index is None and kind != "dscalar":
+        raise ClusterH5Error(
+            path,
+            f"is a CIFTI-2 {kind} file, not a dscalar; pass a map index "
+            "(--cifti-map / map_index=) to take one of its maps",
+        )
+    return _pick_map(path, n_maps, map_index)
+
+
+def _pick_map(path: str, n_maps: int, map_index: int | None) -> int:
+    """The map to read: the only one, or ``map_index`` (negative from the end)."""
     if map_index is None:
-        if kind != "dscalar":
-            raise ClusterH5Error(
-                path,
-                f"is a CIFTI-2 {kind} file, not a dscalar; pass a map index "
-                "(--cifti-map / map_index=) to take one of its maps",
-            )
         if n_maps != 1:
             raise ClusterH5Error(
                 path,
@@ -631,17 +636,7 @@ def _check_parcel_maps(path: str, kind: str, n_maps: int, map_index: int | None)
         if map_index is not None:
             raise ClusterH5Error(path, "a pconn file has no maps to pick from")
         return 0
-    if map_index is None:
-        if n_maps != 1:
-            raise ClusterH5Error(
-                path,
-                f"has {n_maps} maps; ModelArray needs one map per file. Pass a map "
-                "index (--cifti-map / map_index=) to pick one",
-            )
-        return 0
-    if not -n_maps <= map_index < n_maps:
-        raise ClusterH5Error(path, f"map index {map_index} out of range: {n_maps} maps")
-    return map_index % n_maps
+    return _pick_map(path, n_maps, map_index)
 
 
 def _check_parcel_file(
