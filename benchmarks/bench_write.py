@@ -36,52 +36,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
+from bench_read import FULL, QUICK, Config, compact_clusters, ellipsoid_mask
 
 from xarray_clusterh5.writer import Run, write_experiment
-
-
-@dataclass(frozen=True)
-class Config:
-    """Size of the synthetic experiment."""
-
-    shape: tuple[int, int, int] = (64, 64, 40)
-    radii: tuple[float, float, float] = (25.0, 25.0, 15.6)
-    n_clusters: int = 100
-    n_full: int = 4
-    n_time: int = 300
-    seed: int = 20261121
-
-
-FULL = Config()
-QUICK = Config(shape=(24, 24, 16), radii=(9.0, 9.0, 6.0), n_clusters=12, n_time=60)
 
 
 def build(cfg: Config) -> dict:
     """Mask, cluster map (mask order) and run arrays (N, T) float32."""
     rng = np.random.default_rng(cfg.seed)
-    axes = [np.arange(n) - (n - 1) / 2 for n in cfg.shape]
-    x, y, z = np.meshgrid(*axes, indexing="ij")
-    rx, ry, rz = cfg.radii
-    mask = (x / rx) ** 2 + (y / ry) ** 2 + (z / rz) ** 2 <= 1.0
+    # the read benchmark's experiment: ellipsoid mask, compact k-means clusters
+    mask = ellipsoid_mask(cfg)
     lin = np.flatnonzero(mask.ravel(order="F"))
-    ijk = np.stack(np.unravel_index(lin, cfg.shape, order="F"), axis=1).astype(float)
-    # a few Lloyd iterations: compact, roughly equal blobs
-    centres = ijk[rng.choice(len(ijk), cfg.n_clusters, replace=False)]
-    labels = np.zeros(len(ijk), dtype=np.int64)
-    for _ in range(8):
-        for a in range(0, len(ijk), 8192):
-            d = ((ijk[a : a + 8192, None, :] - centres[None]) ** 2).sum(-1)
-            labels[a : a + 8192] = d.argmin(1)
-        for c in range(cfg.n_clusters):
-            members = ijk[labels == c]
-            if len(members):
-                centres[c] = members.mean(0)
-    cmap = (np.unique(labels, return_inverse=True)[1] + 1).astype(np.int32)
+    ijk = np.stack(np.unravel_index(lin, cfg.shape, order="F"), axis=1)
+    cmap = compact_clusters(ijk, cfg.n_clusters, rng)
     t = np.arange(cfg.n_time, dtype=np.float32)
     runs = []
     for r in range(cfg.n_full):
