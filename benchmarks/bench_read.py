@@ -44,8 +44,9 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from xarray_clusterh5 import _chunkread, reader
+from xarray_clusterh5._hdf5 import chunk_read as _chunkread
 from xarray_clusterh5.backend import ClusterH5BackendEntrypoint
+from xarray_clusterh5.fmristore import read as reader
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "_work"

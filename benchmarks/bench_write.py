@@ -42,7 +42,7 @@ import h5py
 import numpy as np
 from bench_read import FULL, QUICK, Config, compact_clusters, ellipsoid_mask
 
-from xarray_clusterh5.writer import Run, write_experiment
+from xarray_clusterh5.fmristore.write import Run, write_experiment
 
 
 def build(cfg: Config) -> dict:
@@ -112,7 +112,7 @@ _MEMORY_SCRIPT = r"""
 import json, sys, tracemalloc
 import dask.array, dask.threaded, tqdm.auto  # imports are not the writer's memory
 import xarray as xr
-from xarray_clusterh5.writer_xarray import to_fmristore
+from xarray_clusterh5.fmristore.to_h5 import to_fmristore
 
 def status(key):
     with open("/proc/self/status") as fh:
@@ -137,8 +137,8 @@ print(json.dumps({"traced_peak": peak, "rss_growth": hwm - rss0, "rss_peak": hwm
 _NIFTI_SCRIPT = r"""
 import json, sys, tracemalloc
 import dask.array, dask.threaded, tqdm.auto  # imports are not the writer's memory
-from xarray_clusterh5.nifti import from_nifti
-from xarray_clusterh5.writer_xarray import to_fmristore
+from xarray_clusterh5.fmristore.from_nifti import from_nifti
+from xarray_clusterh5.fmristore.to_h5 import to_fmristore
 
 def status(key):
     with open("/proc/self/status") as fh:

@@ -13,7 +13,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from xarray_clusterh5.writer import Run
+from xarray_clusterh5.fmristore.write import Run
 
 
 def _dtype_entry(tid: h5py.h5t.TypeID, dtype: np.dtype) -> dict[str, Any]:

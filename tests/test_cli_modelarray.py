@@ -12,11 +12,11 @@ import pytest
 from nibabel.cifti2 import cifti2_axes as ca
 
 from tests.conftest import MODELARRAY
-from tests.test_cifti import _assert_same_export
-from tests.test_modelarray import assert_same_file
-from xarray_clusterh5._modelarray_backend import open_modelarray_dataset
+from tests.test_cifti_io import _assert_same_export
+from tests.test_modelarray_h5 import assert_same_file
 from xarray_clusterh5.cli import main
-from xarray_clusterh5.cohort import to_modelarray
+from xarray_clusterh5.modelarray.cohort import to_modelarray
+from xarray_clusterh5.modelarray.store import open_modelarray_dataset
 
 COHORT = MODELARRAY / "cohort"
 RESULTS = MODELARRAY / "results" / "thickness_with_results.h5"

@@ -12,7 +12,7 @@ import importlib
 from typing import Any
 
 from xarray_clusterh5 import accessor as _accessor  # noqa: F401  (registers .clusterh5)
-from xarray_clusterh5._h5 import ClusterH5Error
+from xarray_clusterh5._hdf5.files import ClusterH5Error
 
 __version__ = "0.1.0"
 
@@ -22,11 +22,11 @@ _LAZY = {
     "open_datatree": "xarray_clusterh5.api",
     "open_groups": "xarray_clusterh5.api",
     "example_file": "xarray_clusterh5.api",
-    "write_experiment": "xarray_clusterh5.writer",
-    "to_fmristore": "xarray_clusterh5.writer_xarray",
-    "from_nifti": "xarray_clusterh5.nifti",
-    "from_cohort": "xarray_clusterh5.cohort",
-    "to_modelarray": "xarray_clusterh5.cohort",
+    "write_experiment": "xarray_clusterh5.fmristore.write",
+    "to_fmristore": "xarray_clusterh5.fmristore.to_h5",
+    "from_nifti": "xarray_clusterh5.fmristore.from_nifti",
+    "from_cohort": "xarray_clusterh5.modelarray.cohort",
+    "to_modelarray": "xarray_clusterh5.modelarray.cohort",
 }
 
 __all__ = ["ClusterH5Error", "__version__", *sorted(_LAZY)]

@@ -16,7 +16,7 @@ import xarray as xr
 
 
 def _vc() -> Any:
-    from xarray_clusterh5 import views_convert
+    from xarray_clusterh5.fmristore import ops as views_convert
 
     return views_convert
 
@@ -108,7 +108,7 @@ class ClusterH5DatasetAccessor:
         """A full run as a ``nibabel.Nifti1Image`` (saved atomically if ``path``)."""
         img = _vc().to_nifti(self._obj, run, fill_value)
         if path is not None:
-            from xarray_clusterh5._h5 import atomic_output
+            from xarray_clusterh5._hdf5.files import atomic_output
 
             suffix = ".nii.gz" if os.fspath(path).endswith(".gz") else ".nii"
             with atomic_output(path, overwrite=overwrite, suffix=suffix) as tmp:
@@ -123,7 +123,7 @@ class ClusterH5DatasetAccessor:
         netCDF keeps coordinates but not custom indexes: call this after
         reopening a saved run or root view to select clusters by id again.
         """
-        from xarray_clusterh5.index import ClusterIndex
+        from xarray_clusterh5.fmristore.index import ClusterIndex
 
         ds = self._obj
         if "voxel_cluster" not in ds.coords:
@@ -144,7 +144,7 @@ class ClusterH5DatasetAccessor:
 
     def to_fmristore(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
         """Write an fmristore file R reads (see ``xarray_clusterh5.to_fmristore``)."""
-        from xarray_clusterh5.writer_xarray import to_fmristore
+        from xarray_clusterh5.fmristore.to_h5 import to_fmristore
 
         return to_fmristore(self._obj, path, **kwargs)
 
@@ -156,20 +156,20 @@ class ClusterH5DatasetAccessor:
         ModelArray results Dataset writes ModelArrayIO's
         ``<analysis>_<stat>.dscalar.nii`` exports (``cohort.to_cifti``).
         """
-        from xarray_clusterh5.experiment_cifti import to_cifti
+        from xarray_clusterh5.fmristore.to_cifti import to_cifti
 
         return to_cifti(self._obj, output_dir, **kwargs)
 
     def to_modelarray(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
         """Write ModelArray's HDF5 layout (see ``xarray_clusterh5.to_modelarray``)."""
-        from xarray_clusterh5.cohort import to_modelarray
+        from xarray_clusterh5.modelarray.cohort import to_modelarray
 
         return to_modelarray(self._obj, path, **kwargs)
 
     @staticmethod
     def from_cohort(cohort_csv: str | os.PathLike[str], **kwargs: Any) -> xr.Dataset:
         """``xr.Dataset.clusterh5.from_cohort(csv)``: see ``from_cohort``."""
-        from xarray_clusterh5.cohort import from_cohort
+        from xarray_clusterh5.modelarray.cohort import from_cohort
 
         return from_cohort(cohort_csv, **kwargs)
 
@@ -203,7 +203,7 @@ class ClusterH5DataTreeAccessor:
 
     def set_cluster_index(self) -> xr.DataTree:
         """Attach the ClusterIndex to the root again (e.g. after netCDF)."""
-        from xarray_clusterh5.index import ClusterIndex
+        from xarray_clusterh5.fmristore.index import ClusterIndex
 
         root = self._obj.to_dataset()
         root = root.drop_indexes(
@@ -244,12 +244,12 @@ class ClusterH5DataTreeAccessor:
 
     def to_cifti(self, output_dir: str | os.PathLike[str], **kwargs: Any) -> Any:
         """Full runs to ``.dtseries.nii``, summaries to ``.ptseries.nii``."""
-        from xarray_clusterh5.experiment_cifti import experiment_to_cifti
+        from xarray_clusterh5.fmristore.to_cifti import experiment_to_cifti
 
         return experiment_to_cifti(self._obj, output_dir, **kwargs)
 
     def to_fmristore(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
         """Write an fmristore file R reads (see ``xarray_clusterh5.to_fmristore``)."""
-        from xarray_clusterh5.writer_xarray import to_fmristore
+        from xarray_clusterh5.fmristore.to_h5 import to_fmristore
 
         return to_fmristore(self._obj, path, **kwargs)

@@ -37,7 +37,7 @@ class ClusterH5BackendEntrypoint(BackendEntrypoint):
     def guess_can_open(self, filename_or_obj: Any) -> bool:
         """True for local HDF5 files holding either supported layout; never raises."""
         try:
-            from xarray_clusterh5 import _store
+            from xarray_clusterh5.fmristore import store as _store
 
             return _store.guess_can_open(filename_or_obj)
         except Exception:
@@ -54,7 +54,7 @@ class ClusterH5BackendEntrypoint(BackendEntrypoint):
         rdcc_nbytes: int | None = None,
     ) -> xr.Dataset:
         """Open one view as a lazy Dataset (see the class docstring)."""
-        from xarray_clusterh5 import _store
+        from xarray_clusterh5.fmristore import store as _store
 
         return _store.open_dataset(
             filename_or_obj,
@@ -75,7 +75,7 @@ class ClusterH5BackendEntrypoint(BackendEntrypoint):
         rdcc_nbytes: int | None = None,
     ) -> dict[str, xr.Dataset]:
         """Root geometry plus one Dataset per scan, keyed by node path."""
-        from xarray_clusterh5 import _store
+        from xarray_clusterh5.fmristore import store as _store
 
         return _store.open_groups_as_dict(
             filename_or_obj,
@@ -95,7 +95,7 @@ class ClusterH5BackendEntrypoint(BackendEntrypoint):
         rdcc_nbytes: int | None = None,
     ) -> xr.DataTree:
         """The exact DataTree: geometry at the root, one child per scan."""
-        from xarray_clusterh5 import _store
+        from xarray_clusterh5.fmristore import store as _store
 
         return _store.open_datatree(
             filename_or_obj,

@@ -18,7 +18,8 @@ from xarray.backends import BackendArray
 from xarray.backends.file_manager import FileManager
 from xarray.core import indexing
 
-from xarray_clusterh5 import _chunkread, reader
+from xarray_clusterh5._hdf5 import chunk_read as _chunkread
+from xarray_clusterh5.fmristore import read as reader
 
 _F32 = np.dtype("float32")
 

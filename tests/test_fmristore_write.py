@@ -17,7 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nibabel.quaternions import quat2mat
 
-from xarray_clusterh5.writer import Run, affine_to_header, write_experiment
+from xarray_clusterh5.fmristore.write import Run, affine_to_header, write_experiment
 
 QFIELDS = ("qoffset_x", "qoffset_y", "qoffset_z", "quatern_b", "quatern_c", "quatern_d")
 HEAD_OF = {"vignette": "vignette_head", "irregular": "irregular_head"}

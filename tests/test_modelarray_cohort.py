@@ -18,11 +18,13 @@ from hypothesis import strategies as st
 from nibabel.cifti2 import cifti2_axes as ca
 
 from tests.conftest import MODELARRAY
-from tests.test_cifti import _assert_same_export
-from tests.test_modelarray import LM_NAMES, assert_same_file
-from xarray_clusterh5 import cifti, cohort, modelarray_io
-from xarray_clusterh5._h5 import ClusterH5Error
-from xarray_clusterh5._modelarray_backend import open_modelarray_dataset
+from tests.test_cifti_io import _assert_same_export
+from tests.test_modelarray_h5 import LM_NAMES, assert_same_file
+from xarray_clusterh5._hdf5.files import ClusterH5Error
+from xarray_clusterh5.cifti import read as cifti
+from xarray_clusterh5.modelarray import cohort
+from xarray_clusterh5.modelarray import h5 as modelarray_io
+from xarray_clusterh5.modelarray.store import open_modelarray_dataset
 
 COHORT = MODELARRAY / "cohort"
 RESULTS = MODELARRAY / "results" / "thickness_with_results.h5"

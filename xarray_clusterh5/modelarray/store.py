@@ -43,8 +43,9 @@ from xarray.backends import BackendArray, CachingFileManager
 from xarray.backends.locks import HDF5_LOCK
 from xarray.core import indexing
 
-from xarray_clusterh5 import _layout, modelarray_io
-from xarray_clusterh5._h5 import ClusterH5Error, get_link, open_h5
+from xarray_clusterh5._hdf5.files import ClusterH5Error, get_link, open_h5
+from xarray_clusterh5.fmristore import layout as _layout
+from xarray_clusterh5.modelarray import h5 as modelarray_io
 
 GROUP_ATTR = "modelarray_group"
 SOURCES_ATTR = "modelarray_sources"

@@ -12,7 +12,7 @@ attribute types. Two things are deliberately better than R:
   :func:`write_experiment`).
 
 Chunks are compressed on several cores and written with
-``write_direct_chunk`` (:mod:`xarray_clusterh5._chunkio`).
+``write_direct_chunk`` (:mod:`xarray_clusterh5._hdf5.chunk_write`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ import h5py
 import numpy as np
 from tqdm.auto import tqdm
 
-from xarray_clusterh5 import _layout as L
-from xarray_clusterh5._chunkio import ChunkWriter
-from xarray_clusterh5._h5 import atomic_output
+from xarray_clusterh5._hdf5.chunk_write import ChunkWriter
+from xarray_clusterh5._hdf5.files import atomic_output
+from xarray_clusterh5.fmristore import layout as L
 
 __all__ = ["Run", "affine_to_header", "write_experiment"]
 

@@ -18,10 +18,10 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
-from xarray_clusterh5 import _layout as L
-from xarray_clusterh5._views import build_padded
-from xarray_clusterh5.reader import Experiment, ScanInfo
-from xarray_clusterh5.writer import R_FMRISTORE_VERSION
+from xarray_clusterh5.fmristore import layout as L
+from xarray_clusterh5.fmristore.read import Experiment, ScanInfo
+from xarray_clusterh5.fmristore.views import build_padded
+from xarray_clusterh5.fmristore.write import R_FMRISTORE_VERSION
 
 __all__ = ["from_nifti", "nifti_tr"]
 

@@ -12,8 +12,8 @@ import xarray as xr
 from _fmristore_listing import listing
 from conftest import FMRISTORE, fmristore_path
 
-from xarray_clusterh5.writer import Run, write_experiment
-from xarray_clusterh5.writer_xarray import to_fmristore
+from xarray_clusterh5.fmristore.to_h5 import to_fmristore
+from xarray_clusterh5.fmristore.write import Run, write_experiment
 
 FIRST_FULL = {"vignette": "rest_run", "irregular": "zeta_full"}
 
@@ -194,7 +194,7 @@ def test_failed_dask_write_stops_producer(
     """An error while writing stops the dask producer thread; no file is left."""
     import threading
 
-    from xarray_clusterh5 import _chunkio
+    from xarray_clusterh5._hdf5 import chunk_write as _chunkio
 
     calls = {"n": 0}
     original = _chunkio.ChunkWriter.write

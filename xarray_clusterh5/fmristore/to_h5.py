@@ -11,7 +11,8 @@ that :func:`xarray_clusterh5.from_nifti` builds):
 
 It recovers the geometry (mask, cluster map), the metadata with its on-disk
 types (the ``fmristore_*`` attributes the reader leaves on coordinates) and
-the header, then hands everything to :func:`xarray_clusterh5.writer.write_experiment`.
+the header, then hands everything to
+:func:`xarray_clusterh5.fmristore.write.write_experiment`.
 Data is streamed one (run, cluster) block at a time; dask-backed data is
 computed with ``dask.array.store`` into a bounded queue, so shared upstream
 tasks (a whole NIfTI run, say) run once and at most a few blocks wait in memory.
@@ -30,10 +31,10 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
-from xarray_clusterh5 import views_convert
-from xarray_clusterh5._views import ROLE
-from xarray_clusterh5.reader import R_HEADER_SOURCES
-from xarray_clusterh5.writer import Run, write_experiment
+from xarray_clusterh5.fmristore import ops as views_convert
+from xarray_clusterh5.fmristore.read import R_HEADER_SOURCES
+from xarray_clusterh5.fmristore.views import ROLE
+from xarray_clusterh5.fmristore.write import Run, write_experiment
 
 __all__ = ["to_fmristore"]
 
@@ -430,14 +431,14 @@ def to_fmristore(
         object (attribute ``fmristore_generation``), else ``"2026"``, so that
         open -> write -> open gives an identical object.
     compression, chunks, summary_only, threads
-        As in :func:`xarray_clusterh5.writer.write_experiment` (defaults are
+        As in :func:`xarray_clusterh5.fmristore.write.write_experiment` (defaults are
         R's: gzip 4, R's chunk shapes; ``summary_only`` omitted on mixed files).
     overwrite
         Replace an existing file (default False).
     progress
         tqdm progress bar over the (scan, cluster) blocks.
     **kwargs
-        Passed to :func:`~xarray_clusterh5.writer.write_experiment`
+        Passed to :func:`~xarray_clusterh5.fmristore.write.write_experiment`
         (``nonpositive_ids``, ``non_ascii``, ``fmristore_version``, ...).
 
     Returns

@@ -21,7 +21,7 @@ import xarray as xr
 import xarray.testing.strategies as xrst
 from hypothesis import HealthCheck, assume, given, settings
 
-from xarray_clusterh5.writer import write_experiment
+from xarray_clusterh5.fmristore.write import write_experiment
 
 _WORKDIR: list[Path] = []
 

@@ -58,8 +58,8 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build with :func:`from_nifti` and write with :func:`to_fmristore`."""
-    from xarray_clusterh5.nifti import from_nifti
-    from xarray_clusterh5.writer_xarray import to_fmristore
+    from xarray_clusterh5.fmristore.from_nifti import from_nifti
+    from xarray_clusterh5.fmristore.to_h5 import to_fmristore
 
     names = [name for name, _ in args.runs]
     dup = sorted({n for n in names if names.count(n) > 1})

@@ -22,8 +22,7 @@ from typing import Any, Literal
 import h5py
 import numpy as np
 
-from xarray_clusterh5 import _layout as L
-from xarray_clusterh5._h5 import (
+from xarray_clusterh5._hdf5.files import (
     ClusterH5Error,
     check_local_object,
     decode_str,
@@ -31,6 +30,7 @@ from xarray_clusterh5._h5 import (
     read_attr_str,
     read_strings,
 )
+from xarray_clusterh5.fmristore import layout as L
 
 ScanKind = Literal["full", "summary", "both"]
 
@@ -578,7 +578,7 @@ def read_window(dset: h5py.Dataset, selection: tuple[slice, slice]) -> np.ndarra
     Large windows of gzip-chunked datasets are decompressed on several
     threads (zlib releases the GIL); everything else goes through h5py.
     """
-    from xarray_clusterh5 import _chunkread
+    from xarray_clusterh5._hdf5 import chunk_read as _chunkread
 
     out = _chunkread.read_window_parallel(dset, selection)
     if out is not None:

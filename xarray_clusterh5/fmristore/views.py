@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xarray_clusterh5.index import ClusterIndex
-from xarray_clusterh5.reader import Experiment, ScanInfo
+from xarray_clusterh5.fmristore.index import ClusterIndex
+from xarray_clusterh5.fmristore.read import Experiment, ScanInfo
 
 #: coordinate and variable names the views use themselves; metadata keys that
 #: collide with them get a prefix ("scan_" or "cluster_")

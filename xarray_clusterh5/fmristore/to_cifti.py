@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xarray_clusterh5 import cifti, views_convert
+from xarray_clusterh5.cifti import read as cifti
+from xarray_clusterh5.fmristore import ops as views_convert
 
 _NAME_COLUMNS = ("name", "label", "cluster_name")
 
@@ -131,6 +132,6 @@ def to_cifti(obj: xr.Dataset | xr.DataTree, *args: Any, **kwargs: Any) -> Any:
     results to ModelArrayIO's dscalar exports (``cohort.to_cifti``)."""
     if isinstance(obj, xr.DataTree) or views_convert.VIEW_ATTR in obj.attrs:
         return experiment_to_cifti(obj, *args, **kwargs)
-    from xarray_clusterh5 import cohort
+    from xarray_clusterh5.modelarray import cohort
 
     return cohort.to_cifti(obj, *args, **kwargs)

@@ -258,7 +258,7 @@ def run_to_modelarray(args: argparse.Namespace) -> int:
 def _to_modelarray(args: argparse.Namespace) -> int:
     # the direct path: no xarray or dask to import, same files as
     # cohort.to_modelarray(cohort.from_cohort(...))
-    from xarray_clusterh5.modelarray_io import cohort_to_h5, resolve_compression
+    from xarray_clusterh5.modelarray.h5 import cohort_to_h5, resolve_compression
 
     progress = _setup_logging(args.log_level)
     _refuse_other_modalities(args)
@@ -299,7 +299,7 @@ def run_export_results(args: argparse.Namespace) -> int:
 
 
 def _export_results(args: argparse.Namespace) -> int:
-    from xarray_clusterh5.modelarray_io import export_results
+    from xarray_clusterh5.modelarray.h5 import export_results
 
     progress = _setup_logging(args.log_level)
     _refuse_other_modalities(args)

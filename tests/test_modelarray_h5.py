@@ -13,9 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import MODELARRAY
-from xarray_clusterh5 import modelarray_io
-from xarray_clusterh5._h5 import ClusterH5Error
-from xarray_clusterh5._modelarray_backend import (
+from xarray_clusterh5._hdf5.files import ClusterH5Error
+from xarray_clusterh5.modelarray import h5 as modelarray_io
+from xarray_clusterh5.modelarray.store import (
     is_modelarray_file,
     open_modelarray_dataset,
 )

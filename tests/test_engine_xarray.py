@@ -97,7 +97,7 @@ def test_split_warning_when_chunks_cut_a_cluster() -> None:
 
 
 def test_sel_cluster_reads_one_dataset_per_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    from xarray_clusterh5 import _arrays
+    from xarray_clusterh5.fmristore import arrays as _arrays
 
     reads: list[tuple[str, int]] = []
     original = _arrays._ClusterArray._read_blocks

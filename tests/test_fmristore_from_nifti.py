@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from xarray_clusterh5 import nifti as nifti_module
-from xarray_clusterh5.nifti import from_nifti, nifti_tr
-from xarray_clusterh5.writer_xarray import to_fmristore
+from xarray_clusterh5.fmristore import from_nifti as nifti_module
+from xarray_clusterh5.fmristore.from_nifti import from_nifti, nifti_tr
+from xarray_clusterh5.fmristore.to_h5 import to_fmristore
 
 SHAPE = (7, 6, 5)
 AFFINE = np.array([[-2.0, 0, 0, 30], [0, 2.0, 0, -40], [0, 0, 2.5, -10], [0, 0, 0, 1]])

@@ -36,7 +36,7 @@ import nibabel as nib
 import numpy as np
 from nibabel.cifti2 import cifti2_axes
 
-from xarray_clusterh5._h5 import ClusterH5Error, atomic_output
+from xarray_clusterh5._hdf5.files import ClusterH5Error, atomic_output
 
 NIFTI2_HEADER_SIZE = 540
 CIFTI_ECODE = 32

@@ -16,9 +16,14 @@ from xarray.backends import CachingFileManager
 from xarray.backends.locks import HDF5_LOCK
 from xarray.core import indexing
 
-from xarray_clusterh5 import _views, reader
-from xarray_clusterh5._arrays import PaddedVoxelArray, RunVoxelArray, SummaryArray
-from xarray_clusterh5._h5 import ClusterH5Error, has_hdf5_signature, open_h5
+from xarray_clusterh5._hdf5.files import ClusterH5Error, has_hdf5_signature, open_h5
+from xarray_clusterh5.fmristore import read as reader
+from xarray_clusterh5.fmristore import views as _views
+from xarray_clusterh5.fmristore.arrays import (
+    PaddedVoxelArray,
+    RunVoxelArray,
+    SummaryArray,
+)
 
 _EXTENSIONS = (".h5", ".hdf5", ".he5")
 
@@ -238,7 +243,7 @@ def _open_modelarray(
     locking: bool | None,
 ) -> xr.Dataset:
     try:
-        from xarray_clusterh5 import _modelarray_backend
+        from xarray_clusterh5.modelarray import store as _modelarray_backend
     except ModuleNotFoundError as err:  # pragma: no cover - during development
         raise ClusterH5Error(path, "ModelArray files are not supported yet") from err
     if group not in (None, "", "/"):

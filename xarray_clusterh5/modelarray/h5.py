@@ -38,15 +38,20 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from xarray_clusterh5 import _layout, cifti
-from xarray_clusterh5._chunkio import default_threads, encode_chunk, filter_spec
-from xarray_clusterh5._h5 import (
+from xarray_clusterh5._hdf5.chunk_write import (
+    default_threads,
+    encode_chunk,
+    filter_spec,
+)
+from xarray_clusterh5._hdf5.files import (
     ClusterH5Error,
     atomic_output,
     decode_str,
     get_link,
     read_strings,
 )
+from xarray_clusterh5.cifti import read as cifti
+from xarray_clusterh5.fmristore import layout as _layout
 
 GREYORDINATE_COLUMNS = ("vertex_id", "structure_id")
 #: bytes of one stripe held in memory while writing (several chunks wide)
@@ -391,7 +396,7 @@ def read_results(
     The whole matrix is read at once (R's (32, 32) chunks make row reads slow).
     Missing names become ``component001``... as in ModelArrayIO.
     """
-    from xarray_clusterh5._h5 import open_h5
+    from xarray_clusterh5._hdf5.files import open_h5
 
     path = os.fspath(path)
     if f is None:

@@ -43,9 +43,11 @@ import pandas as pd
 import xarray as xr
 from dask.base import tokenize
 
-from xarray_clusterh5 import _layout, cifti, modelarray_io
-from xarray_clusterh5._h5 import atomic_output
-from xarray_clusterh5._modelarray_backend import (
+from xarray_clusterh5._hdf5.files import atomic_output
+from xarray_clusterh5.cifti import read as cifti
+from xarray_clusterh5.fmristore import layout as _layout
+from xarray_clusterh5.modelarray import h5 as modelarray_io
+from xarray_clusterh5.modelarray.store import (
     ELEMENT_DIM,
     GROUP_ATTR,
     NAME_ATTR,

@@ -19,8 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xarray_clusterh5 import _chunkread, reader
-from xarray_clusterh5._chunkio import shuffle_bytes
+from xarray_clusterh5._hdf5 import chunk_read as _chunkread
+from xarray_clusterh5._hdf5.chunk_write import shuffle_bytes
+from xarray_clusterh5.fmristore import read as reader
 
 _names = itertools.count()
 

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from xarray_clusterh5._views import (
+from xarray_clusterh5.fmristore.views import (
     METADATA_PREFIX,
     ROLE,
     RUN_DATA_ATTRS,
@@ -444,7 +444,7 @@ def _cluster_columns(ds: xr.Dataset) -> tuple[dict, dict, dict]:
 
 def experiment_of(tree: xr.DataTree) -> Any:
     """The file model (``reader.Experiment``) that a DataTree view describes."""
-    from xarray_clusterh5.reader import Experiment, ScanInfo
+    from xarray_clusterh5.fmristore.read import Experiment, ScanInfo
 
     root = tree.to_dataset()
     x, y, _ = volume_shape(root)
@@ -493,7 +493,7 @@ def tree_to_padded(tree: xr.DataTree) -> xr.Dataset:
     """The DataTree view as the padded Dataset (lazy when the tree is dask-backed)."""
     import dask.array as da
 
-    from xarray_clusterh5._views import build_padded
+    from xarray_clusterh5.fmristore.views import build_padded
 
     exp = experiment_of(tree)
     offsets = exp.offsets

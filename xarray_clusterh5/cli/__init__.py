@@ -14,9 +14,9 @@ from collections.abc import Sequence
 # (module, function) pairs; each function takes the subparsers object and adds
 # its own parser with ``set_defaults(func=...)``.
 _COMMANDS: tuple[tuple[str, str], ...] = (
-    ("xarray_clusterh5._cli_describe", "add_parser"),
-    ("xarray_clusterh5._cli_modelarray", "add_parsers"),
-    ("xarray_clusterh5._cli_nifti", "add_parser"),
+    ("xarray_clusterh5.cli.describe", "add_parser"),
+    ("xarray_clusterh5.cli.modelarray", "add_parsers"),
+    ("xarray_clusterh5.cli.nifti", "add_parser"),
 )
 
 

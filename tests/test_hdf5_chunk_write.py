@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from xarray_clusterh5._chunkio import (
+from xarray_clusterh5._hdf5.chunk_write import (
     ChunkWriter,
     encode_chunk,
     filter_spec,

@@ -1,0 +1,1 @@
+"""Safe HDF5 access shared by both formats: opening, links, atomic output, chunks."""

@@ -1,0 +1,1 @@
+"""fmristore clustered experiments: layout, h5py reader and writer, xarray views."""
