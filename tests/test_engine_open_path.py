@@ -146,7 +146,8 @@ def test_accessor_registers_when_xarray_comes_after_the_package() -> None:
             "import sys, xarray_clusterh5\n"
             "assert 'xarray' not in sys.modules\n"
             "import xarray as xr\n"
-            "ds = xr.open_dataset(xarray_clusterh5.example_file(), engine='clusterh5')\n"
+            "path = xarray_clusterh5.example_file()\n"
+            "ds = xr.open_dataset(path, engine='clusterh5')\n"
             "print(ds.clusterh5.view, ds.clusterh5.n_scans); ds.close()",
         ],
         capture_output=True,
