@@ -23,8 +23,9 @@ import nibabel as nib
 import numpy as np
 from nibabel.cifti2 import cifti2_axes
 
-from xarray_clusterh5._hdf5.files import ClusterH5Error, atomic_output
+from xarray_clusterh5._hdf5.files import atomic_output
 from xarray_clusterh5.cifti.read import _block, _cifti_xml, _dims, _kind, _read_header
+from xarray_clusterh5.errors import ClusterH5Error
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from xarray_clusterh5._hdf5.files import ClusterH5Error
 from xarray_clusterh5.cifti import read as cifti_read
 from xarray_clusterh5.cifti import write as cifti_write
+from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.modelarray import h5 as modelarray_io
 from xarray_clusterh5.modelarray.layout import export_file_names
 
