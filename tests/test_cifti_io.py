@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from nibabel.cifti2 import cifti2_axes as ca
 
 from tests.conftest import MODELARRAY
-from xarray_clusterh5._hdf5.files import ClusterH5Error
 from xarray_clusterh5.cifti import read as cifti
+from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.modelarray import h5 as modelarray_io
 
 COHORT = MODELARRAY / "cohort"

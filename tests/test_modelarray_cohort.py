@@ -20,11 +20,10 @@ from nibabel.cifti2 import cifti2_axes as ca
 from tests.conftest import MODELARRAY
 from tests.test_cifti_io import _assert_same_export
 from tests.test_modelarray_h5 import LM_NAMES, assert_same_file
-from xarray_clusterh5._hdf5.files import ClusterH5Error
 from xarray_clusterh5.cifti import read as cifti
+from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.modelarray import cohort
 from xarray_clusterh5.modelarray import h5 as modelarray_io
-from xarray_clusterh5.modelarray.store import open_modelarray_dataset
 
 COHORT = MODELARRAY / "cohort"
 RESULTS = MODELARRAY / "results" / "thickness_with_results.h5"
@@ -291,7 +290,7 @@ def test_subsets_and_transforms_write_their_values(in_cohort, tmp_path):
 
 
 def test_modelarray_file_round_trip(tmp_path):
-    with open_modelarray_dataset(MAI / "two_scalars.h5") as ds:
+    with xr.open_dataset(MAI / "two_scalars.h5", engine="clusterh5") as ds:
         cohort.to_modelarray(ds, tmp_path / "rt.h5", progress=False)
     assert_same_file(tmp_path / "rt.h5", MAI / "two_scalars.h5")
     with xr.open_dataset(MAI / "thickness.h5", engine="clusterh5") as ds:
@@ -320,7 +319,7 @@ def test_to_cifti_equals_modelarrayio(in_cohort, tmp_path, analysis):
 def test_to_cifti_from_a_computed_dataset(in_cohort, tmp_path):
     # results computed in xarray export with the cohort's first file as template
     ds = cohort.from_cohort("cohort_thickness.csv")
-    with open_modelarray_dataset(RESULTS) as res:
+    with xr.open_dataset(RESULTS, engine="clusterh5") as res:
         lm = res["lm"].load()
     ds["lm"] = lm.drop_vars(["element", "structure"])
     ds["lm"].attrs["modelarray_group"] = "results"
@@ -352,7 +351,7 @@ def test_to_cifti_hostile_names_stay_inside(in_cohort, tmp_path):
 
 
 def test_to_cifti_needs_a_template_and_an_analysis(tmp_path):
-    with open_modelarray_dataset(RESULTS) as ds:
+    with xr.open_dataset(RESULTS, engine="clusterh5") as ds:
         with pytest.raises(ValueError, match="choose the analysis"):
             cohort.to_cifti(ds, tmp_path)
         with pytest.raises(ValueError, match="no CIFTI template"):
@@ -386,7 +385,7 @@ def test_to_cifti_element_count_must_match_template(in_cohort, tmp_path):
 
 
 def test_stat_names_of_lm_reach_the_files(in_cohort, tmp_path):
-    with open_modelarray_dataset(RESULTS) as ds:
+    with xr.open_dataset(RESULTS, engine="clusterh5") as ds:
         out = cohort.to_cifti(
             ds, tmp_path, analysis="lm", cohort_file="cohort_thickness.csv"
         )

@@ -32,18 +32,16 @@ chunks as ``preferred_chunks``.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
 from typing import Any
 
 import h5py
 import numpy as np
 import xarray as xr
 from xarray.backends import BackendArray, CachingFileManager
-from xarray.backends.locks import HDF5_LOCK
 from xarray.core import indexing
 
-from xarray_clusterh5._hdf5.files import ClusterH5Error, get_link, open_h5
+from xarray_clusterh5._hdf5.files import get_link
+from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.fmristore import layout as _layout
 from xarray_clusterh5.modelarray import h5 as modelarray_io
 
@@ -57,14 +55,6 @@ def is_modelarray_file(f: h5py.File) -> bool:
     """True when the file has ModelArray groups and is not an fmristore file."""
     names = set(f.keys())
     return "cluster_map" not in names and bool(names & {"scalars", "results"})
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 class ModelArrayMatrix(BackendArray):
@@ -123,21 +113,16 @@ def _encoding(dset: h5py.Dataset, dims: tuple[str, str], transposed: bool) -> di
     return enc
 
 
-def open_modelarray_dataset(
-    filename: str | os.PathLike[str],
-    *,
-    drop_variables: str | Iterable[str] | None = None,
-    lock: Any = None,
-    locking: bool | None = None,
+def read_dataset(
+    path: str, f: h5py.File, manager: CachingFileManager, lock: Any
 ) -> xr.Dataset:
-    """Open a ModelArray HDF5 file (scalars and results) as a lazy Dataset.
+    """The lazy Dataset of an open ModelArray file (the engine's view).
 
     Parameters
     ----------
-    filename : local path.
-    drop_variables : variables to leave out.
-    lock : None for xarray's HDF5 lock, False for none, or a lock object.
-    locking : HDF5 file locking, passed to h5py.
+    path : the file's path, for messages and the lazy arrays.
+    f : the open file (read under ``lock`` by the caller).
+    manager, lock : what the lazy arrays read through later.
 
     Returns
     -------
@@ -149,27 +134,7 @@ def open_modelarray_dataset(
     ClusterH5Error
         Not a ModelArray file, or inconsistent shapes, names or links to other files.
     """
-    path = os.path.abspath(os.fspath(filename))
-    if lock is None or lock is True:
-        lock = HDF5_LOCK
-    elif lock is False:
-        lock = _NoLock()
-    kwargs = {"locking": locking} if locking is not None else {}
-    open_h5(path, "r", **kwargs).close()
-    manager = CachingFileManager(open_h5, path, mode="r", kwargs=kwargs)
-    try:
-        with lock, manager.acquire_context(needs_lock=False) as f:
-            ds = _build(path, f, manager, lock)
-        if drop_variables is not None:
-            names = (
-                [drop_variables] if isinstance(drop_variables, str) else drop_variables
-            )
-            ds = ds.drop_vars([n for n in names if n in ds.variables])
-    except BaseException:
-        manager.close()
-        raise
-    ds.set_close(manager.close)
-    return ds
+    return _build(path, f, manager, lock)
 
 
 def _build(
