@@ -160,7 +160,9 @@ def _fit_shared(X: np.ndarray, Y: np.ndarray, intercept: bool) -> _Fit:
     n, p = X.shape
     k = Y.shape[1]
     res = _Fit.empty(k, p)
-    keep = _kept_columns(np.linalg.qr(X, mode="r"), np.linalg.norm(X, axis=0))
+    keep = _kept_columns(
+        np.asarray(np.linalg.qr(X, mode="r")), np.linalg.norm(X, axis=0)
+    )
     if not keep.any():
         return res
     Xk = X[:, keep]
