@@ -206,10 +206,15 @@ def _build(
         if names is None:
             names = [f"component{i + 1:03d}" for i in range(shape[0])]
         names = [n if n else f"component{i + 1:03d}" for i, n in enumerate(names)]
-        check_elements(shape[1], dset.name)
-        rinfos.append((a, dset, names, transposed, shape))
+        if scalars and n_el is not None and shape[1] != n_el:
+            # an element.subset analysis: rows are the elements in its element_id
+            edim = f"{ELEMENT_DIM}_{a}"
+        else:
+            check_elements(shape[1], dset.name)
+            edim = ELEMENT_DIM
+        rinfos.append((a, dset, names, transposed, shape, edim))
     same_stats = len({tuple(r[2]) for r in rinfos}) <= 1
-    for a, dset, names, transposed, shape in rinfos:
+    for a, dset, names, transposed, shape, edim in rinfos:
         dim = "stat" if same_stats else f"stat_{a}"
         coords[dim] = (dim, np.asarray(names, dtype=object))
         arr = ModelArrayMatrix(
@@ -217,11 +222,11 @@ def _build(
         )
         var_name = a if a not in data_vars else f"results_{a}"
         var = xr.Variable(
-            (dim, ELEMENT_DIM),
+            (dim, edim),
             _lazy(arr),
             attrs={GROUP_ATTR: "results", NAME_ATTR: a},
         )
-        var.encoding = _encoding(dset, (dim, ELEMENT_DIM), transposed)
+        var.encoding = _encoding(dset, (dim, edim), transposed)
         data_vars[var_name] = var
 
     grey = modelarray_io.read_greyordinates(path, f)
