@@ -114,13 +114,13 @@ def lm(
     design = _design(formula, pheno, str(var.name), what)
     positions = _positions(element_subset, var.sizes[ELEMENT_DIM], what)
     var = var.isel({ELEMENT_DIM: positions}).transpose(subject_dim, ELEMENT_DIM)
-    layout = _Layout(design.names, terms_v, model_v, corr_t, corr_m)
+    columns = _Columns(design.names, terms_v, model_v, corr_t, corr_m)
     threshold = max(var.sizes[subject_dim] * num_subj_lthr_rel, num_subj_lthr_abs)
     chunks = chunk_size or _default_chunk(var)
     values = var.chunk({subject_dim: -1, ELEMENT_DIM: chunks}).data
-    matrix = _graph(values, positions, design, layout, float(threshold))
+    matrix = _graph(values, positions, design, columns, float(threshold))
     coords = {k: c for k, c in var.coords.items() if c.dims == (ELEMENT_DIM,)}
-    coords[STAT_DIM] = np.asarray(layout.names, dtype=object)
+    coords[STAT_DIM] = np.asarray(columns.names, dtype=object)
     return xr.DataArray(
         matrix,
         dims=(STAT_DIM, ELEMENT_DIM),
@@ -336,7 +336,7 @@ def _default_chunk(var: xr.DataArray) -> int:
 # --------------------------------------------------------------------------
 
 
-class _Layout:
+class _Columns:
     """Column names in ModelArray's order and where each comes from."""
 
     def __init__(
@@ -366,13 +366,13 @@ def _graph(
     values: da.Array,
     positions: np.ndarray,
     design: Design,
-    layout: _Layout,
+    columns: _Columns,
     threshold: float,
 ) -> da.Array:
     """Fit tasks per element chunk, then one correction task over all elements."""
     ids = da.from_array(positions.astype(np.float64), chunks=(values.chunks[1],))
-    n_raw = len(layout.raw)
-    token = tokenize(values.name, design.matrix, design.rows, layout.names, threshold)
+    n_raw = len(columns.raw)
+    token = tokenize(values.name, design.matrix, design.rows, columns.names, threshold)
     raw = da.map_blocks(
         fit_block,
         values,
@@ -384,18 +384,18 @@ def _graph(
         X=design.matrix,
         rows=design.rows,
         intercept=design.intercept,
-        layout=layout,
+        columns=columns,
         threshold=threshold,
     )
-    picked = raw[[*layout.p_rows, n_raw]].rechunk({0: -1, 1: -1})
+    picked = raw[[*columns.p_rows, n_raw]].rechunk({0: -1, 1: -1})
     corrected = da.map_blocks(
         correct_block,
         picked,
-        chunks=((len(layout.corrected),), (picked.shape[1],)),
+        chunks=((len(columns.corrected),), (picked.shape[1],)),
         dtype=np.float64,
         meta=np.empty((0, 0)),
         name=f"lm-correct-{token}",
-        methods=tuple(layout.p_methods),
+        methods=tuple(columns.p_methods),
     )
     return da.concatenate([raw[:-1], corrected.rechunk({1: raw.chunks[1]})], axis=0)
 
@@ -407,7 +407,7 @@ def fit_block(
     X: np.ndarray,
     rows: np.ndarray,
     intercept: bool,
-    layout: _Layout,
+    columns: _Columns,
     threshold: float,
 ) -> np.ndarray:
     """The uncorrected columns (+ an "aliased" flag row) of one element chunk."""
@@ -415,9 +415,9 @@ def fit_block(
     fit_mask = np.isfinite(Y).sum(axis=0) > threshold
     res = ols.fit(X, Y[rows], intercept=intercept, fit_mask=fit_mask)
     out = [ids.reshape(-1)]
-    for j in range(len(layout.terms)):
-        out += [res.terms[s][:, j] for s in layout.terms_v]
-    out += [res.model[s] for s in layout.model_v]
+    for j in range(len(columns.terms)):
+        out += [res.terms[s][:, j] for s in columns.terms_v]
+    out += [res.model[s] for s in columns.model_v]
     aliased = np.isnan(res.terms["estimate"]).any(axis=1) & ~np.isnan(res.model["nobs"])
     out.append(aliased.astype(np.float64))
     return np.vstack(out)

@@ -23,8 +23,9 @@ from collections.abc import Sequence
 import h5py
 import numpy as np
 
+from xarray_clusterh5._hdf5.names import check_hdf5_name
 from xarray_clusterh5.errors import ClusterH5Error
-from xarray_clusterh5.fmristore import layout as _layout
+from xarray_clusterh5.modelarray import layout
 
 #: bytes per results_matrix chunk (R's hdf5r picks (32, 32), slow to write)
 CHUNK_BYTES = 1 << 20
@@ -62,14 +63,14 @@ def write_results(
         ``overwrite``, or the file cannot be opened for writing.
     """
     path = os.fspath(path)
-    _layout.check_hdf5_name(analysis, "analysis name")
+    check_hdf5_name(analysis, "analysis name")
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.ndim != 2 or matrix.shape[0] != len(names):
         raise ClusterH5Error(
             path, f"{len(names)} column names for a results matrix of {matrix.shape}"
         )
     with _open_for_append(path) as f:
-        results = f.require_group(_layout.MA_RESULTS.lstrip("/"))
+        results = f.require_group(layout.RESULTS.lstrip("/"))
         if analysis in results and not overwrite:
             raise ClusterH5Error(
                 path, f"results/{analysis} exists; pass overwrite=True to replace it"
@@ -120,7 +121,7 @@ def _open_for_append(path: str) -> h5py.File:
             "file is still open in this process, compute the results and close it "
             "first",
         ) from err
-    if not isinstance(f.get(_layout.MA_SCALARS), h5py.Group):
+    if not isinstance(f.get(layout.SCALARS), h5py.Group):
         f.close()
         raise ClusterH5Error(path, "is not a ModelArray file (no /scalars group)")
     return f
