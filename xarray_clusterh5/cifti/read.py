@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
@@ -68,6 +68,22 @@ CIFTI_KINDS = (
 
 # data types read without nibabel: exact conversion to float32/float64
 _FAST_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2"}
+
+
+def _shape3(shape: Iterable[Any]) -> tuple[int, int, int]:
+    i, j, k = (int(x) for x in shape)
+    return i, j, k
+
+
+def _cifti_image(path: str | os.PathLike[str]) -> nib.Cifti2Image:
+    img = nib.load(path)
+    if not isinstance(img, nib.Cifti2Image):
+        raise ClusterH5Error(path, "is not a CIFTI-2 image")
+    return img
+
+
+def _cifti_header(path: str | os.PathLike[str]) -> nib.Cifti2Header:
+    return _cifti_image(path).header
 
 
 def cifti_kind_from_name(path: str | os.PathLike[str]) -> str | None:
@@ -160,7 +176,7 @@ class BrainModel:
             np.asarray(axis.voxel, dtype=np.int64).reshape(-1, 3),
             {str(k): int(v) for k, v in axis.nvertices.items()},
             None if axis.affine is None else np.asarray(axis.affine, dtype=float),
-            None if shape is None else tuple(int(x) for x in shape),
+            None if shape is None else _shape3(shape),
             xml,
             path,
         )
@@ -257,7 +273,7 @@ def parse_brain_models(bm_xml: bytes, n_elements: int, path: str) -> BrainModel 
         voxel,
         nvertices,
         affine,
-        volume_shape,
+        None if volume_shape is None else _shape3(volume_shape),
         bm_xml,
         path,
     )
@@ -269,7 +285,7 @@ def _brain_model_of(path: str, bm_xml: bytes, n_el: int) -> BrainModel:
     if model is not None:
         return model
     try:
-        axis = nib.load(path).header.get_axis(1)
+        axis = _cifti_header(path).get_axis(1)
     except Exception as err:
         raise ClusterH5Error(
             path, f"nibabel cannot read its CIFTI-2 header: {err}"
@@ -350,8 +366,8 @@ class ParcelModel:
 
 def _parcel_model_of(path: str, kind: str, xml: bytes) -> ParcelModel:
     try:
-        img = nib.load(path)
-        axes = (img.header.get_axis(0), img.header.get_axis(1))
+        header = _cifti_header(path)
+        axes = (header.get_axis(0), header.get_axis(1))
     except Exception as err:
         raise ClusterH5Error(
             path, f"nibabel cannot read its CIFTI-2 header: {err}"
@@ -411,7 +427,7 @@ def _read_header(path: str) -> _Header:
             raise ClusterH5Error(path, "not a NIfTI-2/CIFTI-2 file (bad header size)")
         if len(head) < NIFTI2_HEADER_SIZE:
             raise ClusterH5Error(path, "truncated NIfTI-2 header")
-        dt = nib.nifti2.header_dtype.newbyteorder(endian)
+        dt = nib.nifti2.header_dtype.newbyteorder("<" if endian == "<" else ">")
         hdr = np.frombuffer(head, dtype=dt, count=1)[0]
         if bytes(hdr["magic"])[:3] != b"n+2":
             raise ClusterH5Error(path, "not a single-file NIfTI-2 (magic is not n+2)")
@@ -433,7 +449,7 @@ def _cifti_xml(h: _Header) -> bytes:
     if raw[pos] == 0:
         raise ClusterH5Error(h.path, "has no NIfTI extensions, so no CIFTI XML")
     pos += 4
-    order = "little" if h.endian == "<" else "big"
+    order: Literal["little", "big"] = "little" if h.endian == "<" else "big"
     while pos + 8 <= len(raw):
         esize = int.from_bytes(raw[pos : pos + 4], order, signed=True)
         ecode = int.from_bytes(raw[pos + 4 : pos + 8], order, signed=True)
@@ -792,7 +808,7 @@ def read_columns(
 def _read_matrix(block: DataBlock) -> np.ndarray:
     """The whole (n_maps, n_elements) matrix of a file, as nibabel returns it."""
     if block.use_nibabel:
-        img = nib.load(block.path)
+        img = _cifti_image(block.path)
         return np.asarray(img.get_fdata(caching="unchanged")).reshape(
             block.n_maps, block.n_elements
         )

@@ -45,11 +45,14 @@ def _load(src: ImageLike, what: str) -> nib.spatialimages.SpatialImage:
         if not os.path.exists(src):
             raise FileNotFoundError(f"{what} {os.fspath(src)}: no such file")
         try:
-            return nib.load(os.fspath(src))
+            img = nib.load(os.fspath(src))
         except Exception as err:
             raise ValueError(
                 f"{what} {os.fspath(src)}: not a NIfTI image ({err})"
             ) from err
+        if isinstance(img, nib.spatialimages.SpatialImage):
+            return img
+        raise ValueError(f"{what} {os.fspath(src)}: not a NIfTI image")
     if isinstance(src, nib.spatialimages.SpatialImage):
         return src
     raise TypeError(
@@ -62,7 +65,7 @@ def nifti_tr(img: nib.spatialimages.SpatialImage) -> float | None:
 
     Returns None when the header has no usable TR (0, NaN, or a 3-D image).
     """
-    header = img.header
+    header: Any = img.header  # Nifti1Header when it has xyzt_units
     zooms = header.get_zooms()
     if len(zooms) < 4:
         return None
@@ -116,10 +119,11 @@ def _load_masked(
     ``keep_file_open=True``: windows of a .nii.gz then continue one gzip
     stream instead of decompressing from the start each time.
     """
-    if isinstance(src, str | os.PathLike):
-        img = nib.load(os.fspath(src), keep_file_open=True)
-    else:
-        img = src
+    img: Any = (
+        nib.load(os.fspath(src), keep_file_open=True)
+        if isinstance(src, str | os.PathLike)
+        else src
+    )
     proxy = img.dataobj
     n = mask_index.size
     out = np.empty((n, n_time), dtype=np.float32)
@@ -375,7 +379,8 @@ def from_nifti(
     else:
         columns, missing, dtypes = {}, {}, {}
 
-    sform_code = int(ref_img.header.get("sform_code", 0) or 0)
+    ref_header: Any = ref_img.header
+    sform_code = int(ref_header.get("sform_code", 0) or 0)
     form = "sform" if sform_code > 0 else "qform"
     affine = ref_affine
     spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))

@@ -29,7 +29,7 @@ import collections
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -132,7 +132,9 @@ def write_greyordinates(
     return dset
 
 
-def write_parcels(f: h5py.File, arrays: dict[str, Sequence[str]]) -> None:
+def write_parcels(
+    f: h5py.File, arrays: Mapping[str, Sequence[str] | np.ndarray]
+) -> None:
     """``/parcels/<name>`` string datasets (pscalar: ``parcel_id``; pconn:
     ``parcel_id_from``/``parcel_id_to``), as ModelArrayIO writes them."""
     grp = f.require_group("parcels")
