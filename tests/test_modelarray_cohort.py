@@ -24,6 +24,7 @@ from xarray_clusterh5.cifti import read as cifti
 from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.modelarray import cohort
 from xarray_clusterh5.modelarray import h5 as modelarray_io
+from xarray_clusterh5.modelarray.store import subject_dims
 
 COHORT = MODELARRAY / "cohort"
 RESULTS = MODELARRAY / "results" / "thickness_with_results.h5"
@@ -326,6 +327,31 @@ def test_to_cifti_from_a_computed_dataset(in_cohort, tmp_path):
     out = cohort.to_cifti(ds, tmp_path, analysis="lm")
     _assert_same_export(tmp_path, MODELARRAY / "export" / "lm")
     assert len(out) == 19
+
+
+def test_accessor_to_cifti_dispatches_results_to_modelarrayio_exports(
+    in_cohort, tmp_path
+):
+    # the cross-format dispatch (conversions.to_cifti): a ModelArray results
+    # Dataset is not a clustered view, so it gets ModelArrayIO's dscalar exports
+    with xr.open_dataset(RESULTS, engine="clusterh5") as ds:
+        out = ds.clusterh5.to_cifti(
+            tmp_path, analysis="lm", cohort_file="cohort_thickness.csv"
+        )
+    _assert_same_export(tmp_path, MODELARRAY / "export" / "lm")
+    assert len(out) == 19
+
+
+def test_subject_naming_rule():
+    assert subject_dims({"a": 3}) == {"a": ("subject", "source_file")}
+    assert subject_dims({"a": 3, "b": 3}) == {
+        "a": ("subject", "source_file_a"),
+        "b": ("subject", "source_file_b"),
+    }
+    assert subject_dims({"a": 3, "b": 2}) == {
+        "a": ("subject_a", "source_file_a"),
+        "b": ("subject_b", "source_file_b"),
+    }
 
 
 def test_to_cifti_hostile_names_stay_inside(in_cohort, tmp_path):

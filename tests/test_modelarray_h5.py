@@ -415,3 +415,23 @@ def test_pickled_lazy_arrays_hold_no_h5py_objects():
         again = pickle.loads(pickle.dumps(arr))
         _, m = modelarray_io.read_results(RESULTS, "lm")
         np.testing.assert_array_equal(again.compute(), m)
+
+
+def test_layout_modules_import_only_the_standard_library():
+    # the on-disk vocabulary sits below h5py and xarray (the package __init__
+    # is not part of the check: it registers the accessor)
+    import ast
+
+    import xarray_clusterh5
+
+    root = Path(xarray_clusterh5.__file__).parent
+    allowed = {"__future__", "typing", "xarray_clusterh5._hdf5.names"}
+    for rel in ("modelarray/layout.py", "_hdf5/names.py"):
+        tree = ast.parse((root / rel).read_text())
+        imported = {
+            node.module if isinstance(node, ast.ImportFrom) else alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        }
+        assert imported <= allowed, (rel, imported - allowed)
