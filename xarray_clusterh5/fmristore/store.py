@@ -16,7 +16,12 @@ from xarray.backends import CachingFileManager
 from xarray.backends.locks import HDF5_LOCK
 from xarray.core import indexing
 
-from xarray_clusterh5._hdf5.files import ClusterH5Error, has_hdf5_signature, open_h5
+from xarray_clusterh5._hdf5.files import (
+    ClusterH5Error,
+    has_hdf5_signature,
+    named_errors,
+    open_h5,
+)
 from xarray_clusterh5.fmristore import read as reader
 from xarray_clusterh5.fmristore import views as _views
 from xarray_clusterh5.fmristore.arrays import (
@@ -110,8 +115,9 @@ def _read_model(
     path: str, manager: CachingFileManager, lock: Any
 ) -> tuple[reader.Experiment | None, bool]:
     with lock, manager.acquire_context(needs_lock=False) as f:
-        if not reader.is_clustered_experiment(f) and _is_modelarray(f):
-            return None, True
+        with named_errors(path, "reading the file's layout"):
+            if not reader.is_clustered_experiment(f) and _is_modelarray(f):
+                return None, True
         return reader.read_experiment(f, path), False
 
 

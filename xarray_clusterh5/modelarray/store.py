@@ -43,7 +43,7 @@ from xarray.backends import BackendArray, CachingFileManager
 from xarray.backends.locks import HDF5_LOCK
 from xarray.core import indexing
 
-from xarray_clusterh5._hdf5.files import ClusterH5Error, get_link, open_h5
+from xarray_clusterh5._hdf5.files import ClusterH5Error, get_link, named_errors, open_h5
 from xarray_clusterh5.fmristore import layout as _layout
 from xarray_clusterh5.modelarray import h5 as modelarray_io
 
@@ -100,7 +100,8 @@ class ModelArrayMatrix(BackendArray):
             dset = get_link(self.path, f, self.dataset)
             if not isinstance(dset, h5py.Dataset):
                 raise ClusterH5Error(self.path, f"{self.dataset} disappeared")
-            out = np.asarray(dset[key])
+            with named_errors(self.path, "reading values", self.dataset):
+                out = np.asarray(dset[key])
         if self.transposed:
             out = out.T
         return out
@@ -158,7 +159,11 @@ def open_modelarray_dataset(
     open_h5(path, "r", **kwargs).close()
     manager = CachingFileManager(open_h5, path, mode="r", kwargs=kwargs)
     try:
-        with lock, manager.acquire_context(needs_lock=False) as f:
+        with (
+            lock,
+            manager.acquire_context(needs_lock=False) as f,
+            named_errors(path, "reading the file's layout"),
+        ):
             ds = _build(path, f, manager, lock)
         if drop_variables is not None:
             names = (
@@ -198,7 +203,8 @@ def _build(
             raise ClusterH5Error(
                 path, f"{dset.name} must be 2-D, has shape {dset.shape}"
             )
-        sources = modelarray_io.scalar_column_names(path, f, s)
+        with named_errors(path, "reading the source names", f"/scalars/{s}"):
+            sources = modelarray_io.scalar_column_names(path, f, s)
         if dset.shape[0] == len(sources):
             transposed = False
         elif dset.shape[1] == len(sources):
@@ -233,7 +239,8 @@ def _build(
     for a in analyses:
         dset = get_link(path, f, _layout.ma_results_matrix_path(a))
         assert isinstance(dset, h5py.Dataset)
-        names = modelarray_io.result_names(path, f, a)
+        with named_errors(path, "reading the statistic names", f"/results/{a}"):
+            names = modelarray_io.result_names(path, f, a)
         transposed = modelarray_io.results_orientation(
             path, dset.shape, None if names is None else len(names)
         )
