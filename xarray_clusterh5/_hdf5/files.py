@@ -18,28 +18,12 @@ from typing import Any
 import h5py
 import numpy as np
 
+# re-exported: the readers and writers raise them from here
+from xarray_clusterh5.errors import ClusterH5Error as ClusterH5Error
+from xarray_clusterh5.errors import CorruptFileError as CorruptFileError
+from xarray_clusterh5.errors import FileLockedError as FileLockedError
+
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-class ClusterH5Error(ValueError):
-    """A file is not what it should be; the message names the file."""
-
-    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
-        self.path = os.fspath(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
-
-
-class CorruptFileError(ClusterH5Error):
-    """Reading a file failed inside HDF5, nibabel or zlib: it is damaged or cut short.
-
-    The message names the file and, where known, the object and what was
-    being done; the library's own error is chained (``__cause__``).
-    """
-
-
-class FileLockedError(ClusterH5Error):
-    """Another process holds the file open for writing (HDF5 file locking)."""
 
 
 #: what h5py, zlib and file reading raise on damaged bytes
