@@ -5,7 +5,7 @@ Dataset; ``to_modelarray`` writes a Dataset in ModelArray's layout exactly as
 ``modelarrayio to-modelarray`` does; ``to_cifti`` writes results as
 ``<analysis>_<stat>.dscalar.nii`` files exactly as ``modelarrayio
 export-results`` does. The CLI uses the xarray-free equivalents
-(``modelarray.h5.cohort_to_h5``, ``modelarray.export.export_results``), which
+(``modelarray.convert.cohort_to_h5``, ``modelarray.export.export_results``), which
 write the same files through the same loops.
 
 The Dataset model (shared with the ModelArray reader in ``modelarray.store``):
@@ -466,6 +466,27 @@ def to_cifti(
     spaces and control characters to ``_``), so nothing is written outside
     ``output_dir``.
     """
+    name, stats, matrix = results_matrix(ds, analysis)
+    template = export.pick_template(ds.attrs, example_file, cohort_file)
+    return export.write_cifti_results(
+        output_dir,
+        name,
+        stats,
+        matrix,
+        template,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def results_matrix(
+    ds: xr.Dataset, analysis: str | None = None
+) -> tuple[str, list[str], np.ndarray]:
+    """``(analysis name, statistic names, (n_stats, n_elements) values)``.
+
+    ``analysis`` names a results variable (or its ``modelarray_name``);
+    default the only results variable of ``ds``.
+    """
     candidates = results_variables(ds)
     if analysis is None:
         if len(candidates) != 1:
@@ -489,14 +510,5 @@ def to_cifti(
         if stat_dim in ds.coords
         else [f"component{i + 1:03d}" for i in range(var.shape[0])]
     )
-    template = export.pick_template(ds.attrs, example_file, cohort_file)
     name = str(var.attrs.get(NAME_ATTR, var_name))
-    return export.write_cifti_results(
-        output_dir,
-        name,
-        stats,
-        np.asarray(var.values),
-        template,
-        overwrite=overwrite,
-        progress=progress,
-    )
+    return name, stats, np.asarray(var.values)

@@ -90,7 +90,7 @@ def cohort_to_h5(
             s: modelarray_io.ScalarStream(
                 s,
                 [sources[i] for i in r],
-                src.stripe_reader(s, pool, n_threads),
+                src.stripe_reader(s, pool, n_threads, options.dtype),
                 src.stripe_bytes,
             )
             for s, r in rows.items()

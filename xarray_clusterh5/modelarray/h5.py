@@ -494,6 +494,33 @@ def read_greyordinates(path: str, f: h5py.File) -> tuple[np.ndarray, np.ndarray]
     return table[vi].astype(np.int64), structure
 
 
+def read_table(
+    path: str, f: h5py.File, name: str, columns: Sequence[str]
+) -> dict[str, np.ndarray] | None:
+    """A ModelArrayIO element table (``/voxels``, ``/fixels``) by column, or None.
+
+    Tables are stored transposed, ``(n_columns, n_rows)``, with the column
+    names in the ``column_names`` attribute; every name in ``columns`` must be
+    there.
+    """
+    dset = get_link(path, f, name)
+    if not isinstance(dset, h5py.Dataset):
+        return None
+    cols = [
+        decode_str(c)
+        for c in np.asarray(dset.attrs.get("column_names", []), dtype=object)
+    ]
+    table = dset[()]
+    if table.ndim != 2 or table.shape[0] != len(cols):
+        raise ClusterH5Error(
+            path, f"{name} has shape {table.shape} but column names {cols}"
+        )
+    missing = [c for c in columns if c not in cols]
+    if missing:
+        raise ClusterH5Error(path, f"{name} lacks columns {missing} (has {cols})")
+    return {c: table[cols.index(c)] for c in columns}
+
+
 def read_parcels(path: str, f: h5py.File) -> dict[str, np.ndarray] | None:
     """The ``/parcels`` string datasets of a pscalar/pconn file, or None."""
     grp = get_link(path, f, layout.PARCELS)

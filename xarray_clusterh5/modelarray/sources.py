@@ -11,6 +11,7 @@ xarray here.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -70,13 +71,14 @@ class RowCohortArray:
 
 
 def row_stripe_reader(
-    array: RowCohortArray, pool: ThreadPoolExecutor, threads: int
+    array: RowCohortArray, pool: ThreadPoolExecutor, dtype: Any = "float32"
 ) -> Callable[[int, int], np.ndarray]:
-    """``read(start, stop)``: every file read whole in threads, columns kept."""
+    """``read(start, stop)``: every file read whole in threads, columns kept,
+    cast to the storage ``dtype`` (float64 storage keeps scaled values exact)."""
     n = array.shape[0]
 
     def read(start: int, stop: int) -> np.ndarray:
-        out = np.empty((n, stop - start), dtype=np.float32)
+        out = np.empty((n, stop - start), dtype=dtype)
 
         def one(i: int) -> None:
             out[i] = array.rows.load(i)[start:stop]
@@ -102,11 +104,11 @@ class CohortSource:
     stripe_bytes: int = modelarray_io.STRIPE_BYTES
 
     def stripe_reader(
-        self, scalar: str, pool: ThreadPoolExecutor, threads: int
+        self, scalar: str, pool: ThreadPoolExecutor, threads: int, dtype: Any
     ) -> Callable[[int, int], np.ndarray]:
         arr = self.arrays[scalar]
         if isinstance(arr, RowCohortArray):
-            return row_stripe_reader(arr, pool, threads)
+            return row_stripe_reader(arr, pool, dtype)
         return modelarray_io.stripe_reader(arr, pool, threads)
 
 
@@ -181,7 +183,7 @@ def _open_nifti(
     }
     ijk = grid.ijk
     coords = {"i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2]}
-    attrs = {"mask_file": grid.path, "volume_shape": list(grid.shape)}
+    attrs = {"mask_file": os.path.abspath(grid.path), "volume_shape": list(grid.shape)}
     attrs["affine"] = grid.affine
     return CohortSource(
         "nifti", grid.n_elements, lambda f: voxels.write_voxels(f, ijk), arrays,
@@ -215,8 +217,8 @@ def _open_mif(
         "voxel_k": ijk[:, 2],
     }
     attrs = {
-        "index_file": table.index_file,
-        "directions_file": table.directions_file,
+        "index_file": os.path.abspath(table.index_file),
+        "directions_file": os.path.abspath(table.directions_file),
         "mif_template": resolved[0],
     }
     return CohortSource(
@@ -234,21 +236,23 @@ def check_modality_options(
 ) -> None:
     """Each modality needs its files (ModelArrayIO's messages) and only those."""
     if kind == "nifti" and mask is None:
-        raise ValueError(
-            f"{csv}: detected NIfTI data but no group mask was given "
-            "(--mask / mask=): supply the binary group mask NIfTI file"
+        raise ClusterH5Error(
+            csv,
+            "detected NIfTI data but no group mask was given "
+            "(--mask / mask=): supply the binary group mask NIfTI file",
         )
     if kind == "mif" and (index_file is None or directions_file is None):
-        raise ValueError(
-            f"{csv}: detected MIF/fixel data but --index-file and/or "
+        raise ClusterH5Error(
+            csv,
+            "detected MIF/fixel data but --index-file and/or "
             "--directions-file (index_file=, directions_file=) were not given; "
-            "both are required for MIF data"
+            "both are required for MIF data",
         )
     if kind != "nifti" and mask is not None:
-        raise ValueError(f"{csv}: a group mask is for NIfTI cohorts; this is {kind}")
+        raise ClusterH5Error(csv, f"a group mask is for NIfTI cohorts; this is {kind}")
     if kind != "mif" and (index_file is not None or directions_file is not None):
-        raise ValueError(
-            f"{csv}: index and directions files are for MIF cohorts; this is {kind}"
+        raise ClusterH5Error(
+            csv, f"index and directions files are for MIF cohorts; this is {kind}"
         )
 
 
