@@ -183,8 +183,11 @@ def _open_nifti(
     }
     ijk = grid.ijk
     coords = {"i": ijk[:, 0], "j": ijk[:, 1], "k": ijk[:, 2]}
-    attrs = {"mask_file": os.path.abspath(grid.path), "volume_shape": list(grid.shape)}
-    attrs["affine"] = grid.affine
+    attrs: dict[str, Any] = {
+        "mask_file": os.path.abspath(grid.path),
+        "volume_shape": list(grid.shape),
+        "affine": grid.affine,
+    }
     return CohortSource(
         "nifti", grid.n_elements, lambda f: voxels.write_voxels(f, ijk), arrays,
         coords, attrs, PASS_BYTES,

@@ -126,7 +126,7 @@ def to_nifti_4d(
     m = mask if mask is not None else ds.attrs.get("mask_file")
     if m is None or not {"i", "j", "k"} <= set(ds.coords):
         raise ValueError("a voxel-wise Dataset (i, j, k coordinates) and its mask")
-    ref = nib.load(os.fspath(m))
+    ref: Any = nib.load(os.fspath(m))
     shape = tuple(int(s) for s in ref.shape[:3])
     ijk = tuple(np.asarray(ds[c].values, dtype=np.int64) for c in "ijk")
     values = np.asarray(var.transpose(subject_dim, ELEMENT_DIM).values, np.float32)

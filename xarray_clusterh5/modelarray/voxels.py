@@ -80,7 +80,8 @@ def write_voxels(f: h5py.File, ijk: np.ndarray) -> h5py.Dataset:
 
 def _check_one(
     grid: VoxelGrid, path: str, what: str, allow_affine_mismatch: bool
-) -> None:
+) -> str | None:
+    """Raise on a wrong shape (or affine); return the accepted mismatch's message."""
     info = volume_info(path)
     if info.shape != grid.shape:
         raise ClusterH5Error(
@@ -96,7 +97,8 @@ def _check_one(
         )
         if not allow_affine_mismatch:
             raise ClusterH5Error(path, msg + " (allow_affine_mismatch to accept)")
-        warnings.warn(f"{path}: {msg}", UserWarning, stacklevel=4)
+        return f"{path}: {msg}"
+    return None
 
 
 def check_subjects(
@@ -115,7 +117,9 @@ def check_subjects(
         done = pool.map(
             lambda job: _check_one(grid, job[0], job[1], allow_affine_mismatch), jobs
         )
-        list(progress(done) if progress is not None else done)
+        accepted = [m for m in (progress(done) if progress else done) if m]
+    for message in accepted:  # warned here, in the caller's thread
+        warnings.warn(message, UserWarning, stacklevel=3)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ import io
 import os
 import zlib
 from dataclasses import dataclass
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -58,7 +59,7 @@ def volume_info(path: str | os.PathLike[str]) -> VolumeInfo:
     if not os.path.exists(p):
         raise FileNotFoundError(f"{p}: no such file")
     try:
-        img = nib.load(p)
+        img: Any = nib.load(p)
         shape = tuple(int(s) for s in img.shape)
         return VolumeInfo(p, shape, np.asarray(img.affine), img.get_data_dtype())
     except Exception as err:

@@ -14,6 +14,7 @@ import os
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -42,7 +43,7 @@ def volume_template(
 ) -> VolumeTemplate:
     """What nibabel writes for ``Nifti1Image(data, mask.affine, mask.header)``
     with the header's data type set to float32 (ModelArrayIO's export)."""
-    mask = nib.load(os.fspath(mask_path))
+    mask: Any = nib.load(os.fspath(mask_path))
     header = mask.header.copy()
     header.set_data_dtype(np.float32)
     img = nib.Nifti1Image(np.zeros(mask.shape, np.float32), mask.affine, header)
