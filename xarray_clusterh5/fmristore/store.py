@@ -242,10 +242,8 @@ def _open_modelarray(
     lock: Any,
     locking: bool | None,
 ) -> xr.Dataset:
-    try:
-        from xarray_clusterh5.modelarray import store as _modelarray_backend
-    except ModuleNotFoundError as err:  # pragma: no cover - during development
-        raise ClusterH5Error(path, "ModelArray files are not supported yet") from err
+    from xarray_clusterh5.modelarray import store as _modelarray_backend
+
     if group not in (None, "", "/"):
         raise ClusterH5Error(path, f"ModelArray files have no group {group!r} to open")
     return _modelarray_backend.open_modelarray_dataset(
