@@ -16,16 +16,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+# re-exported: the readers and writers raise it from here
+from xarray_clusterh5.errors import ClusterH5Error as ClusterH5Error
+
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-class ClusterH5Error(ValueError):
-    """A file is not what it should be; the message names the file."""
-
-    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
-        self.path = os.fspath(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
 
 
 def has_hdf5_signature(path: str | os.PathLike[str]) -> bool:

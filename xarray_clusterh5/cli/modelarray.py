@@ -90,6 +90,11 @@ def _setup_logging(level: str) -> bool:
 
 def add_parsers(subparsers: Any) -> None:
     """Add ``to-modelarray`` and ``export-results`` to the ``clusterh5`` parser."""
+    _add_to_modelarray(subparsers)
+    _add_export_results(subparsers)
+
+
+def _add_to_modelarray(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "to-modelarray",
         help="CIFTI cohort CSV to a ModelArray HDF5 file (modelarrayio-compatible)",
@@ -116,6 +121,30 @@ def add_parsers(subparsers: Any) -> None:
         nargs="+",
         help="wide format: the columns holding file paths (implies --split-files)",
     )
+    _add_split_args(p)
+    _add_storage_args(p)
+    _add_chunk_args(p)
+    p.add_argument("--workers", type=int, default=1, help="TileDB only; ignored")
+    p.add_argument(
+        "--s3-workers",
+        "--s3_workers",
+        type=int,
+        default=1,
+        help="accepted for compatibility; files are always read by several threads",
+    )
+    p.add_argument(
+        "--cifti-map",
+        "--cifti_map",
+        type=int,
+        default=None,
+        help="take this map (0-based) of multi-map dscalar, dtseries or dlabel files",
+    )
+    _add_unsupported(p)
+    _add_log_level(p)
+    p.set_defaults(func=run_to_modelarray)
+
+
+def _add_split_args(p: argparse.ArgumentParser) -> None:
     split = p.add_mutually_exclusive_group()
     split.add_argument(
         "--split-files",
@@ -132,6 +161,9 @@ def add_parsers(subparsers: Any) -> None:
         help="all scalars in one output",
     )
     p.set_defaults(split_outputs=None)
+
+
+def _add_storage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         choices=["hdf5", "tiledb"],
@@ -165,6 +197,9 @@ def add_parsers(subparsers: Any) -> None:
         default=True,
         help="disable the shuffle filter",
     )
+
+
+def _add_chunk_args(p: argparse.ArgumentParser) -> None:
     chunking = p.add_mutually_exclusive_group()
     chunking.add_argument(
         "--chunk-voxels",
@@ -181,25 +216,9 @@ def add_parsers(subparsers: Any) -> None:
         default=2.0,
         help="MiB per chunk when --chunk-voxels is 0",
     )
-    p.add_argument("--workers", type=int, default=1, help="TileDB only; ignored")
-    p.add_argument(
-        "--s3-workers",
-        "--s3_workers",
-        type=int,
-        default=1,
-        help="accepted for compatibility; files are always read by several threads",
-    )
-    p.add_argument(
-        "--cifti-map",
-        "--cifti_map",
-        type=int,
-        default=None,
-        help="take this map (0-based) of multi-map dscalar, dtseries or dlabel files",
-    )
-    _add_unsupported(p)
-    _add_log_level(p)
-    p.set_defaults(func=run_to_modelarray)
 
+
+def _add_export_results(subparsers: Any) -> None:
     e = subparsers.add_parser(
         "export-results",
         help="ModelArray results to CIFTI dscalar files (modelarrayio-compatible)",
@@ -220,6 +239,19 @@ def add_parsers(subparsers: Any) -> None:
     )
     e.add_argument("--output-dir", "--output_dir", required=True)
     _add_unsupported(e)
+    _add_template_args(e)
+    e.add_argument(
+        "--no-compress",
+        dest="compress",
+        action="store_false",
+        default=True,
+        help="no effect on CIFTI (compatibility)",
+    )
+    _add_log_level(e)
+    e.set_defaults(func=run_export_results)
+
+
+def _add_template_args(e: argparse.ArgumentParser) -> None:
     tg = e.add_argument_group("Template arguments (required for CIFTI)")
     template = tg.add_mutually_exclusive_group()
     template.add_argument(
@@ -236,15 +268,6 @@ def add_parsers(subparsers: Any) -> None:
         default=None,
         help="a CIFTI file whose header is the template",
     )
-    e.add_argument(
-        "--no-compress",
-        dest="compress",
-        action="store_false",
-        default=True,
-        help="no effect on CIFTI (compatibility)",
-    )
-    _add_log_level(e)
-    e.set_defaults(func=run_export_results)
 
 
 def run_to_modelarray(args: argparse.Namespace) -> int:
@@ -299,7 +322,7 @@ def run_export_results(args: argparse.Namespace) -> int:
 
 
 def _export_results(args: argparse.Namespace) -> int:
-    from xarray_clusterh5.modelarray.h5 import export_results
+    from xarray_clusterh5.modelarray.export import export_results
 
     progress = _setup_logging(args.log_level)
     _refuse_other_modalities(args)
