@@ -52,7 +52,7 @@ def _add_log_level(p: argparse.ArgumentParser) -> None:
         "--log_level",
         choices=_LOG_LEVELS,
         default="INFO",
-        help="Logging level (default INFO; WARNING or above also hides progress bars).",
+        help="logging level (default: INFO); WARNING and above also hide progress bars",
     )
 
 
@@ -100,9 +100,8 @@ def _add_to_modelarray(subparsers: Any) -> None:
         help="CIFTI cohort CSV to a ModelArray HDF5 file (modelarrayio-compatible)",
         description=(
             "Convert a cohort of CIFTI dscalar files to a ModelArray HDF5 file, "
-            "as `modelarrayio to-modelarray` does, much faster."
+            "as `modelarrayio to-modelarray` does (same flags and files)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--cohort-file",
@@ -113,7 +112,10 @@ def _add_to_modelarray(subparsers: Any) -> None:
         "path columns named by --scalar-columns (wide).",
     )
     p.add_argument(
-        "--output", type=Path, default=Path("modelarray.h5"), help="output .h5"
+        "--output",
+        type=Path,
+        default=Path("modelarray.h5"),
+        help="the ModelArray .h5 file to write (replaced if it exists)",
     )
     p.add_argument(
         "--scalar-columns",
@@ -124,7 +126,8 @@ def _add_to_modelarray(subparsers: Any) -> None:
     _add_split_args(p)
     _add_storage_args(p)
     _add_chunk_args(p)
-    p.add_argument("--workers", type=int, default=1, help="TileDB only; ignored")
+    # TileDB only in ModelArrayIO: accepted so its command lines run, not shown
+    p.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument(
         "--s3-workers",
         "--s3_workers",
@@ -167,8 +170,9 @@ def _add_storage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         choices=["hdf5", "tiledb"],
+        metavar="{hdf5}",  # tiledb is accepted only to be refused with a message
         default="hdf5",
-        help="storage backend (only hdf5 is supported)",
+        help="storage backend; ModelArrayIO's TileDB backend is not supported",
     )
     p.add_argument(
         "--dtype",
@@ -180,8 +184,9 @@ def _add_storage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--compression",
         choices=["gzip", "zstd", "lzf", "none"],
+        metavar="{gzip,lzf,none}",  # zstd (TileDB only) is refused with a message
         default="gzip",
-        help="compression filter (zstd is TileDB-only and refused)",
+        help="compression filter of the stored values",
     )
     p.add_argument(
         "--compression-level",
@@ -195,7 +200,7 @@ def _add_storage_args(p: argparse.ArgumentParser) -> None:
         dest="shuffle",
         action="store_false",
         default=True,
-        help="disable the shuffle filter",
+        help="do not apply HDF5's shuffle filter before compression",
     )
 
 
@@ -224,11 +229,15 @@ def _add_export_results(subparsers: Any) -> None:
         help="ModelArray results to CIFTI dscalar files (modelarrayio-compatible)",
         description=(
             "Write results/<analysis>/results_matrix as <analysis>_<stat>.dscalar.nii "
-            "files, as `modelarrayio export-results` does, much faster."
+            "files, as `modelarrayio export-results` does (same flags and files)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    e.add_argument("--analysis-name", "--analysis_name", required=True)
+    e.add_argument(
+        "--analysis-name",
+        "--analysis_name",
+        required=True,
+        help="the analysis to export: the group results/<name> of the file",
+    )
     e.add_argument(
         "--input-hdf5",
         "--input_hdf5",
@@ -237,7 +246,12 @@ def _add_export_results(subparsers: Any) -> None:
         type=_existing_file(e),
         help="the ModelArray .h5 file with the results",
     )
-    e.add_argument("--output-dir", "--output_dir", required=True)
+    e.add_argument(
+        "--output-dir",
+        "--output_dir",
+        required=True,
+        help="folder for the <analysis>_<stat>.dscalar.nii files (made if missing)",
+    )
     _add_unsupported(e)
     _add_template_args(e)
     e.add_argument(
@@ -245,7 +259,7 @@ def _add_export_results(subparsers: Any) -> None:
         dest="compress",
         action="store_false",
         default=True,
-        help="no effect on CIFTI (compatibility)",
+        help="accepted for compatibility; has no effect on CIFTI outputs",
     )
     _add_log_level(e)
     e.set_defaults(func=run_export_results)

@@ -249,8 +249,8 @@ def write_scalar(
     scalar : scalar name (one HDF5 link name: no ``/``).
     n_subjects, n_elements : shape of ``values``.
     column_names : one source string per subject, stored verbatim.
-    read_stripe : ``read_stripe(start, stop)`` returns the ``(n_subjects,
-        stop - start)`` values of elements ``start:stop``; called once per
+    read_stripe : ``read_stripe(start, stop)`` returns the values of elements
+        ``start:stop``, shape ``(n_subjects, stop - start)``; called once per
         stripe, in order. A stripe is a whole number of chunks wide and about
         ``stripe_bytes`` large, so memory stays bounded whatever the cohort size.
     dtype, compression, compression_level, shuffle, chunk_voxels, target_chunk_mb :
