@@ -14,7 +14,7 @@ import importlib
 from typing import Any
 
 from xarray_clusterh5 import _accessor_hook
-from xarray_clusterh5.errors import ClusterH5Error
+from xarray_clusterh5.errors import ClusterH5Error, CorruptFileError, FileLockedError
 
 _accessor_hook.install()
 
@@ -34,7 +34,13 @@ _LAZY = {
     "to_modelarray": "xarray_clusterh5.modelarray.cohort",
 }
 
-__all__ = ["ClusterH5Error", "__version__", *sorted(_LAZY)]
+__all__ = [
+    "ClusterH5Error",
+    "CorruptFileError",
+    "FileLockedError",
+    "__version__",
+    *sorted(_LAZY),
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -20,7 +20,7 @@ import xarray as xr
 from xarray.backends import CachingFileManager
 from xarray.backends.locks import HDF5_LOCK
 
-from xarray_clusterh5._hdf5.files import has_hdf5_signature, open_h5
+from xarray_clusterh5._hdf5.files import has_hdf5_signature, named_errors, open_h5
 from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.fmristore import read as fm_read
 from xarray_clusterh5.fmristore import store as fm_store
@@ -115,7 +115,8 @@ def _closed_on_error(source: Source) -> Iterator[None]:
 def _read(source: Source) -> tuple[str, Any]:
     """Sniff and read the file's model (fmristore) or Dataset (ModelArray)."""
     with source.lock, source.manager.acquire_context(needs_lock=False) as f:
-        kind = sniff(source.path, f)
+        with named_errors(source.path, "recognising the file's format"):
+            kind = sniff(source.path, f)
         if kind == FMRISTORE:
             return kind, fm_read.read_experiment(f, source.path)
         return kind, ma_store.read_dataset(source.path, f, source.manager, source.lock)

@@ -13,3 +13,15 @@ class ClusterH5Error(ValueError):
         self.path = os.fspath(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+class CorruptFileError(ClusterH5Error):
+    """Reading a file failed inside HDF5, nibabel or zlib: it is damaged or cut short.
+
+    The message names the file and, where known, the object and what was
+    being done; the library's own error is chained (``__cause__``).
+    """
+
+
+class FileLockedError(ClusterH5Error):
+    """Another process holds the file open for writing (HDF5 file locking)."""

@@ -29,7 +29,12 @@ import nibabel as nib
 import numpy as np
 from nibabel.cifti2 import cifti2_axes
 
-from xarray_clusterh5._hdf5.files import ClusterH5Error
+from xarray_clusterh5._hdf5.files import (
+    READ_ERRORS,
+    ClusterH5Error,
+    CorruptFileError,
+    named_errors,
+)
 
 NIFTI2_HEADER_SIZE = 540
 CIFTI_ECODE = 32
@@ -58,6 +63,13 @@ CIFTI_KINDS = (
     "dscalar", "dtseries", "dlabel", "dconn", "pscalar", "ptseries", "plabel",
     "pconn", "pdconn", "dpconn", "pconnseries", "pconnscalar", "dfan", "fiberTemp",
 )  # fmt: skip
+
+#: what nibabel raises on damaged NIfTI/CIFTI files, besides OSError and friends
+NIBABEL_ERRORS: tuple[type[BaseException], ...] = (
+    *READ_ERRORS,
+    nib.filebasedimages.ImageFileError,
+    nib.spatialimages.HeaderDataError,
+)
 
 # data types read without nibabel: exact conversion to float32/float64
 _FAST_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2"}
@@ -422,6 +434,13 @@ def _read_header(path: str) -> _Header:
         vox_offset = int(hdr["vox_offset"])
         if vox_offset < NIFTI2_HEADER_SIZE + 4:
             raise ClusterH5Error(path, "has no CIFTI extension (vox_offset too small)")
+        size = os.fstat(fh.fileno()).st_size
+        if vox_offset > size:
+            raise CorruptFileError(
+                path,
+                f"vox_offset {vox_offset} is past the end of the file ({size} "
+                "bytes): truncated, or a damaged header",
+            )
         rest = fh.read(vox_offset - NIFTI2_HEADER_SIZE)
         if len(rest) < vox_offset - NIFTI2_HEADER_SIZE:
             raise ClusterH5Error(
@@ -534,7 +553,15 @@ def _dims(h: _Header) -> tuple[int, int]:
     dim = [int(d) for d in h["dim"]]
     if dim[0] != 6 or any(d != 1 for d in dim[1:5]):
         raise ClusterH5Error(
-            h.path, f"unexpected CIFTI-2 NIfTI dims {dim[: dim[0] + 1]}"
+            h.path, f"unexpected CIFTI-2 NIfTI dims {dim[: max(0, dim[0]) + 1]}"
+        )
+    size = os.path.getsize(h.path)
+    if min(dim[5], dim[6]) < 1 or dim[5] * dim[6] > size:
+        # every value takes at least a byte: such dims are a damaged header
+        raise CorruptFileError(
+            h.path,
+            f"NIfTI dims give {dim[5]} x {dim[6]} values, impossible in a file "
+            f"of {size} bytes: a damaged header",
         )
     return dim[5], dim[6]
 
@@ -779,11 +806,12 @@ def read_columns(
     m = block.n_maps
     first = block.offset + (start * m) * item
     nbytes = n * m * item
-    fd = os.open(block.path, os.O_RDONLY)
-    try:
-        buf = os.pread(fd, nbytes, first)
-    finally:
-        os.close(fd)
+    with named_errors(block.path, "reading the data block"):
+        fd = os.open(block.path, os.O_RDONLY)
+        try:
+            buf = os.pread(fd, nbytes, first)
+        finally:
+            os.close(fd)
     if len(buf) != nbytes:
         raise ClusterH5Error(block.path, "truncated: the data block ended early")
     raw = np.frombuffer(buf, dtype=block.dtype)
@@ -796,10 +824,12 @@ def read_columns(
 def _read_matrix(block: DataBlock) -> np.ndarray:
     """The whole (n_maps, n_elements) matrix of a file, as nibabel returns it."""
     if block.use_nibabel:
-        img = _nib_load(block.path)
-        return np.asarray(img.get_fdata(caching="unchanged")).reshape(
-            block.n_maps, block.n_elements
-        )
+        with named_errors(
+            block.path, "reading data with nibabel", catch=NIBABEL_ERRORS
+        ):
+            img = _nib_load(block.path)
+            data = np.asarray(img.get_fdata(caching="unchanged"))
+        return data.reshape(block.n_maps, block.n_elements)
     count = block.n_maps * block.n_elements
     raw = np.fromfile(block.path, dtype=block.dtype, count=count, offset=block.offset)
     if raw.size != count:

@@ -19,6 +19,8 @@ from xarray.backends.file_manager import FileManager
 from xarray.core import indexing
 
 from xarray_clusterh5._hdf5 import chunk_read as _chunkread
+from xarray_clusterh5._hdf5.files import named_errors
+from xarray_clusterh5.fmristore import layout as L
 from xarray_clusterh5.fmristore import read as reader
 
 _F32 = np.dtype("float32")
@@ -96,10 +98,11 @@ class _ClusterArray(BackendArray):
             with self._file() as f:
                 groups: dict[str, h5py.Group | None] = {}
                 for job in jobs:
-                    dset = self._dataset(f, groups, job)
                     v_sl, v_pick = _window(job.v_idx)
                     t_sl, t_pick = _window(job.t_idx)
-                    raw = _chunkread.fetch_window(dset, (t_sl, v_sl))
+                    with self._errors(job):
+                        dset = self._dataset(f, groups, job)
+                        raw = _chunkread.fetch_window(dset, (t_sl, v_sl))
                     direct = raw is not None and v_pick is None and t_pick is None
                     dec.add(raw, out=job.dest.T if direct else None)
                     pending.append((job, (t_sl, v_sl), v_pick, t_pick, direct))
@@ -110,7 +113,7 @@ class _ClusterArray(BackendArray):
             if direct and block is not None:
                 continue
             if block is None:  # not ours to decode, or a bad chunk: h5py reads
-                with self._file() as f:
+                with self._file() as f, self._errors(job):
                     dset = self._dataset(f, {}, job)
                     block = np.asarray(dset[sel], dtype=_F32)
             block = block.T  # on disk (T, Nc)
@@ -119,6 +122,11 @@ class _ClusterArray(BackendArray):
             if t_pick is not None:
                 block = block[:, t_pick]
             job.dest[...] = block
+
+    def _errors(self, job: _Job) -> contextlib.AbstractContextManager[None]:
+        """Errors reading one cluster dataset name the file and the dataset."""
+        obj = L.cluster_path(job.scan, job.cluster_id)
+        return named_errors(self.path, "reading voxel data", obj)
 
     def _dataset(
         self, f: h5py.File, groups: dict[str, h5py.Group | None], job: _Job
@@ -291,8 +299,10 @@ class SummaryArray(_ClusterArray):
             with self._file() as f:
                 for a, r, nt in jobs:
                     t_sl, t_pick = _window(t_idx[:nt])
-                    dset = reader.summary_dataset(f, self.path, self.scans[r])
-                    block = reader.read_window(dset, (c_sl, t_sl))
+                    name = L.summary_path(self.scans[r])
+                    with named_errors(self.path, "reading cluster summaries", name):
+                        dset = reader.summary_dataset(f, self.path, self.scans[r])
+                        block = reader.read_window(dset, (c_sl, t_sl))
                     if c_pick is not None:
                         block = block[c_pick]
                     if t_pick is not None:

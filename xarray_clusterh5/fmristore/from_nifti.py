@@ -19,6 +19,8 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
+from xarray_clusterh5._hdf5.files import ClusterH5Error, named_errors
+from xarray_clusterh5.cifti.read import NIBABEL_ERRORS
 from xarray_clusterh5.fmristore import layout as L
 from xarray_clusterh5.fmristore.read import Experiment, ScanInfo
 from xarray_clusterh5.fmristore.views import build_padded
@@ -48,9 +50,9 @@ def _load(src: ImageLike, what: str) -> Any:
             raise FileNotFoundError(f"{what} {os.fspath(src)}: no such file")
         try:
             return nib.load(os.fspath(src))
-        except Exception as err:
-            raise ValueError(
-                f"{what} {os.fspath(src)}: not a NIfTI image ({err})"
+        except NIBABEL_ERRORS as err:
+            raise ClusterH5Error(
+                src, f"{what}: not a NIfTI image, or a damaged one ({err})"
             ) from err
     if isinstance(src, nib.spatialimages.SpatialImage):
         return src
@@ -83,7 +85,9 @@ def _labels(atlas: Any, what: str = "atlas") -> tuple[np.ndarray, Any, str]:
     img = None
     if isinstance(atlas, str | os.PathLike | nib.spatialimages.SpatialImage):
         img = _load(atlas, what)
-        arr, desc = np.asarray(img.dataobj), _describe(atlas)
+        desc = _describe(atlas)
+        with named_errors(desc, f"reading the {what}", catch=NIBABEL_ERRORS):
+            arr = np.asarray(img.dataobj)
     else:
         arr, desc = np.asarray(atlas), f"{what} array"
     if arr.ndim == 4 and arr.shape[3] == 1:
@@ -116,6 +120,15 @@ def _load_masked(
     ``keep_file_open=True``: windows of a .nii.gz then continue one gzip
     stream instead of decompressing from the start each time.
     """
+    with named_errors(
+        _describe(src), "reading the run's volumes", catch=NIBABEL_ERRORS
+    ):
+        return _read_masked(src, mask_index, n_time, shape)
+
+
+def _read_masked(
+    src: ImageLike, mask_index: np.ndarray, n_time: int, shape: tuple[int, int, int]
+) -> np.ndarray:
     img: Any = src
     if isinstance(src, str | os.PathLike):
         img = nib.load(os.fspath(src), keep_file_open=True)
@@ -269,19 +282,21 @@ def _check_images(
     atlas_desc, ref_desc = descriptions
     for n, src, img in images:
         if len(img.shape) != 4:
-            raise ValueError(
-                f"run {n!r} ({_describe(src)}) must be 4-D (X, Y, Z, T), got shape "
-                f"{img.shape}"
+            raise ClusterH5Error(
+                _describe(src),
+                f"run {n!r} must be 4-D (X, Y, Z, T), got shape {img.shape}",
             )
         if tuple(img.shape[:3]) != shape:
-            raise ValueError(
-                f"run {n!r} ({_describe(src)}) has spatial shape {img.shape[:3]}, "
-                f"the atlas ({atlas_desc}) {shape}"
+            raise ClusterH5Error(
+                _describe(src),
+                f"run {n!r} has spatial shape {img.shape[:3]}, "
+                f"the atlas ({atlas_desc}) {shape}",
             )
         if not _same_affine(img.affine, affine):
-            raise ValueError(
-                f"run {n!r} ({_describe(src)}) has a different affine from "
-                f"{ref_desc}:\n{img.affine}\nvs\n{affine}"
+            raise ClusterH5Error(
+                _describe(src),
+                f"run {n!r} has a different affine from "
+                f"{ref_desc}:\n{img.affine}\nvs\n{affine}",
             )
 
 

@@ -27,6 +27,7 @@ from xarray_clusterh5._hdf5.files import (
     check_local_object,
     decode_str,
     get_link,
+    named_errors,
     read_attr_str,
     read_strings,
 )
@@ -152,7 +153,8 @@ def _read_value(path: str, dset: h5py.Dataset) -> Any:
         raise ClusterH5Error(
             path, f"{dset.name} has unsupported dtype {dset.dtype} for metadata"
         )
-    value = dset[()]
+    with named_errors(path, "reading metadata", dset.name):
+        value = dset[()]
     if np.ndim(value) == 0:
         return np.asarray(value).reshape(()).astype(dset.dtype)[()]
     return np.asarray(value)
@@ -458,7 +460,8 @@ def _read_mask_and_map(
     mask_obj = get_link(path, f, L.MASK)
     if not isinstance(mask_obj, h5py.Dataset):
         raise ClusterH5Error(path, "no /mask dataset")
-    mask_zyx = np.asarray(mask_obj[()])
+    with named_errors(path, "reading the mask", L.MASK):
+        mask_zyx = np.asarray(mask_obj[()])
     if mask_zyx.shape != shape[::-1]:
         raise ClusterH5Error(
             path,
@@ -474,7 +477,8 @@ def _read_mask_and_map(
         raise ClusterH5Error(
             path, f"/cluster_map has dtype {cmap_obj.dtype}, not integer"
         )
-    cluster_map = np.atleast_1d(np.asarray(cmap_obj[()])).astype(np.int32)
+    with named_errors(path, "reading the cluster map", L.CLUSTER_MAP):
+        cluster_map = np.atleast_1d(np.asarray(cmap_obj[()])).astype(np.int32)
     if cluster_map.ndim != 1:
         raise ClusterH5Error(path, f"/cluster_map must be 1-D, got {cluster_map.shape}")
     if len(cluster_map) != len(mask_index):
@@ -520,6 +524,11 @@ def read_experiment(
         When the file does not have fmristore's layout or contradicts itself.
     """
     path = os.fspath(path) if path is not None else f.filename
+    with named_errors(path, "reading the file's layout"):
+        return _read_experiment(f, path)
+
+
+def _read_experiment(f: h5py.File, path: str) -> Experiment:
     root_cls = read_attr_str(f, L.ATTR_ROOT_CLASS)
     if root_cls in (L.FULL_CLASSES["2026"], L.SUMMARY_CLASSES["2026"]):
         raise ClusterH5Error(
@@ -533,7 +542,8 @@ def read_experiment(
             "HDF5 file without fmristore's clustered layout "
             "(needs /scans and /cluster_map)",
         )
-    shape, spacing, affine, affine_source, affine_form = _read_header(path, f)
+    with named_errors(path, "reading the NIfTI header", L.HEADER):
+        shape, spacing, affine, affine_source, affine_form = _read_header(path, f)
     mask_index, cluster_map = _read_mask_and_map(path, f, shape)
     cluster_ids, _first_pos, n_voxels = np.unique(
         cluster_map, return_index=True, return_counts=True
@@ -543,17 +553,22 @@ def read_experiment(
     first_cluster = int(cluster_map[0]) if len(cluster_map) else None
     scans_group = get_link(path, f, L.SCANS)
     assert isinstance(scans_group, h5py.Group)
-    scans = tuple(
-        _read_scan(path, f, name, cluster_ids, n_voxels, first_cluster)
-        for name in scans_group  # HDF5 name order = R's scan order
-    )
-    columns, missing, dtypes = _read_cluster_metadata(path, f, cluster_ids)
+    with named_errors(path, "listing the scans", L.SCANS):
+        scan_names = list(scans_group)  # HDF5 name order = R's scan order
+    scans = []
+    for name in scan_names:
+        with named_errors(path, "reading the scan's description", L.scan_path(name)):
+            scans.append(
+                _read_scan(path, f, name, cluster_ids, n_voxels, first_cluster)
+            )
+    with named_errors(path, "reading the cluster metadata", L.CLUSTER_META):
+        columns, missing, dtypes = _read_cluster_metadata(path, f, cluster_ids)
     root_attrs = {
         k: read_attr_str(f, k) or ""
         for k in (L.ATTR_ROOT_CLASS, L.ATTR_ROOT_VERSION)
         if k in f.attrs
     }
-    generation = _generation(root_attrs, scans)
+    generation = _generation(root_attrs, tuple(scans))
     return Experiment(
         path=path,
         volume_shape=shape,
@@ -565,7 +580,7 @@ def read_experiment(
         cluster_map=cluster_map,
         cluster_ids=cluster_ids,
         n_voxels=n_voxels.astype(np.int64),
-        scans=scans,
+        scans=tuple(scans),
         cluster_metadata=columns,
         cluster_metadata_missing=missing,
         cluster_metadata_dtypes=dtypes,

@@ -49,6 +49,7 @@ from xarray_clusterh5._hdf5.files import (
     atomic_output,
     decode_str,
     get_link,
+    named_errors,
     read_strings,
 )
 from xarray_clusterh5._hdf5.names import check_hdf5_name
@@ -413,7 +414,8 @@ def result_names(path: str, f: h5py.File, analysis: str) -> list[str] | None:
     ):
         obj = get_link(path, f, p)
         if isinstance(obj, h5py.Dataset):
-            names = _decode_names(path, obj[()])
+            with named_errors(path, "reading the statistic names", p):
+                names = _decode_names(path, obj[()])
             if any(names):
                 return names
     return None
@@ -451,13 +453,17 @@ def read_results(
     if f is None:
         with open_h5(path) as fh:
             return read_results(path, analysis, fh)
-    names = result_names(path, f, analysis)
-    dset = get_link(path, f, layout.results_matrix_path(analysis))
-    assert isinstance(dset, h5py.Dataset)
+    where = layout.results_matrix_path(analysis)
+    with named_errors(path, "reading the statistic names", f"/results/{analysis}"):
+        names = result_names(path, f, analysis)
+    dset = get_link(path, f, where)
+    if not isinstance(dset, h5py.Dataset):
+        raise ClusterH5Error(path, f"no results for analysis {analysis!r}")
     transposed = results_orientation(
         path, dset.shape, None if names is None else len(names)
     )
-    matrix = dset[()]
+    with named_errors(path, "reading results", where):
+        matrix = dset[()]
     if transposed:
         matrix = matrix.T
     return layout.component_names(names, matrix.shape[0]), matrix
@@ -468,11 +474,13 @@ def read_greyordinates(path: str, f: h5py.File) -> tuple[np.ndarray, np.ndarray]
     dset = get_link(path, f, layout.GREYORDINATES)
     if not isinstance(dset, h5py.Dataset):
         return None
-    table = dset[()]
-    cols = [
-        decode_str(c)
-        for c in np.asarray(dset.attrs.get("column_names", []), dtype=object)
-    ]
+    with named_errors(path, "reading greyordinates", layout.GREYORDINATES):
+        table = dset[()]
+        cols = [
+            decode_str(c)
+            for c in np.asarray(dset.attrs.get("column_names", []), dtype=object)
+        ]
+        raw_names = dset.attrs.get("structure_names", [])
     if table.ndim != 2:
         raise ClusterH5Error(
             path, f"/greyordinates must be 2-D, has shape {table.shape}"
@@ -481,10 +489,7 @@ def read_greyordinates(path: str, f: h5py.File) -> tuple[np.ndarray, np.ndarray]
         table = table.T  # R-written (n, 2) seen from h5py as (2, n) normally
     vi = cols.index("vertex_id") if "vertex_id" in cols else 0
     si = cols.index("structure_id") if "structure_id" in cols else 1
-    names = [
-        decode_str(s)
-        for s in np.asarray(dset.attrs.get("structure_names", []), dtype=object)
-    ]
+    names = [decode_str(s) for s in np.asarray(raw_names, dtype=object)]
     codes = table[si].astype(np.int64)
     if names and (codes.min(initial=0) < 0 or codes.max(initial=0) >= len(names)):
         raise ClusterH5Error(
@@ -778,14 +783,18 @@ def check_cohort_files(
     ClusterH5Error
         Naming the first file that is not CIFTI-2, of another type or brain model.
     """
-    ref, first = cifti.read_reference(paths[0], map_index=map_index)
+    with named_errors(paths[0], "reading the CIFTI header", catch=cifti.NIBABEL_ERRORS):
+        ref, first = cifti.read_reference(paths[0], map_index=map_index)
     rest = paths[1:]
     n_threads = threads or default_threads()
     blocks = [first]
+
+    def check(p: str) -> cifti.DataBlock:
+        with named_errors(p, "checking the CIFTI header", catch=cifti.NIBABEL_ERRORS):
+            return cifti.check_file(p, ref, map_index=map_index)
+
     with ThreadPoolExecutor(max(1, n_threads)) as pool:
-        results = pool.map(
-            lambda p: cifti.check_file(p, ref, map_index=map_index), rest
-        )
+        results = pool.map(check, rest)
         if progress:
             from tqdm.auto import tqdm
 

@@ -40,7 +40,7 @@ import xarray as xr
 from xarray.backends import BackendArray, CachingFileManager
 from xarray.core import indexing
 
-from xarray_clusterh5._hdf5.files import get_link
+from xarray_clusterh5._hdf5.files import get_link, named_errors
 from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.modelarray import h5 as modelarray_io
 from xarray_clusterh5.modelarray import layout
@@ -90,7 +90,8 @@ class ModelArrayMatrix(BackendArray):
             dset = get_link(self.path, f, self.dataset)
             if not isinstance(dset, h5py.Dataset):
                 raise ClusterH5Error(self.path, f"{self.dataset} disappeared")
-            out = np.asarray(dset[key])
+            with named_errors(self.path, "reading values", self.dataset):
+                out = np.asarray(dset[key])
         if self.transposed:
             out = out.T
         return out
@@ -130,7 +131,8 @@ def read_dataset(
     ClusterH5Error
         Not a ModelArray file, or inconsistent shapes, names or links to other files.
     """
-    return _build(path, f, manager, lock)
+    with named_errors(path, "reading the file's layout"):
+        return _build(path, f, manager, lock)
 
 
 def subject_dims(counts: dict[str, int]) -> dict[str, tuple[str, str]]:
@@ -175,7 +177,8 @@ def _scalar_matrices(path: str, f: h5py.File) -> list[_Matrix]:
             raise ClusterH5Error(
                 path, f"{dset.name} must be 2-D, has shape {dset.shape}"
             )
-        sources = modelarray_io.scalar_column_names(path, f, s)
+        with named_errors(path, "reading the source names", f"/scalars/{s}"):
+            sources = modelarray_io.scalar_column_names(path, f, s)
         if dset.shape[0] == len(sources):
             transposed = False
         elif dset.shape[1] == len(sources):
@@ -194,7 +197,8 @@ def _result_matrices(path: str, f: h5py.File) -> list[_Matrix]:
     for a in modelarray_io.list_analyses(path, f):
         dset = get_link(path, f, layout.results_matrix_path(a))
         assert isinstance(dset, h5py.Dataset)
-        names = modelarray_io.result_names(path, f, a)
+        with named_errors(path, "reading the statistic names", f"/results/{a}"):
+            names = modelarray_io.result_names(path, f, a)
         transposed = modelarray_io.results_orientation(
             path, dset.shape, None if names is None else len(names)
         )
