@@ -72,7 +72,7 @@ def affine_form(attrs: Mapping[str, Any]) -> AffineForm:
         raise ValueError(
             f"attribute 'affine_form' must be one of {AFFINE_FORMS}, got {form!r}"
         )
-    return form  # type: ignore[no-any-return]
+    return form
 
 
 def scan_names(ds: xr.Dataset) -> list[str]:

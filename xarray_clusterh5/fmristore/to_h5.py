@@ -65,7 +65,7 @@ def _volume_shape(attrs: Mapping[str, Any]) -> tuple[int, int, int]:
 
 
 def _mask_and_map(
-    shape: tuple[int, int, int],
+    shape: tuple[int, ...],
     ijk: np.ndarray,
     labels: np.ndarray,
     mask_index: np.ndarray | None,
@@ -174,6 +174,7 @@ def _stream_dask(
     def produce() -> None:
         try:
             with dask.config.set(scheduler="threads", num_workers=n_threads):
+                # dask accepts any object with __setitem__ as a target
                 da.store(list(blocks.values()), sinks, lock=False, compute=True)
         except BaseException as err:  # handed to the consumer
             errors.append(err)
