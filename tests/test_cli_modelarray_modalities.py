@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DATA
-from tests.test_modelarray_h5 import assert_same_file
+from tests._helpers import DATA, assert_same_file
 from xarray_clusterh5.cli import main
 from xarray_clusterh5.mif.header import format_header, parse_header
 

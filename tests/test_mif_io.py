@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import DATA
+from tests._helpers import DATA
 from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.mif.header import (
     MifHeader,

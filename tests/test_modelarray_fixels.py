@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from tests.conftest import DATA
-from tests.test_modelarray_h5 import assert_same_file
+from tests._helpers import DATA, assert_same_file
 from xarray_clusterh5.cli import main
 from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.mif.header import read_header
