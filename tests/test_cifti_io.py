@@ -15,9 +15,13 @@ from hypothesis import strategies as st
 from nibabel.cifti2 import cifti2_axes as ca
 
 from tests.conftest import MODELARRAY
-from xarray_clusterh5._hdf5.files import ClusterH5Error
+from xarray_clusterh5._hdf5.names import safe_output_name
 from xarray_clusterh5.cifti import read as cifti
+from xarray_clusterh5.cifti import write as cifti_write
+from xarray_clusterh5.errors import ClusterH5Error
+from xarray_clusterh5.modelarray import export
 from xarray_clusterh5.modelarray import h5 as modelarray_io
+from xarray_clusterh5.modelarray.layout import export_file_names
 
 COHORT = MODELARRAY / "cohort"
 THICK = [
@@ -334,7 +338,7 @@ def _assert_same_export(ours: Path, theirs: Path) -> None:
 
 @pytest.mark.parametrize("analysis", sorted(ANALYSES))
 def test_export_equals_modelarrayio(tmp_path, analysis):
-    out = modelarray_io.export_results(
+    out = export.export_results(
         MODELARRAY / "results" / "thickness_with_results.h5",
         analysis,
         tmp_path / analysis,
@@ -350,7 +354,7 @@ def test_export_equals_modelarrayio(tmp_path, analysis):
 
 
 def test_export_one_minus_p_values(tmp_path):
-    out = modelarray_io.export_results(
+    out = export.export_results(
         MODELARRAY / "results" / "thickness_with_results.h5", "lm", tmp_path,
         example_file=THICK[0],
     )  # fmt: skip
@@ -368,13 +372,13 @@ def test_export_one_minus_p_values(tmp_path):
 
 def test_export_refuses_to_overwrite_before_writing(tmp_path):
     h5 = MODELARRAY / "results" / "thickness_with_results.h5"
-    modelarray_io.export_results(h5, "lm_stream", tmp_path, example_file=THICK[0])
+    export.export_results(h5, "lm_stream", tmp_path, example_file=THICK[0])
     victim = tmp_path / "lm_stream_age.estimate.dscalar.nii"
     victim.write_bytes(b"keep")
     with pytest.raises(FileExistsError, match="lm_stream_"):
-        modelarray_io.export_results(h5, "lm_stream", tmp_path, example_file=THICK[0])
+        export.export_results(h5, "lm_stream", tmp_path, example_file=THICK[0])
     assert victim.read_bytes() == b"keep"
-    modelarray_io.export_results(
+    export.export_results(
         h5, "lm_stream", tmp_path, example_file=THICK[0], overwrite=True
     )
     assert victim.read_bytes() != b"keep"
@@ -386,7 +390,7 @@ def test_export_with_multi_map_template_is_refused(tmp_path):
         tmp_path / "t.dscalar.nii", data, (ca.ScalarAxis(["a", "b"]), _fixture_axis())
     )
     with pytest.raises(ClusterH5Error, match="single-map dscalar"):
-        cifti.load_template(tmpl)
+        cifti_write.load_template(tmpl)
 
 
 def test_export_with_integer_template_goes_through_nibabel(tmp_path):
@@ -396,10 +400,10 @@ def test_export_with_integer_template_goes_through_nibabel(tmp_path):
         (ca.ScalarAxis(["t"]), _fixture_axis()),
         dtype=np.int16,
     )
-    template = cifti.load_template(tmpl)
+    template = cifti_write.load_template(tmpl)
     assert template.header_bytes is None
     row = np.arange(100, dtype=np.float64)
-    out = cifti.write_dscalar_rows(tmp_path / "o", "a", ["s"], row[None], template)
+    out = export.write_cifti_results(tmp_path / "o", "a", ["s"], row[None], template)
     back = nib.load(out[0])
     assert back.get_data_dtype() == np.int16
     # exactly what ModelArrayIO's h5_to_cifti does with such a template
@@ -427,8 +431,8 @@ def test_export_with_integer_template_goes_through_nibabel(tmp_path):
 )
 def test_export_names_never_leave_the_folder(tmp_path, analysis, stat):
     folder = tmp_path / "deep" / "out"
-    template = cifti.load_template(THICK[0])
-    out = cifti.write_dscalar_rows(
+    template = cifti_write.load_template(THICK[0])
+    out = export.write_cifti_results(
         folder, analysis, [stat], np.zeros((1, 100)), template
     )
     for p in out:
@@ -444,7 +448,7 @@ def test_export_names_never_leave_the_folder(tmp_path, analysis, stat):
 )
 def test_export_file_names_stay_inside(analysis, stats):
     try:
-        plan = cifti.export_file_names(analysis, stats)
+        plan = export_file_names(analysis, stats)
     except ValueError:
         return  # names such as "." are refused outright
     folder = Path("/nonexistent/out")
@@ -457,11 +461,11 @@ def test_export_file_names_stay_inside(analysis, stats):
 
 def test_name_sanitising():
     with pytest.raises(ValueError, match="cannot be used"):
-        cifti.safe_output_name("")
+        safe_output_name("")
     # ModelArrayIO's rule (spaces and / to _), plus backslashes and control chars
-    assert cifti.safe_output_name("age p.value/x") == "age_p.value_x"
-    assert cifti.safe_output_name("a\\b\x00c\nd") == "a_b_c_d"
-    assert cifti.safe_output_name("..") == ".."  # only ever a part of a file name
+    assert safe_output_name("age p.value/x") == "age_p.value_x"
+    assert safe_output_name("a\\b\x00c\nd") == "a_b_c_d"
+    assert safe_output_name("..") == ".."  # only ever a part of a file name
 
 
 # --------------------------------------------------------------------------
@@ -477,7 +481,7 @@ def test_dtseries_keeps_the_voxel_order(tmp_path):
     flat = rng.choice(int(np.prod(shape)), size=40, replace=False)  # not C order
     ijk = np.stack(np.unravel_index(flat, shape), axis=1)
     data = rng.normal(size=(40, 12)).astype(np.float32)
-    path = cifti.write_dtseries(
+    path = cifti_write.write_dtseries(
         tmp_path / "run.dtseries.nii", data, ijk, AFFINE, shape, 2.5
     )
     img = nib.load(path)
@@ -498,18 +502,18 @@ def test_dtseries_keeps_the_voxel_order(tmp_path):
     _, block = cifti.read_reference(path, map_index=4)
     np.testing.assert_array_equal(cifti.read_columns(block, 0, 40), data[:, 4])
     with pytest.raises(FileExistsError):
-        cifti.write_dtseries(path, data, ijk, AFFINE, shape, 2.5)
+        cifti_write.write_dtseries(path, data, ijk, AFFINE, shape, 2.5)
 
 
 def test_dtseries_bad_inputs(tmp_path):
     ijk = np.array([[0, 0, 0], [1, 1, 1]])
     data = np.zeros((2, 3))
     with pytest.raises(ValueError, match="outside the volume"):
-        cifti.write_dtseries(
+        cifti_write.write_dtseries(
             tmp_path / "a.dtseries.nii", data, ijk + 4, AFFINE, (5, 5, 5), 1
         )
     with pytest.raises(ValueError, match="repeated"):
-        cifti.write_dtseries(
+        cifti_write.write_dtseries(
             tmp_path / "a.dtseries.nii",
             data,
             np.zeros((2, 3), int),
@@ -518,11 +522,11 @@ def test_dtseries_bad_inputs(tmp_path):
             1,
         )
     with pytest.raises(ValueError, match="TR"):
-        cifti.write_dtseries(
+        cifti_write.write_dtseries(
             tmp_path / "a.dtseries.nii", data, ijk, AFFINE, (5, 5, 5), 0
         )
     with pytest.raises(ValueError, match="does not match"):
-        cifti.write_dtseries(
+        cifti_write.write_dtseries(
             tmp_path / "a.dtseries.nii", data.T, ijk, AFFINE, (5, 5, 5), 1
         )
     assert not list(tmp_path.iterdir())
@@ -536,7 +540,7 @@ def test_ptseries_one_parcel_per_cluster(tmp_path):
     parcels = [ijk[:10], ijk[10:25], ijk[25:]]
     names = ["cluster_3", "cluster_7", "cluster_12"]
     summary = rng.normal(size=(3, 9)).astype(np.float32)
-    path = cifti.write_ptseries(
+    path = cifti_write.write_ptseries(
         tmp_path / "s.ptseries.nii", summary, names, parcels, AFFINE, shape, 0.8
     )
     img = nib.load(path)
@@ -549,7 +553,7 @@ def test_ptseries_one_parcel_per_cluster(tmp_path):
     assert series.size == 9
     np.testing.assert_array_equal(np.asarray(img.dataobj), summary.T)
     with pytest.raises(ValueError, match="unique"):
-        cifti.write_ptseries(
+        cifti_write.write_ptseries(
             tmp_path / "d.ptseries.nii", summary, ["a", "a", "b"], parcels, AFFINE,
             shape, 1.0,
         )  # fmt: skip

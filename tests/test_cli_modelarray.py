@@ -9,6 +9,7 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
+import xarray as xr
 from nibabel.cifti2 import cifti2_axes as ca
 
 from tests.conftest import MODELARRAY
@@ -16,7 +17,6 @@ from tests.test_cifti_io import _assert_same_export
 from tests.test_modelarray_h5 import assert_same_file
 from xarray_clusterh5.cli import main
 from xarray_clusterh5.modelarray.cohort import to_modelarray
-from xarray_clusterh5.modelarray.store import open_modelarray_dataset
 
 COHORT = MODELARRAY / "cohort"
 RESULTS = MODELARRAY / "results" / "thickness_with_results.h5"
@@ -364,7 +364,7 @@ def test_parcellated_cohort_round_trip(tmp_path, monkeypatch, kind):
         np.testing.assert_array_equal(values[()], [d.ravel() for d in data])
         assert values.chunks == (4, data[0].size)
     # the engine reads it, and writes it back unchanged
-    with open_modelarray_dataset(tmp_path / "o.h5") as ds:
+    with xr.open_dataset(tmp_path / "o.h5", engine="clusterh5") as ds:
         if kind == "pscalar":
             assert ds["parcel"].values.tolist() == names
         else:

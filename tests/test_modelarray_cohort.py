@@ -20,11 +20,11 @@ from nibabel.cifti2 import cifti2_axes as ca
 from tests.conftest import MODELARRAY
 from tests.test_cifti_io import _assert_same_export
 from tests.test_modelarray_h5 import LM_NAMES, assert_same_file
-from xarray_clusterh5._hdf5.files import ClusterH5Error
 from xarray_clusterh5.cifti import read as cifti
+from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.modelarray import cohort
 from xarray_clusterh5.modelarray import h5 as modelarray_io
-from xarray_clusterh5.modelarray.store import open_modelarray_dataset
+from xarray_clusterh5.modelarray.store import subject_dims
 
 COHORT = MODELARRAY / "cohort"
 RESULTS = MODELARRAY / "results" / "thickness_with_results.h5"
@@ -291,7 +291,7 @@ def test_subsets_and_transforms_write_their_values(in_cohort, tmp_path):
 
 
 def test_modelarray_file_round_trip(tmp_path):
-    with open_modelarray_dataset(MAI / "two_scalars.h5") as ds:
+    with xr.open_dataset(MAI / "two_scalars.h5", engine="clusterh5") as ds:
         cohort.to_modelarray(ds, tmp_path / "rt.h5", progress=False)
     assert_same_file(tmp_path / "rt.h5", MAI / "two_scalars.h5")
     with xr.open_dataset(MAI / "thickness.h5", engine="clusterh5") as ds:
@@ -320,13 +320,38 @@ def test_to_cifti_equals_modelarrayio(in_cohort, tmp_path, analysis):
 def test_to_cifti_from_a_computed_dataset(in_cohort, tmp_path):
     # results computed in xarray export with the cohort's first file as template
     ds = cohort.from_cohort("cohort_thickness.csv")
-    with open_modelarray_dataset(RESULTS) as res:
+    with xr.open_dataset(RESULTS, engine="clusterh5") as res:
         lm = res["lm"].load()
     ds["lm"] = lm.drop_vars(["element", "structure"])
     ds["lm"].attrs["modelarray_group"] = "results"
     out = cohort.to_cifti(ds, tmp_path, analysis="lm")
     _assert_same_export(tmp_path, MODELARRAY / "export" / "lm")
     assert len(out) == 19
+
+
+def test_accessor_to_cifti_dispatches_results_to_modelarrayio_exports(
+    in_cohort, tmp_path
+):
+    # the cross-format dispatch (conversions.to_cifti): a ModelArray results
+    # Dataset is not a clustered view, so it gets ModelArrayIO's dscalar exports
+    with xr.open_dataset(RESULTS, engine="clusterh5") as ds:
+        out = ds.clusterh5.to_cifti(
+            tmp_path, analysis="lm", cohort_file="cohort_thickness.csv"
+        )
+    _assert_same_export(tmp_path, MODELARRAY / "export" / "lm")
+    assert len(out) == 19
+
+
+def test_subject_naming_rule():
+    assert subject_dims({"a": 3}) == {"a": ("subject", "source_file")}
+    assert subject_dims({"a": 3, "b": 3}) == {
+        "a": ("subject", "source_file_a"),
+        "b": ("subject", "source_file_b"),
+    }
+    assert subject_dims({"a": 3, "b": 2}) == {
+        "a": ("subject_a", "source_file_a"),
+        "b": ("subject_b", "source_file_b"),
+    }
 
 
 def test_to_cifti_hostile_names_stay_inside(in_cohort, tmp_path):
@@ -352,7 +377,7 @@ def test_to_cifti_hostile_names_stay_inside(in_cohort, tmp_path):
 
 
 def test_to_cifti_needs_a_template_and_an_analysis(tmp_path):
-    with open_modelarray_dataset(RESULTS) as ds:
+    with xr.open_dataset(RESULTS, engine="clusterh5") as ds:
         with pytest.raises(ValueError, match="choose the analysis"):
             cohort.to_cifti(ds, tmp_path)
         with pytest.raises(ValueError, match="no CIFTI template"):
@@ -386,7 +411,7 @@ def test_to_cifti_element_count_must_match_template(in_cohort, tmp_path):
 
 
 def test_stat_names_of_lm_reach_the_files(in_cohort, tmp_path):
-    with open_modelarray_dataset(RESULTS) as ds:
+    with xr.open_dataset(RESULTS, engine="clusterh5") as ds:
         out = cohort.to_cifti(
             ds, tmp_path, analysis="lm", cohort_file="cohort_thickness.csv"
         )

@@ -13,12 +13,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.conftest import MODELARRAY
-from xarray_clusterh5._hdf5.files import ClusterH5Error
+from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.modelarray import h5 as modelarray_io
-from xarray_clusterh5.modelarray.store import (
-    is_modelarray_file,
-    open_modelarray_dataset,
-)
+from xarray_clusterh5.modelarray.store import is_modelarray_file
 
 COHORT = MODELARRAY / "cohort"
 RESULTS = MODELARRAY / "results" / "thickness_with_results.h5"
@@ -343,7 +340,7 @@ def test_external_links_are_refused(tmp_path):
         f["scalars/x/values"] = h5py.ExternalLink(str(other), "values")
         f["scalars/x/column_names"] = np.array([b"s"])
     with pytest.raises(ClusterH5Error, match="external link"):
-        open_modelarray_dataset(path)
+        xr.open_dataset(path, engine="clusterh5")
 
 
 # --------------------------------------------------------------------------
@@ -354,7 +351,7 @@ def test_external_links_are_refused(tmp_path):
 def test_open_results_file():
     with h5py.File(RESULTS, "r") as f:
         assert is_modelarray_file(f)
-    with open_modelarray_dataset(RESULTS) as ds:
+    with xr.open_dataset(RESULTS, engine="clusterh5") as ds:
         assert ds["thickness"].dims == ("subject", "element")
         assert ds["thickness"].attrs["modelarray_group"] == "scalars"
         sources = [f"thickness/sub-000{i}_thickness.dscalar.nii" for i in range(1, 6)]
@@ -402,7 +399,7 @@ def test_scalars_with_different_subject_counts(tmp_path):
         f["scalars/a/column_names"] = np.array([b"a1", b"a2"])
         f["scalars/b/values"] = np.ones((4, 3), np.float32).T  # transposed, 3 subjects
         f["scalars/b/column_names"] = np.array([b"b1", b"b2", b"b3"])
-    with open_modelarray_dataset(path) as ds:
+    with xr.open_dataset(path, engine="clusterh5") as ds:
         assert ds["a"].dims == ("subject_a", "element")
         assert ds["b"].dims == ("subject_b", "element")
         assert ds["b"].shape == (3, 4)
@@ -413,8 +410,28 @@ def test_scalars_with_different_subject_counts(tmp_path):
 def test_pickled_lazy_arrays_hold_no_h5py_objects():
     import pickle
 
-    with open_modelarray_dataset(RESULTS) as ds:
+    with xr.open_dataset(RESULTS, engine="clusterh5") as ds:
         arr = ds["lm"].chunk({}).data
         again = pickle.loads(pickle.dumps(arr))
         _, m = modelarray_io.read_results(RESULTS, "lm")
         np.testing.assert_array_equal(again.compute(), m)
+
+
+def test_layout_modules_import_only_the_standard_library():
+    # the on-disk vocabulary sits below h5py and xarray (the package __init__
+    # is not part of the check: it registers the accessor)
+    import ast
+
+    import xarray_clusterh5
+
+    root = Path(xarray_clusterh5.__file__).parent
+    allowed = {"__future__", "typing", "xarray_clusterh5._hdf5.names"}
+    for rel in ("modelarray/layout.py", "_hdf5/names.py"):
+        tree = ast.parse((root / rel).read_text())
+        imported = {
+            node.module if isinstance(node, ast.ImportFrom) else alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        }
+        assert imported <= allowed, (rel, imported - allowed)

@@ -2,8 +2,10 @@
 
 Open files with ``xr.open_dataset(path, engine="clusterh5")`` (or
 ``xr.open_datatree``); the ``.clusterh5`` accessor on Datasets and DataTrees
-gives the fmristore and ModelArray operations. Heavy modules are imported
-lazily so that xarray's engine discovery stays fast.
+gives the fmristore and ModelArray operations. Nothing heavy is imported here
+(not even xarray or NumPy): public functions load their module on first use and
+the accessors register when xarray is imported, so the engine's entry point and
+the ``clusterh5`` command start fast.
 """
 
 from __future__ import annotations
@@ -11,8 +13,10 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from xarray_clusterh5 import accessor as _accessor  # noqa: F401  (registers .clusterh5)
-from xarray_clusterh5._hdf5.files import ClusterH5Error
+from xarray_clusterh5 import _accessor_hook
+from xarray_clusterh5.errors import ClusterH5Error, CorruptFileError, FileLockedError
+
+_accessor_hook.install()
 
 __version__ = "0.1.0"
 
@@ -23,13 +27,20 @@ _LAZY = {
     "open_groups": "xarray_clusterh5.api",
     "example_file": "xarray_clusterh5.api",
     "write_experiment": "xarray_clusterh5.fmristore.write",
+    "Run": "xarray_clusterh5.fmristore.write",
     "to_fmristore": "xarray_clusterh5.fmristore.to_h5",
     "from_nifti": "xarray_clusterh5.fmristore.from_nifti",
     "from_cohort": "xarray_clusterh5.modelarray.cohort",
     "to_modelarray": "xarray_clusterh5.modelarray.cohort",
 }
 
-__all__ = ["ClusterH5Error", "__version__", *sorted(_LAZY)]
+__all__ = [
+    "ClusterH5Error",
+    "CorruptFileError",
+    "FileLockedError",
+    "__version__",
+    *sorted(_LAZY),
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -6,4 +6,5 @@ import sys
 
 from xarray_clusterh5.cli import main
 
-sys.exit(main())
+if __name__ == "__main__":  # not when imported (e.g. by the docs build)
+    sys.exit(main())

@@ -156,7 +156,7 @@ class ClusterH5DatasetAccessor:
         ModelArray results Dataset writes ModelArrayIO's
         ``<analysis>_<stat>.dscalar.nii`` exports (``cohort.to_cifti``).
         """
-        from xarray_clusterh5.fmristore.to_cifti import to_cifti
+        from xarray_clusterh5.conversions import to_cifti
 
         return to_cifti(self._obj, output_dir, **kwargs)
 

@@ -37,9 +37,31 @@ def open_groups(path: str | os.PathLike[str], **kwargs: Any) -> dict[str, xr.Dat
     return xr.open_groups(path, engine=ClusterH5BackendEntrypoint, **kwargs)
 
 
-def example_file() -> Path:
-    """Path of the bundled example: fmristore's vignette file, written by R.
+# bundled examples: name -> path under xarray_clusterh5/data (see its README)
+EXAMPLES = {
+    "vignette": "vignette.h5",
+    "cohort": "cohort/cohort_thickness.csv",
+    "results": "thickness_with_results.h5",
+}
 
-    See ``xarray_clusterh5/data/README.md`` for its provenance.
+
+def example_file(name: str = "vignette") -> Path:
+    """Path of a bundled example file; all were written by the R tools or ModelArrayIO.
+
+    Parameters
+    ----------
+    name : str
+        ``"vignette"`` (default): fmristore's vignette experiment, written by R
+        fmristore. ``"cohort"``: a ModelArrayIO cohort CSV of five CIFTI
+        thickness maps (paths relative to the CSV's folder). ``"results"``: that
+        cohort as a ModelArray HDF5 file with ``results/lm`` written by R
+        ModelArray. ``xarray_clusterh5/data/README.md`` gives their provenance.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name.
     """
-    return Path(str(resources.files("xarray_clusterh5") / "data" / "vignette.h5"))
+    if name not in EXAMPLES:
+        raise ValueError(f"unknown example {name!r}; choose from {sorted(EXAMPLES)}")
+    return Path(str(resources.files("xarray_clusterh5") / "data" / EXAMPLES[name]))

@@ -1,7 +1,7 @@
 """The ``clusterh5`` xarray engine (entry point).
 
 xarray imports this module when it looks for engines, so it imports nothing
-heavy at module level; the work happens in ``_store``.
+heavy at module level (no h5py, no dask); the work happens in ``_engine``.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ class ClusterH5BackendEntrypoint(BackendEntrypoint):
     def guess_can_open(self, filename_or_obj: Any) -> bool:
         """True for local HDF5 files holding either supported layout; never raises."""
         try:
-            from xarray_clusterh5.fmristore import store as _store
+            from xarray_clusterh5 import _engine
 
-            return _store.guess_can_open(filename_or_obj)
+            return _engine.guess_can_open(filename_or_obj)
         except Exception:
             return False
 
@@ -54,9 +54,9 @@ class ClusterH5BackendEntrypoint(BackendEntrypoint):
         rdcc_nbytes: int | None = None,
     ) -> xr.Dataset:
         """Open one view as a lazy Dataset (see the class docstring)."""
-        from xarray_clusterh5.fmristore import store as _store
+        from xarray_clusterh5 import _engine
 
-        return _store.open_dataset(
+        return _engine.open_dataset(
             filename_or_obj,
             drop_variables=drop_variables,
             group=group,
@@ -75,9 +75,9 @@ class ClusterH5BackendEntrypoint(BackendEntrypoint):
         rdcc_nbytes: int | None = None,
     ) -> dict[str, xr.Dataset]:
         """Root geometry plus one Dataset per scan, keyed by node path."""
-        from xarray_clusterh5.fmristore import store as _store
+        from xarray_clusterh5 import _engine
 
-        return _store.open_groups_as_dict(
+        return _engine.open_groups_as_dict(
             filename_or_obj,
             drop_variables=drop_variables,
             lock=lock,
@@ -95,9 +95,9 @@ class ClusterH5BackendEntrypoint(BackendEntrypoint):
         rdcc_nbytes: int | None = None,
     ) -> xr.DataTree:
         """The exact DataTree: geometry at the root, one child per scan."""
-        from xarray_clusterh5.fmristore import store as _store
+        from xarray_clusterh5 import _engine
 
-        return _store.open_datatree(
+        return _engine.open_datatree(
             filename_or_obj,
             drop_variables=drop_variables,
             lock=lock,

@@ -7,8 +7,10 @@ Imports h5py and NumPy only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,16 +18,62 @@ from typing import Any
 import h5py
 import numpy as np
 
+# re-exported: the readers and writers raise them from here
+from xarray_clusterh5.errors import ClusterH5Error as ClusterH5Error
+from xarray_clusterh5.errors import CorruptFileError as CorruptFileError
+from xarray_clusterh5.errors import FileLockedError as FileLockedError
+
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
-class ClusterH5Error(ValueError):
-    """A file is not what it should be; the message names the file."""
+#: what h5py, zlib and file reading raise on damaged bytes
+READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    RuntimeError,
+    KeyError,
+    ValueError,
+    EOFError,
+    zlib.error,
+)
 
-    def __init__(self, path: str | os.PathLike[str], problem: str) -> None:
-        self.path = os.fspath(path)
-        self.problem = problem
-        super().__init__(f"{self.path}: {problem}")
+
+@contextlib.contextmanager
+def named_errors(
+    path: str | os.PathLike[str],
+    doing: str,
+    obj: str | None = None,
+    *,
+    catch: tuple[type[BaseException], ...] = READ_ERRORS,
+) -> Iterator[None]:
+    """Turn low-level read errors into a ``CorruptFileError`` naming the file.
+
+    The innermost ``named_errors`` names the object: a ``ClusterH5Error`` raised
+    inside passes through unchanged, and so does ``FileNotFoundError`` (a
+    missing file is not a damaged one).
+
+    Parameters
+    ----------
+    path : the file, named first in the message.
+    doing : what was being done, e.g. ``"reading voxel data"``.
+    obj : the HDF5 object (``/scans/rest/clusters/cluster_12``), if known.
+    catch : the exception types to convert (default ``READ_ERRORS``).
+    """
+    try:
+        yield
+    except (ClusterH5Error, FileNotFoundError):
+        raise
+    except catch as err:
+        raise CorruptFileError(path, _problem(doing, obj, err)) from err
+
+
+def _problem(doing: str, obj: str | None, err: BaseException) -> str:
+    detail = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    where = f"{obj}: " if obj else ""
+    kind = type(err).__name__
+    return (
+        f"{where}{doing} failed ({kind}: {detail or 'no detail'}); "
+        "the file may be damaged or truncated"
+    )
 
 
 def has_hdf5_signature(path: str | os.PathLike[str]) -> bool:
@@ -69,9 +117,24 @@ def open_h5(
     try:
         return h5py.File(path, mode, **kwargs)
     except OSError as err:
-        raise ClusterH5Error(
+        if _is_lock_error(err):
+            raise FileLockedError(
+                path,
+                "is locked: another process has it open for writing (HDF5 file "
+                "locking). Wait for that process to finish, or, if nothing is "
+                "writing it (a crashed writer, a file system without locks), "
+                f"open it with locking=False ({err})",
+            ) from err
+        raise CorruptFileError(
             path, f"cannot be opened as HDF5 (truncated or corrupt?): {err}"
         ) from err
+
+
+def _is_lock_error(err: OSError) -> bool:
+    """h5py's error when another process holds an HDF5 file lock on the file."""
+    return err.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES) and (
+        "lock" in str(err).lower()
+    )
 
 
 def check_local_object(path: str | os.PathLike[str], obj: h5py.HLObject) -> None:
@@ -96,11 +159,22 @@ def check_local_object(path: str | os.PathLike[str], obj: h5py.HLObject) -> None
 def get_link(
     path: str | os.PathLike[str], f: h5py.File | h5py.Group, name: str
 ) -> h5py.HLObject | None:
-    """``f[name]`` or None when absent; refuses external and dangling links."""
+    """``f[name]`` or None when absent; refuses external and dangling links.
+
+    Damaged links, symbol tables or object headers give a ``CorruptFileError``
+    naming the object looked up.
+    """
     parent = f
-    parts = [p for p in name.split("/") if p]
     if name.startswith("/"):
         parent = f.file
+    where = name if name.startswith("/") else f"{f.name.rstrip('/')}/{name}"
+    with named_errors(path, "looking up the object", where):
+        return _follow(path, parent, [p for p in name.split("/") if p])
+
+
+def _follow(
+    path: str | os.PathLike[str], parent: h5py.HLObject, parts: list[str]
+) -> h5py.HLObject | None:
     for part in parts:
         if not isinstance(parent, h5py.Group) or part not in parent:
             return None
@@ -160,7 +234,8 @@ def read_strings(path: str | os.PathLike[str], dset: h5py.Dataset) -> np.ndarray
     """A string dataset (vlen or fixed, any shape) as a NumPy array of str."""
     if dset.dtype.kind not in "SOU":
         raise ClusterH5Error(path, f"{dset.name} should hold strings, not {dset.dtype}")
-    raw = dset[()]
+    with named_errors(path, "reading strings", dset.name):
+        raw = dset[()]
     arr = np.asarray(raw, dtype=object)
     out = np.empty(arr.shape, dtype=object)
     for idx, v in np.ndenumerate(arr):

@@ -1,4 +1,4 @@
-"""CIFTI-2 input and output for ModelArray cohorts and clustered experiments.
+"""Reading CIFTI-2 files: ModelArray cohorts (headers checked, data read by offset).
 
 Reading a cohort of dense scalar files is dominated, in ModelArrayIO, by nibabel
 re-parsing every file's XML header. Here the first file of a cohort is parsed
@@ -13,30 +13,28 @@ ModelArrayIO. The data block is then read directly with ``os.pread`` at
 ``vox_offset`` (:func:`read_columns`); files with scaling or unusual data types
 fall back to nibabel.
 
-Writing dscalar exports copies the template's header bytes and appends the row
-(:func:`write_dscalar_rows`), which is what nibabel writes for a nibabel-written
-template and equal at the nibabel level (axes and data) for any other; templates
-with scaling or integer types go through nibabel.
-
-:func:`write_dtseries` and :func:`write_ptseries` are NumPy-level writers for the
-clustered-experiment side. No xarray here.
+Writers are in :mod:`xarray_clusterh5.cifti.write`. No xarray here.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import nibabel as nib
 import numpy as np
 from nibabel.cifti2 import cifti2_axes
 
-from xarray_clusterh5._hdf5.files import ClusterH5Error, atomic_output
+from xarray_clusterh5._hdf5.files import (
+    READ_ERRORS,
+    ClusterH5Error,
+    CorruptFileError,
+    named_errors,
+)
 
 NIFTI2_HEADER_SIZE = 540
 CIFTI_ECODE = 32
@@ -65,6 +63,13 @@ CIFTI_KINDS = (
     "dscalar", "dtseries", "dlabel", "dconn", "pscalar", "ptseries", "plabel",
     "pconn", "pdconn", "dpconn", "pconnseries", "pconnscalar", "dfan", "fiberTemp",
 )  # fmt: skip
+
+#: what nibabel raises on damaged NIfTI/CIFTI files, besides OSError and friends
+NIBABEL_ERRORS: tuple[type[BaseException], ...] = (
+    *READ_ERRORS,
+    nib.filebasedimages.ImageFileError,
+    nib.spatialimages.HeaderDataError,
+)
 
 # data types read without nibabel: exact conversion to float32/float64
 _FAST_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2"}
@@ -160,7 +165,7 @@ class BrainModel:
             np.asarray(axis.voxel, dtype=np.int64).reshape(-1, 3),
             {str(k): int(v) for k, v in axis.nvertices.items()},
             None if axis.affine is None else np.asarray(axis.affine, dtype=float),
-            None if shape is None else tuple(int(x) for x in shape),
+            None if shape is None else _shape3(shape),
             xml,
             path,
         )
@@ -180,6 +185,16 @@ def _xml_attr(tag: bytes, name: str) -> str | None:
 
 def _ints(text: bytes) -> np.ndarray:
     return np.array(text.split(), dtype=np.int64)
+
+
+def _nib_load(path: str) -> Any:
+    # nibabel's stubs type load() as FileBasedImage, without the CIFTI methods
+    return nib.load(path)
+
+
+def _shape3(shape: Any) -> tuple[int, int, int]:
+    i, j, k = (int(x) for x in shape)
+    return i, j, k
 
 
 def parse_brain_models(bm_xml: bytes, n_elements: int, path: str) -> BrainModel | None:
@@ -244,10 +259,11 @@ def parse_brain_models(bm_xml: bytes, n_elements: int, path: str) -> BrainModel 
         tr = _TRANSFORM_RE.search(vol.group(2))
         if dims is None or tr is None:
             return None
-        volume_shape = tuple(int(d) for d in dims.split(","))
+        sizes = dims.split(",")
         values = np.array(tr.group(2).split(), dtype=float)
-        if values.size != 16 or len(volume_shape) != 3:
+        if values.size != 16 or len(sizes) != 3:
             return None
+        volume_shape = _shape3(sizes)
         exponent = int(_xml_attr(tr.group(1), "MeterExponent") or -3)
         affine = values.reshape(4, 4)
         affine[:3] *= 10.0 ** (exponent + 3)  # to millimetres, as nibabel does
@@ -269,7 +285,7 @@ def _brain_model_of(path: str, bm_xml: bytes, n_el: int) -> BrainModel:
     if model is not None:
         return model
     try:
-        axis = nib.load(path).header.get_axis(1)
+        axis = _nib_load(path).header.get_axis(1)
     except Exception as err:
         raise ClusterH5Error(
             path, f"nibabel cannot read its CIFTI-2 header: {err}"
@@ -350,7 +366,7 @@ class ParcelModel:
 
 def _parcel_model_of(path: str, kind: str, xml: bytes) -> ParcelModel:
     try:
-        img = nib.load(path)
+        img = _nib_load(path)
         axes = (img.header.get_axis(0), img.header.get_axis(1))
     except Exception as err:
         raise ClusterH5Error(
@@ -380,7 +396,7 @@ class DataBlock:
 class _Header:
     path: str
     hdr: np.ndarray = field(repr=False)
-    endian: str
+    endian: Literal["<", ">"]
     raw: bytes = field(repr=False)
 
     def __getitem__(self, key: str) -> Any:
@@ -404,7 +420,7 @@ def _read_header(path: str) -> _Header:
         if head[:2] == b"\x1f\x8b":
             raise ClusterH5Error(path, "is gzip-compressed; CIFTI-2 files are not")
         if size_le == NIFTI2_HEADER_SIZE:
-            endian = "<"
+            endian: Literal["<", ">"] = "<"
         elif size_be == NIFTI2_HEADER_SIZE:
             endian = ">"
         else:
@@ -418,6 +434,13 @@ def _read_header(path: str) -> _Header:
         vox_offset = int(hdr["vox_offset"])
         if vox_offset < NIFTI2_HEADER_SIZE + 4:
             raise ClusterH5Error(path, "has no CIFTI extension (vox_offset too small)")
+        size = os.fstat(fh.fileno()).st_size
+        if vox_offset > size:
+            raise CorruptFileError(
+                path,
+                f"vox_offset {vox_offset} is past the end of the file ({size} "
+                "bytes): truncated, or a damaged header",
+            )
         rest = fh.read(vox_offset - NIFTI2_HEADER_SIZE)
         if len(rest) < vox_offset - NIFTI2_HEADER_SIZE:
             raise ClusterH5Error(
@@ -433,7 +456,7 @@ def _cifti_xml(h: _Header) -> bytes:
     if raw[pos] == 0:
         raise ClusterH5Error(h.path, "has no NIfTI extensions, so no CIFTI XML")
     pos += 4
-    order = "little" if h.endian == "<" else "big"
+    order: Literal["little", "big"] = "little" if h.endian == "<" else "big"
     while pos + 8 <= len(raw):
         esize = int.from_bytes(raw[pos : pos + 4], order, signed=True)
         ecode = int.from_bytes(raw[pos + 4 : pos + 8], order, signed=True)
@@ -530,7 +553,15 @@ def _dims(h: _Header) -> tuple[int, int]:
     dim = [int(d) for d in h["dim"]]
     if dim[0] != 6 or any(d != 1 for d in dim[1:5]):
         raise ClusterH5Error(
-            h.path, f"unexpected CIFTI-2 NIfTI dims {dim[: dim[0] + 1]}"
+            h.path, f"unexpected CIFTI-2 NIfTI dims {dim[: max(0, dim[0]) + 1]}"
+        )
+    size = os.path.getsize(h.path)
+    if min(dim[5], dim[6]) < 1 or dim[5] * dim[6] > size:
+        # every value takes at least a byte: such dims are a damaged header
+        raise CorruptFileError(
+            h.path,
+            f"NIfTI dims give {dim[5]} x {dim[6]} values, impossible in a file "
+            f"of {size} bytes: a damaged header",
         )
     return dim[5], dim[6]
 
@@ -775,11 +806,12 @@ def read_columns(
     m = block.n_maps
     first = block.offset + (start * m) * item
     nbytes = n * m * item
-    fd = os.open(block.path, os.O_RDONLY)
-    try:
-        buf = os.pread(fd, nbytes, first)
-    finally:
-        os.close(fd)
+    with named_errors(block.path, "reading the data block"):
+        fd = os.open(block.path, os.O_RDONLY)
+        try:
+            buf = os.pread(fd, nbytes, first)
+        finally:
+            os.close(fd)
     if len(buf) != nbytes:
         raise ClusterH5Error(block.path, "truncated: the data block ended early")
     raw = np.frombuffer(buf, dtype=block.dtype)
@@ -792,10 +824,12 @@ def read_columns(
 def _read_matrix(block: DataBlock) -> np.ndarray:
     """The whole (n_maps, n_elements) matrix of a file, as nibabel returns it."""
     if block.use_nibabel:
-        img = nib.load(block.path)
-        return np.asarray(img.get_fdata(caching="unchanged")).reshape(
-            block.n_maps, block.n_elements
-        )
+        with named_errors(
+            block.path, "reading data with nibabel", catch=NIBABEL_ERRORS
+        ):
+            img = _nib_load(block.path)
+            data = np.asarray(img.get_fdata(caching="unchanged"))
+        return data.reshape(block.n_maps, block.n_elements)
     count = block.n_maps * block.n_elements
     raw = np.fromfile(block.path, dtype=block.dtype, count=count, offset=block.offset)
     if raw.size != count:
@@ -809,317 +843,3 @@ def read_map(
     """One map of a dense CIFTI-2 file as float32 (nibabel parse; for single files)."""
     ref, block = read_reference(path, map_index=map_index)
     return read_columns(block, 0, ref.n_elements)
-
-
-# --------------------------------------------------------------------------
-# writing: dscalar exports from a template
-# --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Template:
-    """An export template: header bytes for the fast path, or a nibabel image."""
-
-    path: str
-    n_elements: int
-    kind: str
-    header_bytes: bytes | None
-    dtype: np.dtype | None
-    image: Any = None
-    #: (rows, columns) of each written matrix: (1, n) except for pconn
-    shape: tuple[int, int] = (1, 0)
-
-
-def load_template(path: str | os.PathLike[str]) -> Template:
-    """Prepare a CIFTI-2 file as the template of exports (as ModelArrayIO uses it).
-
-    Single-map dscalar and pscalar files and pconn files are accepted, as in
-    ModelArrayIO. The fast path (header bytes + data) is used for templates stored
-    as unscaled float32/float64; anything else is written by nibabel.
-    """
-    path = os.fspath(path)
-    h = _read_header(path)
-    kind = _kind(h, _cifti_xml(h))
-    n_maps, n_el = _dims(h)
-    if kind not in ("dscalar", "pscalar", "pconn") or (kind != "pconn" and n_maps != 1):
-        raise ClusterH5Error(
-            path,
-            "template must be a single-map dscalar or pscalar file or a pconn "
-            f"file; this is a {kind} with {n_maps} maps",
-        )
-    shape = (n_maps, n_el) if kind == "pconn" else (1, n_el)
-    block = _block(h, n_maps, n_el, 0)
-    fast = not block.use_nibabel and block.dtype.kind == "f"
-    if fast:
-        return Template(path, n_maps * n_el, kind, h.raw, block.dtype, shape=shape)
-    try:
-        img = nib.load(path)
-    except Exception as err:
-        raise ClusterH5Error(path, f"nibabel cannot read it: {err}") from err
-    return Template(path, n_maps * n_el, kind, None, None, img, shape=shape)
-
-
-def safe_output_name(name: str, what: str = "name") -> str:
-    """ModelArrayIO's file-name sanitising (spaces and ``/`` to ``_``), made safe.
-
-    Backslashes, NUL and other control characters also become ``_`` and empty
-    names are refused. The result is only ever used as part of a file name
-    (``<analysis>_<stat>``, ``<scalar>_<output>``), never as a path component of
-    its own, so a name read from a file cannot leave the output folder.
-    """
-    text = str(name).replace(" ", "_").replace("/", "_").replace("\\", "_")
-    text = "".join("_" if ord(c) < 32 else c for c in text)
-    if not text:
-        raise ValueError(f"{what} {name!r} cannot be used in a file name")
-    return text
-
-
-def export_file_names(
-    analysis: str, stats: Sequence[str]
-) -> list[tuple[int, str, bool]]:
-    """``(row, file stem, is_1m)`` of every file an export writes, in order.
-
-    ModelArrayIO writes ``<analysis>_<stat>`` for each row and, when the
-    sanitised stat contains ``p.value``, ``<analysis>_<stat with p.value ->
-    1m.p.value>`` holding ``1 - value``.
-    """
-    a = safe_output_name(analysis, "analysis name")
-    out: list[tuple[int, str, bool]] = []
-    for i, stat in enumerate(stats):
-        s = safe_output_name(stat, "statistic name")
-        out.append((i, f"{a}_{s}", False))
-        if "p.value" in s:
-            out.append((i, f"{a}_{s.replace('p.value', '1m.p.value')}", True))
-    return out
-
-
-def _inside(folder: Path, file: Path) -> Path:
-    # belt and braces after sanitising: the file must sit directly in the folder
-    if file.parent.resolve() != folder.resolve() or file.name in ("", ".", ".."):
-        raise ValueError(f"{file}: refusing to write outside {folder}")
-    return file
-
-
-def write_dscalar_row(
-    path: str | os.PathLike[str],
-    row: np.ndarray,
-    template: Template,
-    *,
-    overwrite: bool,
-) -> Path:
-    """Write one map with the template's header, atomically."""
-    row = np.asarray(row)
-    if row.ndim != 1 or row.shape[0] != template.n_elements:
-        raise ClusterH5Error(
-            template.path,
-            f"template has {template.n_elements} greyordinates but the data has "
-            f"shape {row.shape}",
-        )
-    matrix = row.reshape(template.shape)  # pconn rows were flattened row-major
-    target = Path(path)
-    with atomic_output(target, overwrite=overwrite, suffix=".nii") as tmp:
-        if template.header_bytes is not None:
-            assert template.dtype is not None
-            with open(tmp, "wb") as fh:
-                fh.write(template.header_bytes)
-                # NIfTI stores the first CIFTI dimension fastest (column-major)
-                fh.write(matrix.T.astype(template.dtype).tobytes())
-        else:
-            img = template.image
-            out = nib.Cifti2Image(
-                matrix, header=img.header, nifti_header=img.nifti_header
-            )
-            out.to_filename(tmp)
-    return target
-
-
-def write_dscalar_rows(
-    output_dir: str | os.PathLike[str],
-    analysis: str,
-    stats: Sequence[str],
-    matrix: np.ndarray,
-    template: Template,
-    *,
-    overwrite: bool = False,
-    progress: bool = False,
-) -> list[Path]:
-    """Write ModelArrayIO's export files for one analysis.
-
-    Parameters
-    ----------
-    output_dir : folder (created with parents).
-    analysis : analysis name; file names are ``<analysis>_<stat>.dscalar.nii``.
-    stats : statistic names, one per row of ``matrix``.
-    matrix : (n_stats, n_elements) results.
-    template : from :func:`load_template`.
-    overwrite : replace existing files; otherwise refuse before writing anything.
-
-    Returns
-    -------
-    The paths written, in ModelArrayIO's order.
-    """
-    matrix = np.asarray(matrix)
-    if matrix.ndim != 2 or matrix.shape[0] != len(stats):
-        raise ValueError(
-            f"{len(stats)} statistic names for a results matrix of shape {matrix.shape}"
-        )
-    folder = Path(output_dir)
-    plan = [
-        (row, _inside(folder, folder / f"{stem}.{template.kind}.nii"), one_minus)
-        for row, stem, one_minus in export_file_names(analysis, stats)
-    ]
-    seen: set[Path] = set()
-    for _, target, _ in plan:
-        if target in seen:
-            raise ValueError(f"{target}: two statistics map to the same file name")
-        seen.add(target)
-        if target.exists() and not overwrite:
-            raise FileExistsError(
-                f"{target}: exists; pass overwrite=True to replace it"
-            )
-    folder.mkdir(parents=True, exist_ok=True)
-    items: Iterable[tuple[int, Path, bool]] = plan
-    if progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(plan, desc=f"export {analysis}", unit="file")
-    written = []
-    for row, target, one_minus in items:
-        data = matrix[row]
-        if one_minus:
-            data = 1 - data
-        written.append(write_dscalar_row(target, data, template, overwrite=overwrite))
-    return written
-
-
-# --------------------------------------------------------------------------
-# writing: clustered experiments as dtseries / ptseries
-# --------------------------------------------------------------------------
-
-
-def _check_ijk(ijk: Any, volume_shape: Sequence[int], what: str) -> np.ndarray:
-    arr = np.asarray(ijk)
-    if arr.ndim != 2 or arr.shape[1] != 3:
-        raise ValueError(
-            f"{what}: voxel indices must have shape (n, 3), got {arr.shape}"
-        )
-    arr = arr.astype(np.int64)
-    shape = np.asarray(volume_shape, dtype=np.int64)
-    if arr.size and ((arr < 0).any() or (arr >= shape).any()):
-        raise ValueError(f"{what}: voxel indices outside the volume {tuple(shape)}")
-    return arr
-
-
-def _series(n_time: int, tr: float) -> cifti2_axes.SeriesAxis:
-    if not np.isfinite(tr) or tr <= 0:
-        raise ValueError(f"TR must be a positive number of seconds, got {tr}")
-    return cifti2_axes.SeriesAxis(
-        start=0.0, step=float(tr), size=int(n_time), unit="SECOND"
-    )
-
-
-def _save_cifti(
-    path: str | os.PathLike[str],
-    data: np.ndarray,
-    axes: tuple[Any, Any],
-    overwrite: bool,
-) -> Path:
-    img = nib.Cifti2Image(np.ascontiguousarray(data, dtype=np.float32), header=axes)
-    target = Path(path)
-    with atomic_output(target, overwrite=overwrite, suffix=".nii") as tmp:
-        img.to_filename(tmp)
-    return target
-
-
-def write_dtseries(
-    path: str | os.PathLike[str],
-    data: np.ndarray,
-    ijk: np.ndarray,
-    affine: np.ndarray,
-    volume_shape: Sequence[int],
-    tr: float,
-    *,
-    structure: str = "CIFTI_STRUCTURE_OTHER",
-    overwrite: bool = False,
-) -> Path:
-    """Write voxel time series as a CIFTI-2 dense time series (``.dtseries.nii``).
-
-    Parameters
-    ----------
-    data : (n_voxels, n_time) values; stored as float32.
-    ijk : (n_voxels, 3) 0-based voxel indices (i, j, k), in the order of ``data``'s
-        rows. The brain-model axis keeps this order (it is built from explicit
-        voxels, not from a mask, whose C order would reorder them), so element
-        ``n`` of the file is row ``n`` of ``data``.
-    affine : (4, 4) voxel-to-world matrix of the volume.
-    volume_shape : (i, j, k) shape of the volume.
-    tr : repetition time in seconds (the series axis step; start 0).
-    structure : CIFTI brain structure of the single volume model.
-    overwrite : replace an existing file.
-    """
-    data = np.asarray(data)
-    ijk = _check_ijk(ijk, volume_shape, os.fspath(path))
-    if data.ndim != 2 or data.shape[0] != ijk.shape[0]:
-        raise ValueError(
-            f"{os.fspath(path)}: data shape {data.shape} does not match "
-            f"{ijk.shape[0]} voxels (expected (n_voxels, n_time))"
-        )
-    if ijk.shape[0] == 0:
-        raise ValueError(f"{os.fspath(path)}: no voxels to write")
-    if len({tuple(v) for v in ijk.tolist()}) != ijk.shape[0]:
-        raise ValueError(f"{os.fspath(path)}: repeated voxel indices")
-    bm = cifti2_axes.BrainModelAxis(
-        structure,
-        voxel=ijk,
-        affine=np.asarray(affine, dtype=float),
-        volume_shape=tuple(int(s) for s in volume_shape),
-    )
-    return _save_cifti(path, data.T, (_series(data.shape[1], tr), bm), overwrite)
-
-
-def write_ptseries(
-    path: str | os.PathLike[str],
-    summary: np.ndarray,
-    parcel_names: Sequence[str],
-    parcel_ijk: Sequence[np.ndarray],
-    affine: np.ndarray,
-    volume_shape: Sequence[int],
-    tr: float,
-    *,
-    overwrite: bool = False,
-) -> Path:
-    """Write cluster summaries as a CIFTI-2 parcellated time series (``.ptseries.nii``).
-
-    Parameters
-    ----------
-    summary : (n_clusters, n_time) values; stored as float32.
-    parcel_names : one unique name per cluster (row of ``summary``).
-    parcel_ijk : per cluster, an (n_c, 3) array of 0-based voxel indices.
-    affine, volume_shape : the volume of the voxels.
-    tr : repetition time in seconds.
-    overwrite : replace an existing file.
-    """
-    summary = np.asarray(summary)
-    names = [str(n) for n in parcel_names]
-    if (
-        summary.ndim != 2
-        or summary.shape[0] != len(names)
-        or len(names) != len(parcel_ijk)
-    ):
-        raise ValueError(
-            f"{os.fspath(path)}: summary shape {summary.shape}, {len(names)} names and "
-            f"{len(parcel_ijk)} voxel lists must agree (expected (n_clusters, n_time))"
-        )
-    if len(set(names)) != len(names):
-        raise ValueError(f"{os.fspath(path)}: parcel names must be unique")
-    voxels = [_check_ijk(v, volume_shape, os.fspath(path)) for v in parcel_ijk]
-    parcels = cifti2_axes.ParcelsAxis(
-        names,
-        voxels,
-        [{} for _ in names],
-        affine=np.asarray(affine, dtype=float),
-        volume_shape=tuple(int(s) for s in volume_shape),
-    )
-    return _save_cifti(
-        path, summary.T, (_series(summary.shape[1], tr), parcels), overwrite
-    )

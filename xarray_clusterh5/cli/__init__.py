@@ -20,6 +20,30 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
 )
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """Shows ``(default: X)`` only where a default tells the user something.
+
+    argparse's ArgumentDefaultsHelpFormatter also prints ``(default: None)`` for
+    required flags and flags without a default, and ``(default: True)`` for a
+    ``--no-*`` switch; this one skips those, and help texts that already say
+    what the default is.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (
+            action.required
+            or not action.option_strings
+            or action.nargs == 0  # switches: the default is "not given"
+            or default is None
+            or default is argparse.SUPPRESS
+            or "default" in text.lower()
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full ``clusterh5`` parser with every subcommand that is installed."""
     from xarray_clusterh5 import __version__
@@ -38,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # subcommand not built yet
             raise
         getattr(module, func_name)(sub)
+    for subparser in sub.choices.values():  # one help style for every subcommand
+        subparser.formatter_class = HelpFormatter
     return parser
 
 

@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
         acc = ds.clusterh5
         print(f"\n{acc.n_scans} scans: {', '.join(acc.scan_names)}")
-        print(f"cluster metadata:\n{acc.cluster_metadata()}")
+        print(_cluster_table(ds))
         if "data" in ds:
             means = acc.cluster_means().mean("time").compute()
             print("\nmean signal per cluster and full run:")
@@ -49,3 +49,12 @@ def run(args: argparse.Namespace) -> int:
                     )
                     print(f"  {run}: {cells}")
     return 0
+
+
+def _cluster_table(ds: Any) -> str:
+    """Each cluster's id and voxel count, with its metadata columns if stored."""
+    table = ds.clusterh5.cluster_metadata()
+    table.insert(0, "n_voxels", ds["n_voxels"].values)
+    table.index.name = "cluster"
+    title = "clusters" if table.shape[1] > 1 else "clusters (no cluster metadata)"
+    return f"{title}:\n{table.to_string()}"

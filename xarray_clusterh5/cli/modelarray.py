@@ -52,7 +52,7 @@ def _add_log_level(p: argparse.ArgumentParser) -> None:
         "--log_level",
         choices=_LOG_LEVELS,
         default="INFO",
-        help="Logging level (default INFO; WARNING or above also hides progress bars).",
+        help="logging level (default: INFO); WARNING and above also hide progress bars",
     )
 
 
@@ -90,14 +90,18 @@ def _setup_logging(level: str) -> bool:
 
 def add_parsers(subparsers: Any) -> None:
     """Add ``to-modelarray`` and ``export-results`` to the ``clusterh5`` parser."""
+    _add_to_modelarray(subparsers)
+    _add_export_results(subparsers)
+
+
+def _add_to_modelarray(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "to-modelarray",
         help="CIFTI cohort CSV to a ModelArray HDF5 file (modelarrayio-compatible)",
         description=(
             "Convert a cohort of CIFTI dscalar files to a ModelArray HDF5 file, "
-            "as `modelarrayio to-modelarray` does, much faster."
+            "as `modelarrayio to-modelarray` does (same flags and files)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument(
         "--cohort-file",
@@ -108,7 +112,10 @@ def add_parsers(subparsers: Any) -> None:
         "path columns named by --scalar-columns (wide).",
     )
     p.add_argument(
-        "--output", type=Path, default=Path("modelarray.h5"), help="output .h5"
+        "--output",
+        type=Path,
+        default=Path("modelarray.h5"),
+        help="the ModelArray .h5 file to write (replaced if it exists)",
     )
     p.add_argument(
         "--scalar-columns",
@@ -116,72 +123,11 @@ def add_parsers(subparsers: Any) -> None:
         nargs="+",
         help="wide format: the columns holding file paths (implies --split-files)",
     )
-    split = p.add_mutually_exclusive_group()
-    split.add_argument(
-        "--split-files",
-        "--split_files",
-        dest="split_outputs",
-        action="store_true",
-        help="one output file per scalar, named <scalar>_<output name>",
-    )
-    split.add_argument(
-        "--no-split-files",
-        "--no_split_files",
-        dest="split_outputs",
-        action="store_false",
-        help="all scalars in one output",
-    )
-    p.set_defaults(split_outputs=None)
-    p.add_argument(
-        "--backend",
-        choices=["hdf5", "tiledb"],
-        default="hdf5",
-        help="storage backend (only hdf5 is supported)",
-    )
-    p.add_argument(
-        "--dtype",
-        choices=["float32", "float64"],
-        default="float32",
-        dest="storage_dtype",
-        help="floating type stored",
-    )
-    p.add_argument(
-        "--compression",
-        choices=["gzip", "zstd", "lzf", "none"],
-        default="gzip",
-        help="compression filter (zstd is TileDB-only and refused)",
-    )
-    p.add_argument(
-        "--compression-level",
-        "--compression_level",
-        type=int,
-        default=4,
-        help="gzip level, clamped to 0..9",
-    )
-    p.add_argument(
-        "--no-shuffle",
-        dest="shuffle",
-        action="store_false",
-        default=True,
-        help="disable the shuffle filter",
-    )
-    chunking = p.add_mutually_exclusive_group()
-    chunking.add_argument(
-        "--chunk-voxels",
-        "--chunk_voxels",
-        type=int,
-        default=0,
-        help="elements per chunk; 0 = from --target-chunk-mb. 1024 makes ModelArray's "
-        "per-element reads about 3x faster than the default",
-    )
-    chunking.add_argument(
-        "--target-chunk-mb",
-        "--target_chunk_mb",
-        type=float,
-        default=2.0,
-        help="MiB per chunk when --chunk-voxels is 0",
-    )
-    p.add_argument("--workers", type=int, default=1, help="TileDB only; ignored")
+    _add_split_args(p)
+    _add_storage_args(p)
+    _add_chunk_args(p)
+    # TileDB only in ModelArrayIO: accepted so its command lines run, not shown
+    p.add_argument("--workers", type=int, default=1, help=argparse.SUPPRESS)
     p.add_argument(
         "--s3-workers",
         "--s3_workers",
@@ -200,16 +146,98 @@ def add_parsers(subparsers: Any) -> None:
     _add_log_level(p)
     p.set_defaults(func=run_to_modelarray)
 
+
+def _add_split_args(p: argparse.ArgumentParser) -> None:
+    split = p.add_mutually_exclusive_group()
+    split.add_argument(
+        "--split-files",
+        "--split_files",
+        dest="split_outputs",
+        action="store_true",
+        help="one output file per scalar, named <scalar>_<output name>",
+    )
+    split.add_argument(
+        "--no-split-files",
+        "--no_split_files",
+        dest="split_outputs",
+        action="store_false",
+        help="all scalars in one output",
+    )
+    p.set_defaults(split_outputs=None)
+
+
+def _add_storage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--backend",
+        choices=["hdf5", "tiledb"],
+        metavar="{hdf5}",  # tiledb is accepted only to be refused with a message
+        default="hdf5",
+        help="storage backend; ModelArrayIO's TileDB backend is not supported",
+    )
+    p.add_argument(
+        "--dtype",
+        choices=["float32", "float64"],
+        default="float32",
+        dest="storage_dtype",
+        help="floating type stored",
+    )
+    p.add_argument(
+        "--compression",
+        choices=["gzip", "zstd", "lzf", "none"],
+        metavar="{gzip,lzf,none}",  # zstd (TileDB only) is refused with a message
+        default="gzip",
+        help="compression filter of the stored values",
+    )
+    p.add_argument(
+        "--compression-level",
+        "--compression_level",
+        type=int,
+        default=4,
+        help="gzip level, clamped to 0..9",
+    )
+    p.add_argument(
+        "--no-shuffle",
+        dest="shuffle",
+        action="store_false",
+        default=True,
+        help="do not apply HDF5's shuffle filter before compression",
+    )
+
+
+def _add_chunk_args(p: argparse.ArgumentParser) -> None:
+    chunking = p.add_mutually_exclusive_group()
+    chunking.add_argument(
+        "--chunk-voxels",
+        "--chunk_voxels",
+        type=int,
+        default=0,
+        help="elements per chunk; 0 = from --target-chunk-mb. 1024 makes ModelArray's "
+        "per-element reads about 3x faster than the default",
+    )
+    chunking.add_argument(
+        "--target-chunk-mb",
+        "--target_chunk_mb",
+        type=float,
+        default=2.0,
+        help="MiB per chunk when --chunk-voxels is 0",
+    )
+
+
+def _add_export_results(subparsers: Any) -> None:
     e = subparsers.add_parser(
         "export-results",
         help="ModelArray results to CIFTI dscalar files (modelarrayio-compatible)",
         description=(
             "Write results/<analysis>/results_matrix as <analysis>_<stat>.dscalar.nii "
-            "files, as `modelarrayio export-results` does, much faster."
+            "files, as `modelarrayio export-results` does (same flags and files)."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    e.add_argument("--analysis-name", "--analysis_name", required=True)
+    e.add_argument(
+        "--analysis-name",
+        "--analysis_name",
+        required=True,
+        help="the analysis to export: the group results/<name> of the file",
+    )
     e.add_argument(
         "--input-hdf5",
         "--input_hdf5",
@@ -218,8 +246,26 @@ def add_parsers(subparsers: Any) -> None:
         type=_existing_file(e),
         help="the ModelArray .h5 file with the results",
     )
-    e.add_argument("--output-dir", "--output_dir", required=True)
+    e.add_argument(
+        "--output-dir",
+        "--output_dir",
+        required=True,
+        help="folder for the <analysis>_<stat>.dscalar.nii files (made if missing)",
+    )
     _add_unsupported(e)
+    _add_template_args(e)
+    e.add_argument(
+        "--no-compress",
+        dest="compress",
+        action="store_false",
+        default=True,
+        help="accepted for compatibility; has no effect on CIFTI outputs",
+    )
+    _add_log_level(e)
+    e.set_defaults(func=run_export_results)
+
+
+def _add_template_args(e: argparse.ArgumentParser) -> None:
     tg = e.add_argument_group("Template arguments (required for CIFTI)")
     template = tg.add_mutually_exclusive_group()
     template.add_argument(
@@ -236,15 +282,6 @@ def add_parsers(subparsers: Any) -> None:
         default=None,
         help="a CIFTI file whose header is the template",
     )
-    e.add_argument(
-        "--no-compress",
-        dest="compress",
-        action="store_false",
-        default=True,
-        help="no effect on CIFTI (compatibility)",
-    )
-    _add_log_level(e)
-    e.set_defaults(func=run_export_results)
 
 
 def run_to_modelarray(args: argparse.Namespace) -> int:
@@ -299,7 +336,7 @@ def run_export_results(args: argparse.Namespace) -> int:
 
 
 def _export_results(args: argparse.Namespace) -> int:
-    from xarray_clusterh5.modelarray.h5 import export_results
+    from xarray_clusterh5.modelarray.export import export_results
 
     progress = _setup_logging(args.log_level)
     _refuse_other_modalities(args)

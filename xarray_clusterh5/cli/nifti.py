@@ -22,7 +22,9 @@ def add_parser(subparsers: Any) -> None:
         "the atlas voxels in fmristore's mask order and write an fmristore "
         "clustered experiment that R fmristore and the clusterh5 engine read.",
     )
-    p.add_argument("--atlas", required=True, help="3-D integer atlas (NIfTI)")
+    p.add_argument(
+        "--atlas", required=True, help="3-D integer atlas (NIfTI); 0 is background"
+    )
     p.add_argument(
         "--run",
         dest="runs",
@@ -34,7 +36,9 @@ def add_parser(subparsers: Any) -> None:
     )
     p.add_argument("--mask", help="optional 3-D mask (NIfTI) restricting the atlas")
     p.add_argument(
-        "--tr", type=float, help="repetition time in seconds (default: NIfTI header)"
+        "--tr",
+        type=float,
+        help="repetition time in seconds (default: from the runs' NIfTI headers)",
     )
     p.add_argument(
         "--summaries",
@@ -45,13 +49,17 @@ def add_parser(subparsers: Any) -> None:
         "--format",
         choices=("2025", "2026"),
         default="2026",
-        help="fmristore generation of the class strings (default 2026)",
+        help="fmristore generation of the class strings",
     )
     p.add_argument(
-        "--compression", type=int, default=4, help="gzip level 0-9 (default 4, R's)"
+        "--compression", type=int, default=4, help="gzip level 0-9 (4 is what R writes)"
     )
-    p.add_argument("--overwrite", action="store_true", help="replace --output")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace --output if it exists"
+    )
+    p.add_argument(
+        "--no-progress", action="store_true", help="do not show a progress bar"
+    )
     p.add_argument("--output", "-o", required=True, help="the .h5 file to write")
     p.set_defaults(func=run)
 

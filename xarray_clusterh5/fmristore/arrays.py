@@ -19,6 +19,8 @@ from xarray.backends.file_manager import FileManager
 from xarray.core import indexing
 
 from xarray_clusterh5._hdf5 import chunk_read as _chunkread
+from xarray_clusterh5._hdf5.files import named_errors
+from xarray_clusterh5.fmristore import layout as L
 from xarray_clusterh5.fmristore import read as reader
 
 _F32 = np.dtype("float32")
@@ -85,6 +87,7 @@ class _ClusterArray(BackendArray):
 
     indexing_support = indexing.IndexingSupport.OUTER
     dtype = _F32
+    shape: tuple[int, ...]
 
     def __init__(self, manager: FileManager, lock: Any, path: str) -> None:
         self.manager = manager
@@ -123,7 +126,8 @@ class _ClusterArray(BackendArray):
                 groups: dict[str, h5py.Group | None] = {}
                 for job in jobs:
                     (v_sl, v_pick), (t_sl, t_pick) = job.windows()
-                    raw = self._fetch(f, groups, job, (t_sl, v_sl), dec.has_source)
+                    with self._errors(job):
+                        raw = self._fetch(f, groups, job, (t_sl, v_sl), dec.has_source)
                     direct = raw is not None and v_pick is None and t_pick is None
                     dec.add(raw, out=job.dest.T if direct else None)
                     pending.append((job, (t_sl, v_sl), v_pick, t_pick, direct))
@@ -134,7 +138,7 @@ class _ClusterArray(BackendArray):
             if direct and block is not None:
                 continue
             if block is None:  # not ours to decode, or a bad chunk: h5py reads
-                with self._file() as f:
+                with self._file() as f, self._errors(job):
                     dset = self._dataset(f, {}, job)
                     block = np.asarray(dset[sel], dtype=_F32)
             block = block.T  # on disk (T, Nc)
@@ -166,6 +170,11 @@ class _ClusterArray(BackendArray):
             return _chunkread.fetch_window(dsid, sel, locate=locate, plist=plist)
         dset = self._dataset(f, groups, job)  # raises what is wrong, or h5py reads
         return _chunkread.fetch_window(dset, sel, locate=locate)
+
+    def _errors(self, job: _Job) -> contextlib.AbstractContextManager[None]:
+        """Errors reading one cluster dataset name the file and the dataset."""
+        obj = L.cluster_path(job.scan, job.cluster_id)
+        return named_errors(self.path, "reading voxel data", obj)
 
     def _dataset(
         self, f: h5py.File, groups: dict[str, h5py.Group | None], job: _Job
@@ -344,8 +353,10 @@ class SummaryArray(_ClusterArray):
             with self._file() as f:
                 for a, r, nt in jobs:
                     t_sl, t_pick = _window(t_idx[:nt])
-                    dset = reader.summary_dataset(f, self.path, self.scans[r])
-                    block = reader.read_window(dset, (c_sl, t_sl))
+                    name = L.summary_path(self.scans[r])
+                    with named_errors(self.path, "reading cluster summaries", name):
+                        dset = reader.summary_dataset(f, self.path, self.scans[r])
+                        block = reader.read_window(dset, (c_sl, t_sl))
                     if c_pick is not None:
                         block = block[c_pick]
                     if t_pick is not None:

@@ -18,6 +18,8 @@ import nibabel as nib
 import numpy as np
 import xarray as xr
 
+from xarray_clusterh5._hdf5.files import ClusterH5Error, named_errors
+from xarray_clusterh5.cifti.read import NIBABEL_ERRORS
 from xarray_clusterh5.fmristore import layout as L
 from xarray_clusterh5.fmristore.read import Experiment, ScanInfo
 from xarray_clusterh5.fmristore.views import build_padded
@@ -45,11 +47,14 @@ def _load(src: ImageLike, what: str) -> nib.spatialimages.SpatialImage:
         if not os.path.exists(src):
             raise FileNotFoundError(f"{what} {os.fspath(src)}: no such file")
         try:
-            return nib.load(os.fspath(src))
-        except Exception as err:
-            raise ValueError(
-                f"{what} {os.fspath(src)}: not a NIfTI image ({err})"
+            img = nib.load(os.fspath(src))
+        except NIBABEL_ERRORS as err:
+            raise ClusterH5Error(
+                src, f"{what}: not a NIfTI image, or a damaged one ({err})"
             ) from err
+        if isinstance(img, nib.spatialimages.SpatialImage):
+            return img
+        raise ClusterH5Error(src, f"{what}: not a NIfTI image")
     if isinstance(src, nib.spatialimages.SpatialImage):
         return src
     raise TypeError(
@@ -62,7 +67,7 @@ def nifti_tr(img: nib.spatialimages.SpatialImage) -> float | None:
 
     Returns None when the header has no usable TR (0, NaN, or a 3-D image).
     """
-    header = img.header
+    header: Any = img.header  # Nifti1Header when it has xyzt_units
     zooms = header.get_zooms()
     if len(zooms) < 4:
         return None
@@ -83,7 +88,9 @@ def _labels(
     img = None
     if isinstance(atlas, str | os.PathLike | nib.spatialimages.SpatialImage):
         img = _load(atlas, what)
-        arr, desc = np.asarray(img.dataobj), _describe(atlas)
+        desc = _describe(atlas)
+        with named_errors(desc, f"reading the {what}", catch=NIBABEL_ERRORS):
+            arr = np.asarray(img.dataobj)
     else:
         arr, desc = np.asarray(atlas), f"{what} array"
     if arr.ndim == 4 and arr.shape[3] == 1:
@@ -116,10 +123,20 @@ def _load_masked(
     ``keep_file_open=True``: windows of a .nii.gz then continue one gzip
     stream instead of decompressing from the start each time.
     """
-    if isinstance(src, str | os.PathLike):
-        img = nib.load(os.fspath(src), keep_file_open=True)
-    else:
-        img = src
+    with named_errors(
+        _describe(src), "reading the run's volumes", catch=NIBABEL_ERRORS
+    ):
+        return _read_masked(src, mask_index, n_time, shape)
+
+
+def _read_masked(
+    src: ImageLike, mask_index: np.ndarray, n_time: int, shape: tuple[int, int, int]
+) -> np.ndarray:
+    img: Any = (
+        nib.load(os.fspath(src), keep_file_open=True)
+        if isinstance(src, str | os.PathLike)
+        else src
+    )
     proxy = img.dataobj
     n = mask_index.size
     out = np.empty((n, n_time), dtype=np.float32)
@@ -300,19 +317,21 @@ def from_nifti(
     ref_desc = atlas_desc if atlas_img is not None else _describe(images[0][1])
     for n, src, img in images:
         if len(img.shape) != 4:
-            raise ValueError(
-                f"run {n!r} ({_describe(src)}) must be 4-D (X, Y, Z, T), got shape "
-                f"{img.shape}"
+            raise ClusterH5Error(
+                _describe(src),
+                f"run {n!r} must be 4-D (X, Y, Z, T), got shape {img.shape}",
             )
         if tuple(img.shape[:3]) != shape:
-            raise ValueError(
-                f"run {n!r} ({_describe(src)}) has spatial shape {img.shape[:3]}, "
-                f"the atlas ({atlas_desc}) {shape}"
+            raise ClusterH5Error(
+                _describe(src),
+                f"run {n!r} has spatial shape {img.shape[:3]}, "
+                f"the atlas ({atlas_desc}) {shape}",
             )
         if not _same_affine(img.affine, ref_affine):
-            raise ValueError(
-                f"run {n!r} ({_describe(src)}) has a different affine from "
-                f"{ref_desc}:\n{img.affine}\nvs\n{ref_affine}"
+            raise ClusterH5Error(
+                _describe(src),
+                f"run {n!r} has a different affine from "
+                f"{ref_desc}:\n{img.affine}\nvs\n{ref_affine}",
             )
     keep = labels != 0
     if mask is not None:
@@ -375,7 +394,8 @@ def from_nifti(
     else:
         columns, missing, dtypes = {}, {}, {}
 
-    sform_code = int(ref_img.header.get("sform_code", 0) or 0)
+    ref_header: Any = ref_img.header
+    sform_code = int(ref_header.get("sform_code", 0) or 0)
     form = "sform" if sform_code > 0 else "qform"
     affine = ref_affine
     spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))

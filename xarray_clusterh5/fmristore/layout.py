@@ -1,4 +1,4 @@
-"""On-disk vocabulary of the two HDF5 formats: paths, class strings, dtypes.
+"""On-disk vocabulary of fmristore files: paths, class strings, dtypes.
 
 Nothing here opens a file or imports xarray; every other module takes its
 names from here so that the reader and the writer cannot drift apart.
@@ -13,6 +13,9 @@ import re
 from typing import Final
 
 import numpy as np
+
+# re-exported: fmristore's modules take every name from this module
+from xarray_clusterh5._hdf5.names import check_hdf5_name as check_hdf5_name
 
 # --------------------------------------------------------------------------
 # fmristore clustered ("parcellated") experiments
@@ -112,45 +115,3 @@ def generation_of_class(cls: str) -> str | None:
             if name == cls:
                 return gen
     return None
-
-
-# --------------------------------------------------------------------------
-# ModelArray (PennLINC) element-wise HDF5
-# --------------------------------------------------------------------------
-
-MA_GREYORDINATES: Final = "/greyordinates"  # int64 (2, n): vertex_id, structure_id
-MA_SCALARS: Final = "/scalars"
-MA_RESULTS: Final = "/results"
-
-
-def ma_values_path(scalar: str) -> str:
-    """``/scalars/<name>/values``: (n_subjects, n_elements) in h5py order."""
-    return f"{MA_SCALARS}/{scalar}/values"
-
-
-def ma_column_names_path(scalar: str) -> str:
-    """``/scalars/<name>/column_names``: the cohort's ``source_file`` strings."""
-    return f"{MA_SCALARS}/{scalar}/column_names"
-
-
-def ma_results_matrix_path(analysis: str) -> str:
-    """``/results/<analysis>/results_matrix``: (n_stats, n_elements), h5py order."""
-    return f"{MA_RESULTS}/{analysis}/results_matrix"
-
-
-# --------------------------------------------------------------------------
-# Names that end up as HDF5 paths or file names
-# --------------------------------------------------------------------------
-
-
-def check_hdf5_name(name: str, what: str) -> str:
-    """Return ``name`` if it can be one HDF5 link name, else raise ValueError.
-
-    fmristore never sanitises names; a ``/`` would silently create nested
-    groups and ``.`` / ``..`` are not valid link names.
-    """
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{what} must be a non-empty string, got {name!r}")
-    if "/" in name or name in (".", "..") or "\x00" in name:
-        raise ValueError(f"{what} {name!r} is not a valid HDF5 name (no '/', NUL, '.')")
-    return name

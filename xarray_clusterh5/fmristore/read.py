@@ -27,6 +27,7 @@ from xarray_clusterh5._hdf5.files import (
     check_local_object,
     decode_str,
     get_link,
+    named_errors,
     read_attr_str,
     read_strings,
 )
@@ -147,7 +148,8 @@ def _read_value(path: str, dset: h5py.Dataset) -> Any:
         raise ClusterH5Error(
             path, f"{dset.name} has unsupported dtype {dset.dtype} for metadata"
         )
-    value = dset[()]
+    with named_errors(path, "reading metadata", dset.name):
+        value = dset[()]
     if np.ndim(value) == 0:
         return np.asarray(value).reshape(()).astype(dset.dtype)[()]
     return np.asarray(value)
@@ -202,7 +204,7 @@ def _read_header(
         affine[:3, 3] = offset
         return shape, spacing, affine, NO_QUATERNION_NOTE
     b, c, d = (q["quatern_b"], q["quatern_c"], q["quatern_d"])
-    offset = [q["qoffset_x"], q["qoffset_y"], q["qoffset_z"]]
+    offset = [float(q[n] or 0.0) for n in ("qoffset_x", "qoffset_y", "qoffset_z")]
     assert b is not None
     assert c is not None
     assert d is not None
@@ -429,6 +431,11 @@ def read_experiment(
         When the file does not have fmristore's layout or contradicts itself.
     """
     path = os.fspath(path) if path is not None else f.filename
+    with named_errors(path, "reading the file's layout"):
+        return _read_experiment(f, path)
+
+
+def _read_experiment(f: h5py.File, path: str) -> Experiment:
     root_cls = read_attr_str(f, L.ATTR_ROOT_CLASS)
     if root_cls in (L.FULL_CLASSES["2026"], L.SUMMARY_CLASSES["2026"]):
         raise ClusterH5Error(
@@ -442,11 +449,13 @@ def read_experiment(
             "HDF5 file without fmristore's clustered layout "
             "(needs /scans and /cluster_map)",
         )
-    shape, spacing, affine, affine_source = _read_header(path, f)
+    with named_errors(path, "reading the NIfTI header", L.HEADER):
+        shape, spacing, affine, affine_source = _read_header(path, f)
     mask_obj = get_link(path, f, L.MASK)
     if not isinstance(mask_obj, h5py.Dataset):
         raise ClusterH5Error(path, "no /mask dataset")
-    mask_zyx = np.asarray(mask_obj[()])
+    with named_errors(path, "reading the mask", L.MASK):
+        mask_zyx = np.asarray(mask_obj[()])
     if mask_zyx.shape != shape[::-1]:
         raise ClusterH5Error(
             path,
@@ -462,7 +471,8 @@ def read_experiment(
         raise ClusterH5Error(
             path, f"/cluster_map has dtype {cmap_obj.dtype}, not integer"
         )
-    cluster_map = np.atleast_1d(np.asarray(cmap_obj[()])).astype(np.int32)
+    with named_errors(path, "reading the cluster map", L.CLUSTER_MAP):
+        cluster_map = np.atleast_1d(np.asarray(cmap_obj[()])).astype(np.int32)
     if cluster_map.ndim != 1:
         raise ClusterH5Error(path, f"/cluster_map must be 1-D, got {cluster_map.shape}")
     if len(cluster_map) != len(mask_index):
@@ -484,11 +494,16 @@ def read_experiment(
     first_cluster = int(cluster_map[0]) if len(cluster_map) else None
     scans_group = get_link(path, f, L.SCANS)
     assert isinstance(scans_group, h5py.Group)
-    scans = tuple(
-        _read_scan(path, f, name, cluster_ids, n_voxels, first_cluster)
-        for name in scans_group  # HDF5 name order = R's scan order
-    )
-    columns, missing, dtypes = _read_cluster_metadata(path, f, cluster_ids)
+    with named_errors(path, "listing the scans", L.SCANS):
+        scan_names = list(scans_group)  # HDF5 name order = R's scan order
+    scans = []
+    for name in scan_names:
+        with named_errors(path, "reading the scan's description", L.scan_path(name)):
+            scans.append(
+                _read_scan(path, f, name, cluster_ids, n_voxels, first_cluster)
+            )
+    with named_errors(path, "reading the cluster metadata", L.CLUSTER_META):
+        columns, missing, dtypes = _read_cluster_metadata(path, f, cluster_ids)
     root_attrs = {
         k: read_attr_str(f, k) or ""
         for k in (L.ATTR_ROOT_CLASS, L.ATTR_ROOT_VERSION)
@@ -510,7 +525,7 @@ def read_experiment(
         cluster_map=cluster_map,
         cluster_ids=cluster_ids,
         n_voxels=n_voxels.astype(np.int64),
-        scans=scans,
+        scans=tuple(scans),
         cluster_metadata=columns,
         cluster_metadata_missing=missing,
         cluster_metadata_dtypes=dtypes,

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
-from xarray_clusterh5.cifti import read as cifti
+from xarray_clusterh5._hdf5.names import safe_output_name
+from xarray_clusterh5.cifti import write as cifti
 from xarray_clusterh5.fmristore import ops as views_convert
 
 _NAME_COLUMNS = ("name", "label", "cluster_name")
@@ -89,7 +90,7 @@ def experiment_to_cifti(
     written: list[Path] = []
     for ds in _run_views(obj, runs):
         run = str(ds.attrs["scan"])
-        stem = cifti.safe_output_name(run, "scan name")
+        stem = safe_output_name(run, "scan name")
         meta = views_convert.scan_metadata(ds)[run]
         shape = views_convert.volume_shape(ds)
         affine = views_convert.affine(ds)
@@ -125,13 +126,3 @@ def experiment_to_cifti(
                 )
             )
     return written
-
-
-def to_cifti(obj: xr.Dataset | xr.DataTree, *args: Any, **kwargs: Any) -> Any:
-    """``.clusterh5.to_cifti``: clustered views to dtseries/ptseries, ModelArray
-    results to ModelArrayIO's dscalar exports (``cohort.to_cifti``)."""
-    if isinstance(obj, xr.DataTree) or views_convert.VIEW_ATTR in obj.attrs:
-        return experiment_to_cifti(obj, *args, **kwargs)
-    from xarray_clusterh5.modelarray import cohort
-
-    return cohort.to_cifti(obj, *args, **kwargs)

@@ -4,12 +4,11 @@
 Dataset; ``to_modelarray`` writes a Dataset in ModelArray's layout exactly as
 ``modelarrayio to-modelarray`` does; ``to_cifti`` writes results as
 ``<analysis>_<stat>.dscalar.nii`` files exactly as ``modelarrayio
-export-results`` does. The CLI uses the xarray-free equivalents in
-``modelarray_io`` (``cohort_to_h5``, ``export_results``), which write the same
-files.
+export-results`` does. The CLI uses the xarray-free equivalents
+(``modelarray.h5.cohort_to_h5``, ``modelarray.export.export_results``), which
+write the same files through the same loops.
 
-The Dataset model (shared with the ModelArray reader in
-``_modelarray_backend``):
+The Dataset model (shared with the ModelArray reader in ``modelarray.store``):
 
 * one data variable per scalar, dims ``(subject, element)``, float32, attribute
   ``modelarray_group="scalars"``; when scalars have different subject counts each
@@ -32,7 +31,6 @@ The Dataset model (shared with the ModelArray reader in
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -43,15 +41,16 @@ import pandas as pd
 import xarray as xr
 from dask.base import tokenize
 
-from xarray_clusterh5._hdf5.files import atomic_output
+from xarray_clusterh5._hdf5.names import check_hdf5_name
 from xarray_clusterh5.cifti import read as cifti
-from xarray_clusterh5.fmristore import layout as _layout
+from xarray_clusterh5.modelarray import export
 from xarray_clusterh5.modelarray import h5 as modelarray_io
 from xarray_clusterh5.modelarray.store import (
     ELEMENT_DIM,
     GROUP_ATTR,
     NAME_ATTR,
     SOURCES_ATTR,
+    subject_dims,
 )
 
 DEFAULT_BATCH = 64
@@ -124,76 +123,103 @@ def from_cohort(
     long = modelarray_io.read_cohort(csv, scalar_columns)
     sources = long["source_file"].tolist()
     modelarray_io.check_modality(csv, sources)
+    rows = modelarray_io.scalar_rows(long)
     resolved = modelarray_io.resolve_sources(csv, sources, relative_to)
     ref, blocks = modelarray_io.check_cohort_files(
         resolved, map_index, progress, threads
     )
-    long = long.assign(_block=range(len(long)))
-    scalars = list(dict.fromkeys(long["scalar_name"]))
-    for s in scalars:
-        _layout.check_hdf5_name(s, "scalar name")
-    groups = {s: long[long["scalar_name"] == s] for s in scalars}
-    shared = len({len(g) for g in groups.values()}) == 1
+    arrays = {
+        s: modelarray_io.CohortArray([blocks[i] for i in r], ref.n_elements)
+        for s, r in rows.items()
+    }
+    ds = cohort_dataset(csv, long, rows, arrays, batch_size)
+    ds = ds.assign_coords(_cifti_element_coords(ref))
+    ds.attrs.update(
+        cohort_file=str(Path(csv).resolve()),
+        cohort_format="wide" if scalar_columns else "long",
+        cifti_template=resolved[0],
+    )
+    return ds
+
+
+def _subject_coords(
+    long: pd.DataFrame, rows: dict[str, np.ndarray]
+) -> dict[str, tuple[str, np.ndarray]]:
+    """Source names and the other cohort columns along each subject dimension.
+
+    With a shared ``subject`` dimension a column is one coordinate when every
+    scalar agrees on it, ``<col>_<scalar>`` for the scalars that differ.
+    """
+    names = subject_dims({s: len(r) for s, r in rows.items()})
     extra = _subject_columns(long)
-    coords: dict[str, Any] = {}
-    data_vars: dict[str, xr.DataArray] = {}
-    base = groups[scalars[0]]
-    n_el = ref.n_elements
-    for s in scalars:
-        g = groups[s]
-        dim = "subject" if shared else f"subject_{s}"
-        src_name = "source_file" if len(scalars) == 1 else f"source_file_{s}"
-        coords[src_name] = (dim, np.asarray(g["source_file"].tolist(), dtype=object))
+    first = next(iter(rows))
+    coords: dict[str, tuple[str, np.ndarray]] = {}
+    for s, r in rows.items():
+        g = long.iloc[r]
+        dim, src = names[s]
+        coords[src] = (dim, np.asarray(g["source_file"].tolist(), dtype=object))
         for c in extra:
             vals = g[c].to_numpy()
-            if shared and s != scalars[0]:
-                same = pd.Series(vals).equals(pd.Series(base[c].to_numpy()))
-                if same:
-                    continue
+            if dim != "subject":
                 coords[f"{c}_{s}"] = (dim, vals)
-            elif shared:
+            elif s == first:
                 coords[c] = (dim, vals)
-            else:
+            elif not pd.Series(vals).equals(
+                pd.Series(long.iloc[rows[first]][c].to_numpy())
+            ):
                 coords[f"{c}_{s}"] = (dim, vals)
-        arr = modelarray_io.CohortArray([blocks[i] for i in g["_block"]], n_el)
-        token = tokenize(
-            csv, s, [(b.path, b.offset, str(b.dtype), b.map_index) for b in arr.blocks]
-        )
-        chunks = (min(max(1, int(batch_size)), len(g)), n_el)
+    return coords
+
+
+def cohort_dataset(
+    csv: str,
+    long: pd.DataFrame,
+    rows: dict[str, np.ndarray],
+    arrays: dict[str, Any],
+    batch_size: int,
+) -> xr.Dataset:
+    """One lazy ``(subject, element)`` variable per scalar with subject coordinates.
+
+    ``arrays`` holds one array-like ``(n_subjects, n_elements)`` per scalar,
+    indexed orthogonally and picklable (it becomes a dask array chunked by
+    ``batch_size`` subjects); element coordinates are the caller's.
+    """
+    names = subject_dims({s: len(r) for s, r in rows.items()})
+    data_vars = {}
+    for s, arr in arrays.items():
+        dim, src = names[s]
+        token = tokenize(csv, s, arr)
+        chunks = (min(max(1, int(batch_size)), arr.shape[0]), arr.shape[1])
         darr = da.from_array(
-            arr,
-            chunks=chunks,
-            asarray=False,
-            lock=False,
-            name=f"cohort-{s}-{token}",
-            inline_array=True,
-        )
+            arr, chunks=chunks, asarray=False, lock=False,
+            name=f"cohort-{s}-{token}", inline_array=True,
+        )  # fmt: skip
         data_vars[s] = xr.DataArray(
             darr,
             dims=(dim, ELEMENT_DIM),
-            attrs={GROUP_ATTR: "scalars", SOURCES_ATTR: src_name},
+            attrs={GROUP_ATTR: "scalars", SOURCES_ATTR: src},
         )
+    coords: dict[str, Any] = dict(_subject_coords(long, rows))
+    n_el = next(iter(arrays.values())).shape[1]
     coords[ELEMENT_DIM] = (ELEMENT_DIM, np.arange(n_el, dtype=np.int64))
+    return xr.Dataset(data_vars, coords=coords)
+
+
+def _cifti_element_coords(
+    ref: cifti.BrainModel | cifti.ParcelModel,
+) -> dict[str, tuple[str, np.ndarray]]:
     if isinstance(ref, cifti.ParcelModel):
-        for k, v in ref.element_names().items():
-            coords[k] = (ELEMENT_DIM, v.astype(object))
-    else:
-        voxel = ref.voxel
-        coords.update(
-            {
-                "structure": (ELEMENT_DIM, ref.structure.astype(object)),
-                "vertex": (ELEMENT_DIM, ref.vertex),
-                "voxel_i": (ELEMENT_DIM, voxel[:, 0]),
-                "voxel_j": (ELEMENT_DIM, voxel[:, 1]),
-                "voxel_k": (ELEMENT_DIM, voxel[:, 2]),
-            }
-        )
-    attrs = {
-        "cohort_file": str(Path(csv).resolve()),
-        "cohort_format": "wide" if scalar_columns else "long",
-        "cifti_template": resolved[0],
+        return {
+            k: (ELEMENT_DIM, v.astype(object)) for k, v in ref.element_names().items()
+        }
+    voxel = ref.voxel
+    return {
+        "structure": (ELEMENT_DIM, ref.structure.astype(object)),
+        "vertex": (ELEMENT_DIM, ref.vertex),
+        "voxel_i": (ELEMENT_DIM, voxel[:, 0]),
+        "voxel_j": (ELEMENT_DIM, voxel[:, 1]),
+        "voxel_k": (ELEMENT_DIM, voxel[:, 2]),
     }
-    return xr.Dataset(data_vars, coords=coords, attrs=attrs)
 
 
 # --------------------------------------------------------------------------
@@ -330,65 +356,28 @@ def to_modelarray(
             "the Dataset has no scalar variables (subject x element) to write"
         )
     for n in names:
-        _layout.check_hdf5_name(n, "scalar name")
+        check_hdf5_name(n, "scalar name")
         if ELEMENT_DIM not in ds[n].dims or ds[n].ndim != 2:
             raise ValueError(
                 f"{n!r} must have dims (subject, element), has {ds[n].dims}"
             )
-    modelarray_io.resolve_dtype(dtype)
-    modelarray_io.resolve_compression(compression, compression_level, shuffle)
+    options = modelarray_io.StorageOptions(
+        dtype, compression, compression_level, shuffle, chunk_voxels,
+        target_chunk_mb, threads,
+    )  # fmt: skip
+    options.check()
     write_elements = _element_writer(ds)
     if split_files is None:
         split_files = ds.attrs.get("cohort_format") == "wide"
     plan = modelarray_io.output_plan(path, names, bool(split_files))
-    for out, _ in plan:
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"{out}: exists; pass overwrite=True to replace it")
-    n_el = ds.sizes[ELEMENT_DIM]
-    total = n_el * sum(len(v) for _, v in plan)
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(
-            total=total,
-            desc="writing ModelArray HDF5",
-            unit="el",
-            unit_scale=True,
-            file=sys.stderr,
-        )
-    written = []
-    try:
-        for out, group in plan:
-            with atomic_output(out, overwrite=overwrite, suffix=".h5") as tmp:
-                import h5py
-
-                with h5py.File(tmp, "w") as f:
-                    write_elements(f)
-                    for n in group:
-                        var = ds[n]
-                        sources = _sources_of(ds, n)
-                        modelarray_io.write_scalar(
-                            f,
-                            n,
-                            len(sources),
-                            n_el,
-                            sources,
-                            _stripe_reader(var),
-                            dtype=dtype,
-                            compression=compression,
-                            compression_level=compression_level,
-                            shuffle=shuffle,
-                            chunk_voxels=chunk_voxels,
-                            target_chunk_mb=target_chunk_mb,
-                            threads=threads,
-                            progress=bar.update if bar is not None else None,
-                        )
-            written.append(out)
-    finally:
-        if bar is not None:
-            bar.close()
-    return written
+    streams = {
+        n: modelarray_io.ScalarStream(n, _sources_of(ds, n), _stripe_reader(ds[n]))
+        for n in names
+    }
+    return modelarray_io.write_modelarray(
+        plan, write_elements, streams, ds.sizes[ELEMENT_DIM], options,
+        overwrite=overwrite, progress=progress,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------
@@ -461,9 +450,9 @@ def to_cifti(
         if stat_dim in ds.coords
         else [f"component{i + 1:03d}" for i in range(var.shape[0])]
     )
-    template = modelarray_io.pick_template(ds.attrs, example_file, cohort_file)
+    template = export.pick_template(ds.attrs, example_file, cohort_file)
     name = str(var.attrs.get(NAME_ATTR, var_name))
-    return cifti.write_dscalar_rows(
+    return export.write_cifti_results(
         output_dir,
         name,
         stats,

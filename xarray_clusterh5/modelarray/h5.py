@@ -29,8 +29,9 @@ import collections
 import os
 import sys
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,12 +49,13 @@ from xarray_clusterh5._hdf5.files import (
     atomic_output,
     decode_str,
     get_link,
+    named_errors,
     read_strings,
 )
+from xarray_clusterh5._hdf5.names import check_hdf5_name
 from xarray_clusterh5.cifti import read as cifti
-from xarray_clusterh5.fmristore import layout as _layout
+from xarray_clusterh5.modelarray import layout
 
-GREYORDINATE_COLUMNS = ("vertex_id", "structure_id")
 #: bytes of one stripe held in memory while writing (several chunks wide)
 STRIPE_BYTES = 8 * 1024 * 1024
 
@@ -126,13 +128,15 @@ def write_greyordinates(
     """``/greyordinates`` as ModelArrayIO writes it: int64 (2, n), contiguous."""
     codes = np.asarray(structure_id, dtype=np.int64)
     table = np.stack([np.arange(codes.size, dtype=np.int64), codes])
-    dset = f.create_dataset(_layout.MA_GREYORDINATES.lstrip("/"), data=table)
-    dset.attrs["column_names"] = list(GREYORDINATE_COLUMNS)
+    dset = f.create_dataset(layout.GREYORDINATES.lstrip("/"), data=table)
+    dset.attrs["column_names"] = list(layout.GREYORDINATE_COLUMNS)
     dset.attrs["structure_names"] = [str(s) for s in structure_names]
     return dset
 
 
-def write_parcels(f: h5py.File, arrays: dict[str, Sequence[str]]) -> None:
+def write_parcels(
+    f: h5py.File, arrays: Mapping[str, Sequence[str] | np.ndarray]
+) -> None:
     """``/parcels/<name>`` string datasets (pscalar: ``parcel_id``; pconn:
     ``parcel_id_from``/``parcel_id_to``), as ModelArrayIO writes them."""
     grp = f.require_group("parcels")
@@ -158,13 +162,66 @@ def element_writer(
 def write_column_names(f: h5py.File, scalar: str, names: Sequence[str]) -> h5py.Dataset:
     """``/scalars/<scalar>/column_names``: 1-D variable-length UTF-8 strings."""
     values = np.array([str(n) for n in names], dtype=object)
-    grp = f.require_group(f"{_layout.MA_SCALARS.lstrip('/')}/{scalar}")
+    grp = f.require_group(f"{layout.SCALARS.lstrip('/')}/{scalar}")
     return grp.create_dataset(
         "column_names",
         data=values,
         dtype=h5py.string_dtype(encoding="utf-8"),
         shape=(len(values),),
     )
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """How ``scalars/<name>/values`` is stored: ModelArrayIO's flags.
+
+    ``dtype`` float32 or float64; ``compression`` gzip, lzf or none (level
+    clamped to 0..9, shuffle only with a compressor); ``chunk_voxels`` elements
+    per chunk, 0 = from ``target_chunk_mb`` (see :func:`chunk_shape`);
+    ``threads`` compression threads (default: available CPUs).
+    """
+
+    dtype: Any = "float32"
+    compression: str | None = "gzip"
+    compression_level: int = 4
+    shuffle: bool = True
+    chunk_voxels: int = 0
+    target_chunk_mb: float = 2.0
+    threads: int | None = None
+
+    def check(self) -> None:
+        """Refuse a bad dtype or compression before anything is read."""
+        resolve_dtype(self.dtype)
+        resolve_compression(self.compression, self.compression_level, self.shuffle)
+
+    def n_threads(self) -> int:
+        """Threads to use: ``threads`` or the available CPUs."""
+        return self.threads or default_threads()
+
+    def create_values(
+        self, f: h5py.File, scalar: str, n_subjects: int, n_elements: int
+    ) -> h5py.Dataset:
+        """Create (not fill) ``/scalars/<scalar>/values`` with these options."""
+        dt = resolve_dtype(self.dtype)
+        comp, level, use_shuffle = resolve_compression(
+            self.compression, self.compression_level, self.shuffle
+        )
+        chunks = chunk_shape(
+            n_subjects,
+            n_elements,
+            dtype=dt,
+            chunk_voxels=self.chunk_voxels,
+            target_chunk_mb=self.target_chunk_mb,
+        )
+        return f.create_dataset(
+            layout.values_path(scalar).lstrip("/"),
+            shape=(n_subjects, n_elements),
+            dtype=dt,
+            chunks=chunks,
+            compression=comp,
+            compression_opts=level if comp == "gzip" else None,
+            shuffle=use_shuffle,
+        )
 
 
 def write_scalar(
@@ -193,51 +250,50 @@ def write_scalar(
     scalar : scalar name (one HDF5 link name: no ``/``).
     n_subjects, n_elements : shape of ``values``.
     column_names : one source string per subject, stored verbatim.
-    read_stripe : ``read_stripe(start, stop)`` returns the ``(n_subjects,
-        stop - start)`` values of elements ``start:stop``; called once per
+    read_stripe : ``read_stripe(start, stop)`` returns the values of elements
+        ``start:stop``, shape ``(n_subjects, stop - start)``; called once per
         stripe, in order. A stripe is a whole number of chunks wide and about
         ``stripe_bytes`` large, so memory stays bounded whatever the cohort size.
     dtype, compression, compression_level, shuffle, chunk_voxels, target_chunk_mb :
-        as ModelArrayIO's flags (see :func:`chunk_shape`, :func:`resolve_compression`).
+        as ModelArrayIO's flags (see :class:`StorageOptions`).
     threads : compression threads (default: available CPUs).
     progress : called with the number of elements finished after each stripe.
     """
-    _layout.check_hdf5_name(scalar, "scalar name")
+    check_hdf5_name(scalar, "scalar name")
     if len(column_names) != n_subjects:
         raise ValueError(
             f"scalar {scalar!r}: {len(column_names)} column names for "
             f"{n_subjects} subjects"
         )
-    dt = resolve_dtype(dtype)
-    comp, level, use_shuffle = resolve_compression(
-        compression, compression_level, shuffle
-    )
-    chunks = chunk_shape(
-        n_subjects,
-        n_elements,
-        dtype=dt,
-        chunk_voxels=chunk_voxels,
-        target_chunk_mb=target_chunk_mb,
-    )
-    dset = f.create_dataset(
-        _layout.ma_values_path(scalar).lstrip("/"),
-        shape=(n_subjects, n_elements),
-        dtype=dt,
-        chunks=chunks,
-        compression=comp,
-        compression_opts=level if comp == "gzip" else None,
-        shuffle=use_shuffle,
-    )
+    options = StorageOptions(
+        dtype, compression, compression_level, shuffle, chunk_voxels,
+        target_chunk_mb, threads,
+    )  # fmt: skip
+    dset = options.create_values(f, scalar, n_subjects, n_elements)
     write_column_names(f, scalar, column_names)
+    _fill_values(dset, scalar, read_stripe, options.n_threads(), stripe_bytes, progress)
+    return dset
+
+
+def _fill_values(
+    dset: h5py.Dataset,
+    scalar: str,
+    read_stripe: Callable[[int, int], np.ndarray],
+    n_threads: int,
+    stripe_bytes: int,
+    progress: Callable[[int], Any] | None,
+) -> None:
+    """Read stripes in order; compress their chunks on a pool, write them direct."""
+    n_subjects, n_elements = dset.shape
+    chunks = dset.chunks
     cw = chunks[1]
-    per_chunk = n_subjects * cw * dt.itemsize
+    per_chunk = n_subjects * cw * dset.dtype.itemsize
     width = cw * max(1, int(stripe_bytes // max(per_chunk, 1)))
-    direct = comp != "lzf"
-    spec = filter_spec(dset) if direct else None
+    # lzf has no encoder here: h5py compresses those stripes itself
+    spec = filter_spec(dset) if dset.compression != "lzf" else None
     pending: collections.deque[tuple[tuple[int, int], Future[bytes]]] = (
         collections.deque()
     )
-    n_threads = threads or default_threads()
     # the chunks of one stripe compress while the next stripe is read: at most
     # two stripes (and their compressed chunks) are alive at any time
     max_pending = max(2 * n_threads, width // cw)
@@ -257,21 +313,16 @@ def write_scalar(
                         f"scalar {scalar!r}: stripe {start}:{stop} has shape "
                         f"{block.shape}, expected {(n_subjects, stop - start)}"
                     )
-                block = block.astype(dt, copy=False)
-                if not direct:
+                block = block.astype(dset.dtype, copy=False)
+                if spec is None:
                     dset[:, start:stop] = block
                 else:
-                    assert spec is not None
                     for c0 in range(start, stop, cw):
                         part = block[:, c0 - start : min(c0 + cw, stop) - start]
                         fut = pool.submit(
-                            encode_chunk,
-                            part,
-                            chunks,
-                            level=spec.level,
-                            shuffle=spec.shuffle,
-                            fill=0,
-                        )
+                            encode_chunk, part, chunks, level=spec.level,
+                            shuffle=spec.shuffle, fill=0,
+                        )  # fmt: skip
                         pending.append(((0, c0), fut))
                     drain(max_pending)
                 if progress is not None:
@@ -280,7 +331,6 @@ def write_scalar(
         finally:
             for _, fut in pending:
                 fut.cancel()
-    return dset
 
 
 # --------------------------------------------------------------------------
@@ -296,7 +346,7 @@ def _decode_names(path: str, values: Any) -> list[str]:
 
 def list_scalars(path: str, f: h5py.File) -> list[str]:
     """Names of the groups under ``/scalars`` that hold a ``values`` dataset."""
-    grp = get_link(path, f, _layout.MA_SCALARS)
+    grp = get_link(path, f, layout.SCALARS)
     if not isinstance(grp, h5py.Group):
         return []
     return [
@@ -306,7 +356,7 @@ def list_scalars(path: str, f: h5py.File) -> list[str]:
 
 def list_analyses(path: str, f: h5py.File) -> list[str]:
     """Names of the groups under ``/results`` that hold a ``results_matrix``."""
-    grp = get_link(path, f, _layout.MA_RESULTS)
+    grp = get_link(path, f, layout.RESULTS)
     if not isinstance(grp, h5py.Group):
         return []
     return [
@@ -324,14 +374,14 @@ def scalar_column_names(path: str, f: h5py.File, scalar: str) -> list[str]:
     ``scalars/scalars/<s>/values/column_names`` and
     ``scalars/scalars/<s>/column_names``.
     """
-    values = get_link(path, f, _layout.ma_values_path(scalar))
+    values = get_link(path, f, layout.values_path(scalar))
     if values is not None and "column_names" in values.attrs:
         return _decode_names(path, values.attrs["column_names"])
     for p in (
-        _layout.ma_column_names_path(scalar),
-        f"{_layout.MA_SCALARS}/{scalar}/values/column_names",
-        f"{_layout.MA_SCALARS}/scalars/{scalar}/values/column_names",
-        f"{_layout.MA_SCALARS}/scalars/{scalar}/column_names",
+        layout.column_names_path(scalar),
+        f"{layout.SCALARS}/{scalar}/values/column_names",
+        f"{layout.SCALARS}/scalars/{scalar}/values/column_names",
+        f"{layout.SCALARS}/scalars/{scalar}/column_names",
     ):
         obj = get_link(path, f, p)
         if isinstance(obj, h5py.Dataset):
@@ -351,7 +401,7 @@ def result_names(path: str, f: h5py.File, analysis: str) -> list[str] | None:
     ModelArrayIO, empty names are kept in place (ModelArrayIO drops them, which
     shifts every later name onto the wrong row).
     """
-    matrix = get_link(path, f, _layout.ma_results_matrix_path(analysis))
+    matrix = get_link(path, f, layout.results_matrix_path(analysis))
     if matrix is None:
         raise ClusterH5Error(path, f"no results for analysis {analysis!r}")
     if "colnames" in matrix.attrs:
@@ -359,12 +409,13 @@ def result_names(path: str, f: h5py.File, analysis: str) -> list[str] | None:
         if any(names):
             return names
     for p in (
-        f"{_layout.MA_RESULTS}/{analysis}/column_names",
-        f"{_layout.ma_results_matrix_path(analysis)}/column_names",
+        f"{layout.RESULTS}/{analysis}/column_names",
+        f"{layout.results_matrix_path(analysis)}/column_names",
     ):
         obj = get_link(path, f, p)
         if isinstance(obj, h5py.Dataset):
-            names = _decode_names(path, obj[()])
+            with named_errors(path, "reading the statistic names", p):
+                names = _decode_names(path, obj[()])
             if any(names):
                 return names
     return None
@@ -402,31 +453,34 @@ def read_results(
     if f is None:
         with open_h5(path) as fh:
             return read_results(path, analysis, fh)
-    names = result_names(path, f, analysis)
-    dset = get_link(path, f, _layout.ma_results_matrix_path(analysis))
-    assert isinstance(dset, h5py.Dataset)
+    where = layout.results_matrix_path(analysis)
+    with named_errors(path, "reading the statistic names", f"/results/{analysis}"):
+        names = result_names(path, f, analysis)
+    dset = get_link(path, f, where)
+    if not isinstance(dset, h5py.Dataset):
+        raise ClusterH5Error(path, f"no results for analysis {analysis!r}")
     transposed = results_orientation(
         path, dset.shape, None if names is None else len(names)
     )
-    matrix = dset[()]
+    with named_errors(path, "reading results", where):
+        matrix = dset[()]
     if transposed:
         matrix = matrix.T
-    if names is None:
-        names = [f"component{i + 1:03d}" for i in range(matrix.shape[0])]
-    names = [n if n else f"component{i + 1:03d}" for i, n in enumerate(names)]
-    return names, matrix
+    return layout.component_names(names, matrix.shape[0]), matrix
 
 
 def read_greyordinates(path: str, f: h5py.File) -> tuple[np.ndarray, np.ndarray] | None:
     """``(vertex_id, structure name per element)`` from ``/greyordinates``, or None."""
-    dset = get_link(path, f, _layout.MA_GREYORDINATES)
+    dset = get_link(path, f, layout.GREYORDINATES)
     if not isinstance(dset, h5py.Dataset):
         return None
-    table = dset[()]
-    cols = [
-        decode_str(c)
-        for c in np.asarray(dset.attrs.get("column_names", []), dtype=object)
-    ]
+    with named_errors(path, "reading greyordinates", layout.GREYORDINATES):
+        table = dset[()]
+        cols = [
+            decode_str(c)
+            for c in np.asarray(dset.attrs.get("column_names", []), dtype=object)
+        ]
+        raw_names = dset.attrs.get("structure_names", [])
     if table.ndim != 2:
         raise ClusterH5Error(
             path, f"/greyordinates must be 2-D, has shape {table.shape}"
@@ -435,10 +489,7 @@ def read_greyordinates(path: str, f: h5py.File) -> tuple[np.ndarray, np.ndarray]
         table = table.T  # R-written (n, 2) seen from h5py as (2, n) normally
     vi = cols.index("vertex_id") if "vertex_id" in cols else 0
     si = cols.index("structure_id") if "structure_id" in cols else 1
-    names = [
-        decode_str(s)
-        for s in np.asarray(dset.attrs.get("structure_names", []), dtype=object)
-    ]
+    names = [decode_str(s) for s in np.asarray(raw_names, dtype=object)]
     codes = table[si].astype(np.int64)
     if names and (codes.min(initial=0) < 0 or codes.max(initial=0) >= len(names)):
         raise ClusterH5Error(
@@ -450,7 +501,7 @@ def read_greyordinates(path: str, f: h5py.File) -> tuple[np.ndarray, np.ndarray]
 
 def read_parcels(path: str, f: h5py.File) -> dict[str, np.ndarray] | None:
     """The ``/parcels`` string datasets of a pscalar/pconn file, or None."""
-    grp = get_link(path, f, "/parcels")
+    grp = get_link(path, f, layout.PARCELS)
     if not isinstance(grp, h5py.Group):
         return None
     out = {}
@@ -487,8 +538,8 @@ def parcel_element_names(
 # cohorts (ModelArrayIO's CSV rules) and the direct conversion
 # --------------------------------------------------------------------------
 
-_NIFTI_SUFFIXES = (".nii", ".nii.gz")
-_MIF_SUFFIXES = (".mif", ".mif.gz")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+MIF_SUFFIXES = (".mif", ".mif.gz")
 
 
 # --------------------------------------------------------------------------
@@ -568,9 +619,9 @@ def check_modality(csv: str, sources: Sequence[str]) -> None:
     for s in sources:
         if cifti.cifti_kind_from_name(s):
             kinds.setdefault("cifti", s)
-        elif s.endswith(_MIF_SUFFIXES):
+        elif s.endswith(MIF_SUFFIXES):
             kinds.setdefault("mif", s)
-        elif s.endswith(_NIFTI_SUFFIXES):
+        elif s.endswith(NIFTI_SUFFIXES):
             kinds.setdefault("nifti", s)
         else:
             raise ClusterH5Error(
@@ -672,6 +723,9 @@ class CohortArray:
     def __len__(self) -> int:
         return self.shape[0]
 
+    def __dask_tokenize__(self) -> object:
+        return [(b.path, b.offset, str(b.dtype), b.map_index) for b in self.blocks]
+
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
         if any(k is Ellipsis for k in key):
@@ -729,14 +783,18 @@ def check_cohort_files(
     ClusterH5Error
         Naming the first file that is not CIFTI-2, of another type or brain model.
     """
-    ref, first = cifti.read_reference(paths[0], map_index=map_index)
+    with named_errors(paths[0], "reading the CIFTI header", catch=cifti.NIBABEL_ERRORS):
+        ref, first = cifti.read_reference(paths[0], map_index=map_index)
     rest = paths[1:]
     n_threads = threads or default_threads()
     blocks = [first]
+
+    def check(p: str) -> cifti.DataBlock:
+        with named_errors(p, "checking the CIFTI header", catch=cifti.NIBABEL_ERRORS):
+            return cifti.check_file(p, ref, map_index=map_index)
+
     with ThreadPoolExecutor(max(1, n_threads)) as pool:
-        results = pool.map(
-            lambda p: cifti.check_file(p, ref, map_index=map_index), rest
-        )
+        results = pool.map(check, rest)
         if progress:
             from tqdm.auto import tqdm
 
@@ -749,73 +807,6 @@ def check_cohort_files(
             )
         blocks.extend(results)
     return ref, blocks
-
-
-def template_from_cohort(
-    cohort_file: str | os.PathLike[str],
-    relative_to: str | os.PathLike[str] | None = None,
-) -> str:
-    """The first row's ``source_file`` of a long cohort (ModelArrayIO's template)."""
-    long = read_cohort(cohort_file)
-    first = long["source_file"].iloc[0]
-    return resolve_sources(cohort_file, [first], relative_to)[0]
-
-
-def pick_template(
-    ds_attrs: dict[str, Any] | None,
-    example_file: str | os.PathLike[str] | None,
-    cohort_file: str | os.PathLike[str] | None,
-) -> cifti.Template:
-    if example_file is not None and cohort_file is not None:
-        raise ValueError("give example_file or cohort_file, not both")
-    if example_file is not None:
-        tpath = os.fspath(example_file)
-        if not os.path.exists(tpath):
-            raise FileNotFoundError(f"{tpath}: template file does not exist")
-    elif cohort_file is not None:
-        tpath = template_from_cohort(cohort_file)
-    elif ds_attrs and ds_attrs.get("cifti_template"):
-        tpath = str(ds_attrs["cifti_template"])
-    else:
-        raise ValueError(
-            "no CIFTI template: give example_file= or cohort_file= (ModelArray files "
-            "store no brain-model geometry)"
-        )
-    kind = cifti.cifti_kind_from_name(tpath)
-    if kind is None and tpath.endswith(_NIFTI_SUFFIXES):
-        raise ClusterH5Error(
-            tpath, "template is NIfTI, not CIFTI; NIfTI export is not supported"
-        )
-    return cifti.load_template(tpath)
-
-
-def export_results(
-    in_file: str | os.PathLike[str],
-    analysis: str,
-    output_dir: str | os.PathLike[str],
-    *,
-    example_file: str | os.PathLike[str] | None = None,
-    cohort_file: str | os.PathLike[str] | None = None,
-    overwrite: bool = False,
-    progress: bool = False,
-) -> list[Path]:
-    """``modelarrayio export-results`` for CIFTI, straight from the HDF5 file.
-
-    Reads ``results/<analysis>/results_matrix`` once (not row by row) with its
-    statistic names (:func:`read_results`) and writes the files
-    as :func:`to_cifti` does.
-    """
-    template = pick_template(None, example_file, cohort_file)
-    names, matrix = read_results(in_file, analysis)
-    return cifti.write_dscalar_rows(
-        output_dir,
-        analysis,
-        names,
-        matrix,
-        template,
-        overwrite=overwrite,
-        progress=progress,
-    )
 
 
 def output_plan(
@@ -832,7 +823,7 @@ def output_plan(
         return [(target, list(scalars))]
     plan = []
     for s in scalars:
-        name = f"{cifti.safe_output_name(s, 'scalar name')}_{target.name}"
+        name = layout.split_output_name(s, target.name)
         plan.append((target.with_name(name), [s]))
     if len({p for p, _ in plan}) != len(plan):
         raise ValueError("two scalar names give the same split output file name")
@@ -863,6 +854,94 @@ def stripe_reader(
     return read
 
 
+@dataclass(frozen=True)
+class ScalarStream:
+    """One scalar to write: its source names and how to read element stripes."""
+
+    name: str
+    column_names: list[str]
+    read_stripe: Callable[[int, int], np.ndarray]
+
+
+def check_outputs(plan: Sequence[tuple[Path, list[str]]], overwrite: bool) -> None:
+    """Refuse existing outputs unless ``overwrite`` (before anything is read)."""
+    for out, _ in plan:
+        if out.exists() and not overwrite:
+            raise FileExistsError(f"{out}: exists; pass overwrite=True to replace it")
+
+
+def write_modelarray(
+    plan: Sequence[tuple[Path, list[str]]],
+    write_elements: Callable[[h5py.File], Any],
+    streams: dict[str, ScalarStream],
+    n_elements: int,
+    options: StorageOptions,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> list[Path]:
+    """Write ModelArray files: the one loop of ``to_modelarray`` and the CLI.
+
+    Parameters
+    ----------
+    plan : ``(file, scalar names)`` pairs (:func:`output_plan`).
+    write_elements : writes the element table (``/greyordinates``, ``/parcels``,
+        ``/voxels``, ``/fixels``) into each file.
+    streams : the scalars by name.
+    n_elements : columns of every ``values`` dataset.
+    options : storage (dtype, filters, chunks, threads).
+    overwrite : replace existing files.
+    progress : progress bar on stderr.
+
+    Returns
+    -------
+    The files written. Each is written to a temporary name and renamed into
+    place, so a failure leaves no partial file.
+    """
+    check_outputs(plan, overwrite)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        total = n_elements * sum(len(names) for _, names in plan)
+        bar = tqdm(
+            total=total, desc="writing ModelArray HDF5", unit="el",
+            unit_scale=True, file=sys.stderr,
+        )  # fmt: skip
+    written = []
+    try:
+        for out, names in plan:
+            with (
+                atomic_output(out, overwrite=overwrite, suffix=".h5") as tmp,
+                h5py.File(tmp, "w") as f,
+            ):
+                write_elements(f)
+                for name in names:
+                    _write_stream(f, streams[name], n_elements, options, bar)
+            written.append(out)
+    finally:
+        if bar is not None:
+            bar.close()
+    return written
+
+
+def _write_stream(
+    f: h5py.File,
+    stream: ScalarStream,
+    n_elements: int,
+    options: StorageOptions,
+    bar: Any,
+) -> None:
+    write_scalar(
+        f, stream.name, len(stream.column_names), n_elements, stream.column_names,
+        stream.read_stripe, dtype=options.dtype, compression=options.compression,
+        compression_level=options.compression_level, shuffle=options.shuffle,
+        chunk_voxels=options.chunk_voxels, target_chunk_mb=options.target_chunk_mb,
+        threads=options.n_threads(),
+        progress=bar.update if bar is not None else None,
+    )  # fmt: skip
+
+
 def cohort_to_h5(
     cohort_csv: str | os.PathLike[str],
     output: str | os.PathLike[str],
@@ -883,76 +962,56 @@ def cohort_to_h5(
 ) -> list[Path]:
     """``modelarrayio to-modelarray`` for CIFTI, without xarray (the CLI's path).
 
-    Same files as ``cohort.to_modelarray(cohort.from_cohort(...))``: the CSV is
-    normalised as ModelArrayIO does, every header checked against the first
-    file's brain model, then each scalar streamed in column stripes straight from
-    the files' data blocks into compressed chunks. Memory is a few stripes
-    (``STRIPE_BYTES``), whatever the number of subjects. Outputs are written
-    atomically; ``split_files=None`` splits wide cohorts only.
+    Same files as ``cohort.to_modelarray(cohort.from_cohort(...))`` (both use
+    :func:`write_modelarray`): the CSV is normalised as ModelArrayIO does, every
+    header checked against the first file's brain model, then each scalar
+    streamed in column stripes straight from the files' data blocks into
+    compressed chunks. Memory is a few stripes (``STRIPE_BYTES``), whatever the
+    number of subjects. Outputs are written atomically; ``split_files=None``
+    splits wide cohorts only.
     """
     csv = os.fspath(cohort_csv)
     long = read_cohort(csv, scalar_columns)
     sources = long["source_file"].tolist()
     check_modality(csv, sources)
-    # refuse bad options before reading any file
-    resolve_dtype(dtype)
-    resolve_compression(compression, compression_level, shuffle)
-    scalars = list(dict.fromkeys(long["scalar_name"]))
-    for s in scalars:
-        _layout.check_hdf5_name(s, "scalar name")
+    options = StorageOptions(
+        dtype, compression, compression_level, shuffle, chunk_voxels,
+        target_chunk_mb, threads,
+    )  # fmt: skip
+    options.check()  # refuse bad options before reading any file
+    rows = scalar_rows(long)
     if split_files is None:
         split_files = bool(scalar_columns)
-    plan = output_plan(output, scalars, split_files)
-    for out, _ in plan:
-        if out.exists() and not overwrite:
-            raise FileExistsError(f"{out}: exists; pass overwrite=True to replace it")
+    plan = output_plan(output, list(rows), split_files)
+    check_outputs(plan, overwrite)
     resolved = resolve_sources(csv, sources, relative_to)
     ref, blocks = check_cohort_files(resolved, map_index, progress, threads)
-    write_elements = element_writer(ref)
     n_el = ref.n_elements
-    rows = {s: np.flatnonzero((long["scalar_name"] == s).to_numpy()) for s in scalars}
-    n_threads = threads or default_threads()
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
+    n_threads = options.n_threads()
+    with ThreadPoolExecutor(n_threads, thread_name_prefix="cifti-read") as pool:
+        streams = {
+            s: ScalarStream(
+                s,
+                [sources[i] for i in r],
+                stripe_reader(
+                    CohortArray([blocks[i] for i in r], n_el), pool, n_threads
+                ),
+            )
+            for s, r in rows.items()
+        }
+        return write_modelarray(
+            plan, element_writer(ref), streams, n_el, options,
+            overwrite=overwrite, progress=progress,
+        )  # fmt: skip
 
-        total = n_el * len(scalars)
-        bar = tqdm(
-            total=total,
-            desc="writing ModelArray HDF5",
-            unit="el",
-            unit_scale=True,
-            file=sys.stderr,
-        )
-    written = []
-    try:
-        with ThreadPoolExecutor(n_threads, thread_name_prefix="cifti-read") as pool:
-            for out, group in plan:
-                with (
-                    atomic_output(out, overwrite=overwrite, suffix=".h5") as tmp,
-                    h5py.File(tmp, "w") as f,
-                ):
-                    write_elements(f)
-                    for s in group:
-                        arr = CohortArray([blocks[i] for i in rows[s]], n_el)
-                        write_scalar(
-                            f,
-                            s,
-                            len(rows[s]),
-                            n_el,
-                            [sources[i] for i in rows[s]],
-                            stripe_reader(arr, pool, n_threads),
-                            dtype=dtype,
-                            compression=compression,
-                            compression_level=compression_level,
-                            shuffle=shuffle,
-                            chunk_voxels=chunk_voxels,
-                            target_chunk_mb=target_chunk_mb,
-                            threads=n_threads,
-                            progress=bar.update if bar is not None else None,
-                        )
-                written.append(out)
-    finally:
-        if bar is not None:
-            bar.close()
-    return written
+
+def scalar_rows(long: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Row numbers of each scalar in a normalised cohort, scalars in CSV order.
+
+    Scalar names must be HDF5 link names (ValueError otherwise).
+    """
+    names = list(dict.fromkeys(long["scalar_name"]))
+    for s in names:
+        check_hdf5_name(s, "scalar name")
+    col = long["scalar_name"].to_numpy()
+    return {s: np.flatnonzero(col == s) for s in names}

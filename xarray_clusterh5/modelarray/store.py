@@ -32,20 +32,18 @@ chunks as ``preferred_chunks``.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import h5py
 import numpy as np
 import xarray as xr
 from xarray.backends import BackendArray, CachingFileManager
-from xarray.backends.locks import HDF5_LOCK
 from xarray.core import indexing
 
-from xarray_clusterh5._hdf5.files import ClusterH5Error, get_link, open_h5
-from xarray_clusterh5.fmristore import layout as _layout
+from xarray_clusterh5._hdf5.files import get_link, named_errors
+from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.modelarray import h5 as modelarray_io
+from xarray_clusterh5.modelarray import layout
 
 GROUP_ATTR = "modelarray_group"
 SOURCES_ATTR = "modelarray_sources"
@@ -57,14 +55,6 @@ def is_modelarray_file(f: h5py.File) -> bool:
     """True when the file has ModelArray groups and is not an fmristore file."""
     names = set(f.keys())
     return "cluster_map" not in names and bool(names & {"scalars", "results"})
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 class ModelArrayMatrix(BackendArray):
@@ -100,14 +90,11 @@ class ModelArrayMatrix(BackendArray):
             dset = get_link(self.path, f, self.dataset)
             if not isinstance(dset, h5py.Dataset):
                 raise ClusterH5Error(self.path, f"{self.dataset} disappeared")
-            out = np.asarray(dset[key])
+            with named_errors(self.path, "reading values", self.dataset):
+                out = np.asarray(dset[key])
         if self.transposed:
             out = out.T
         return out
-
-
-def _lazy(arr: ModelArrayMatrix) -> indexing.LazilyIndexedArray:
-    return indexing.LazilyIndexedArray(arr)
 
 
 def _encoding(dset: h5py.Dataset, dims: tuple[str, str], transposed: bool) -> dict:
@@ -123,21 +110,16 @@ def _encoding(dset: h5py.Dataset, dims: tuple[str, str], transposed: bool) -> di
     return enc
 
 
-def open_modelarray_dataset(
-    filename: str | os.PathLike[str],
-    *,
-    drop_variables: str | Iterable[str] | None = None,
-    lock: Any = None,
-    locking: bool | None = None,
+def read_dataset(
+    path: str, f: h5py.File, manager: CachingFileManager, lock: Any
 ) -> xr.Dataset:
-    """Open a ModelArray HDF5 file (scalars and results) as a lazy Dataset.
+    """The lazy Dataset of an open ModelArray file (the engine's view).
 
     Parameters
     ----------
-    filename : local path.
-    drop_variables : variables to leave out.
-    lock : None for xarray's HDF5 lock, False for none, or a lock object.
-    locking : HDF5 file locking, passed to h5py.
+    path : the file's path, for messages and the lazy arrays.
+    f : the open file (read under ``lock`` by the caller).
+    manager, lock : what the lazy arrays read through later.
 
     Returns
     -------
@@ -149,56 +131,54 @@ def open_modelarray_dataset(
     ClusterH5Error
         Not a ModelArray file, or inconsistent shapes, names or links to other files.
     """
-    path = os.path.abspath(os.fspath(filename))
-    if lock is None or lock is True:
-        lock = HDF5_LOCK
-    elif lock is False:
-        lock = _NoLock()
-    kwargs = {"locking": locking} if locking is not None else {}
-    open_h5(path, "r", **kwargs).close()
-    manager = CachingFileManager(open_h5, path, mode="r", kwargs=kwargs)
-    try:
-        with lock, manager.acquire_context(needs_lock=False) as f:
-            ds = _build(path, f, manager, lock)
-        if drop_variables is not None:
-            names = (
-                [drop_variables] if isinstance(drop_variables, str) else drop_variables
-            )
-            ds = ds.drop_vars([n for n in names if n in ds.variables])
-    except BaseException:
-        manager.close()
-        raise
-    ds.set_close(manager.close)
-    return ds
+    with named_errors(path, "reading the file's layout"):
+        return _build(path, f, manager, lock)
 
 
-def _build(
-    path: str, f: h5py.File, manager: CachingFileManager, lock: Any
-) -> xr.Dataset:
-    if not is_modelarray_file(f):
-        raise ClusterH5Error(path, "is not a ModelArray file (no /scalars or /results)")
-    coords: dict[str, Any] = {}
-    data_vars: dict[str, Any] = {}
-    n_el: int | None = None
+def subject_dims(counts: dict[str, int]) -> dict[str, tuple[str, str]]:
+    """The subject naming rule: each scalar's subject dim and source coordinate.
 
-    def check_elements(n: int, what: str) -> None:
-        nonlocal n_el
-        if n_el is None:
-            n_el = n
-        elif n != n_el:
-            raise ClusterH5Error(path, f"{what} has {n} elements, others have {n_el}")
+    Scalars share the dimension ``subject`` when they all have the same number
+    of subjects, else each gets ``subject_<scalar>``; the source names are
+    ``source_file`` for a single scalar, ``source_file_<scalar>`` otherwise.
+    """
+    shared = len(set(counts.values())) <= 1
+    single = len(counts) == 1
+    return {
+        s: (
+            "subject" if shared else f"subject_{s}",
+            "source_file" if single else f"source_file_{s}",
+        )
+        for s in counts
+    }
 
-    # scalars
-    scalars = modelarray_io.list_scalars(path, f)
-    infos = []
-    for s in scalars:
-        dset = get_link(path, f, _layout.ma_values_path(s))
+
+class _Matrix(NamedTuple):
+    """A scalar's or an analysis's 2-D dataset, oriented (rows, element)."""
+
+    name: str
+    dset: h5py.Dataset
+    labels: list[str]
+    transposed: bool
+    shape: tuple[int, int]
+
+
+def _oriented(dset: h5py.Dataset, transposed: bool) -> tuple[int, int]:
+    shape = tuple(dset.shape)
+    return (shape[1], shape[0]) if transposed else (shape[0], shape[1])
+
+
+def _scalar_matrices(path: str, f: h5py.File) -> list[_Matrix]:
+    out = []
+    for s in modelarray_io.list_scalars(path, f):
+        dset = get_link(path, f, layout.values_path(s))
         assert isinstance(dset, h5py.Dataset)
         if dset.ndim != 2:
             raise ClusterH5Error(
                 path, f"{dset.name} must be 2-D, has shape {dset.shape}"
             )
-        sources = modelarray_io.scalar_column_names(path, f, s)
+        with named_errors(path, "reading the source names", f"/scalars/{s}"):
+            sources = modelarray_io.scalar_column_names(path, f, s)
         if dset.shape[0] == len(sources):
             transposed = False
         elif dset.shape[1] == len(sources):
@@ -208,57 +188,50 @@ def _build(
                 path,
                 f"{dset.name} has shape {dset.shape} but {len(sources)} column names",
             )
-        shape = dset.shape[::-1] if transposed else dset.shape
-        check_elements(shape[1], dset.name)
-        infos.append((s, dset, sources, transposed, shape))
-    shared = len({len(i[2]) for i in infos}) <= 1
-    for s, dset, sources, transposed, shape in infos:
-        dim = "subject" if shared else f"subject_{s}"
-        src = "source_file" if len(infos) == 1 else f"source_file_{s}"
-        coords[src] = (dim, np.asarray(sources, dtype=object))
-        arr = ModelArrayMatrix(
-            manager, lock, path, dset.name, shape, dset.dtype, transposed
-        )
-        var = xr.Variable(
-            (dim, ELEMENT_DIM),
-            _lazy(arr),
-            attrs={GROUP_ATTR: "scalars", SOURCES_ATTR: src},
-        )
-        var.encoding = _encoding(dset, (dim, ELEMENT_DIM), transposed)
-        data_vars[s] = var
+        out.append(_Matrix(s, dset, sources, transposed, _oriented(dset, transposed)))
+    return out
 
-    # results
-    analyses = modelarray_io.list_analyses(path, f)
-    rinfos = []
-    for a in analyses:
-        dset = get_link(path, f, _layout.ma_results_matrix_path(a))
+
+def _result_matrices(path: str, f: h5py.File) -> list[_Matrix]:
+    out = []
+    for a in modelarray_io.list_analyses(path, f):
+        dset = get_link(path, f, layout.results_matrix_path(a))
         assert isinstance(dset, h5py.Dataset)
-        names = modelarray_io.result_names(path, f, a)
+        with named_errors(path, "reading the statistic names", f"/results/{a}"):
+            names = modelarray_io.result_names(path, f, a)
         transposed = modelarray_io.results_orientation(
             path, dset.shape, None if names is None else len(names)
         )
-        shape = dset.shape[::-1] if transposed else dset.shape
-        if names is None:
-            names = [f"component{i + 1:03d}" for i in range(shape[0])]
-        names = [n if n else f"component{i + 1:03d}" for i, n in enumerate(names)]
-        check_elements(shape[1], dset.name)
-        rinfos.append((a, dset, names, transposed, shape))
-    same_stats = len({tuple(r[2]) for r in rinfos}) <= 1
-    for a, dset, names, transposed, shape in rinfos:
-        dim = "stat" if same_stats else f"stat_{a}"
-        coords[dim] = (dim, np.asarray(names, dtype=object))
-        arr = ModelArrayMatrix(
-            manager, lock, path, dset.name, shape, dset.dtype, transposed
-        )
-        var_name = a if a not in data_vars else f"results_{a}"
-        var = xr.Variable(
-            (dim, ELEMENT_DIM),
-            _lazy(arr),
-            attrs={GROUP_ATTR: "results", NAME_ATTR: a},
-        )
-        var.encoding = _encoding(dset, (dim, ELEMENT_DIM), transposed)
-        data_vars[var_name] = var
+        shape = _oriented(dset, transposed)
+        labels = layout.component_names(names, shape[0])
+        out.append(_Matrix(a, dset, labels, transposed, shape))
+    return out
 
+
+def _n_elements(path: str, matrices: list[_Matrix]) -> int | None:
+    """The common element count of every matrix (None without any)."""
+    n_el: int | None = None
+    for m in matrices:
+        if n_el is None:
+            n_el = m.shape[1]
+        elif m.shape[1] != n_el:
+            raise ClusterH5Error(
+                path, f"{m.dset.name} has {m.shape[1]} elements, others have {n_el}"
+            )
+    return n_el
+
+
+def _variable(
+    m: _Matrix, dims: tuple[str, str], attrs: dict[str, str], lazy: Any
+) -> xr.Variable:
+    var = xr.Variable(dims, lazy(m), attrs=attrs)
+    var.encoding = _encoding(m.dset, dims, m.transposed)
+    return var
+
+
+def _element_coords(path: str, f: h5py.File, n_el: int | None) -> dict[str, Any]:
+    """``element``/``structure`` (greyordinates) or parcel names along element."""
+    coords: dict[str, Any] = {}
     grey = modelarray_io.read_greyordinates(path, f)
     if grey is not None:
         vertex_id, structure = grey
@@ -268,8 +241,43 @@ def _build(
             )
         coords[ELEMENT_DIM] = (ELEMENT_DIM, vertex_id)
         coords["structure"] = (ELEMENT_DIM, structure.astype(object))
+        return coords
     parcels = modelarray_io.read_parcels(path, f)
-    if parcels is not None and grey is None and n_el is not None:
+    if parcels is not None and n_el is not None:
         for k, v in modelarray_io.parcel_element_names(path, parcels, n_el).items():
             coords[k] = (ELEMENT_DIM, v.astype(object))
+    return coords
+
+
+def _build(
+    path: str, f: h5py.File, manager: CachingFileManager, lock: Any
+) -> xr.Dataset:
+    if not is_modelarray_file(f):
+        raise ClusterH5Error(path, "is not a ModelArray file (no /scalars or /results)")
+
+    def lazy(m: _Matrix) -> indexing.LazilyIndexedArray:
+        arr = ModelArrayMatrix(
+            manager, lock, path, m.dset.name, m.shape, m.dset.dtype, m.transposed
+        )
+        return indexing.LazilyIndexedArray(arr)
+
+    scalars = _scalar_matrices(path, f)
+    results = _result_matrices(path, f)
+    n_el = _n_elements(path, scalars + results)
+    coords: dict[str, Any] = {}
+    data_vars: dict[str, Any] = {}
+    names = subject_dims({m.name: len(m.labels) for m in scalars})
+    for m in scalars:
+        dim, src = names[m.name]
+        coords[src] = (dim, np.asarray(m.labels, dtype=object))
+        attrs = {GROUP_ATTR: "scalars", SOURCES_ATTR: src}
+        data_vars[m.name] = _variable(m, (dim, ELEMENT_DIM), attrs, lazy)
+    same_stats = len({tuple(m.labels) for m in results}) <= 1
+    for m in results:
+        dim = "stat" if same_stats else f"stat_{m.name}"
+        coords[dim] = (dim, np.asarray(m.labels, dtype=object))
+        var_name = m.name if m.name not in data_vars else f"results_{m.name}"
+        attrs = {GROUP_ATTR: "results", NAME_ATTR: m.name}
+        data_vars[var_name] = _variable(m, (dim, ELEMENT_DIM), attrs, lazy)
+    coords.update(_element_coords(path, f, n_el))
     return xr.Dataset(data_vars, coords=coords)
