@@ -17,6 +17,7 @@ _COMMANDS: tuple[tuple[str, str], ...] = (
     ("xarray_clusterh5.cli.describe", "add_parser"),
     ("xarray_clusterh5.cli.modelarray", "add_parsers"),
     ("xarray_clusterh5.cli.nifti", "add_parser"),
+    ("xarray_clusterh5.cli.lm", "add_parser"),
 )
 
 
