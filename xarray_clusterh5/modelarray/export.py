@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from xarray_clusterh5._hdf5.files import output_folder
 from xarray_clusterh5.cifti import read as cifti_read
 from xarray_clusterh5.cifti import write as cifti_write
 from xarray_clusterh5.errors import ClusterH5Error
@@ -73,12 +74,13 @@ def write_result_files(
     *,
     overwrite: bool = False,
     progress: bool = False,
+    parents: bool = False,
 ) -> list[Path]:
     """Write ModelArrayIO's export files for one analysis.
 
     Parameters
     ----------
-    output_dir : folder (created with parents).
+    output_dir : folder, made if its parent exists (or with ``parents``).
     analysis : analysis name; files are ``<analysis>_<stat><suffix>``.
     stats : statistic names, one per row of ``matrix``.
     matrix : (n_stats, n_elements) results.
@@ -86,6 +88,7 @@ def write_result_files(
     write_row : ``write_row(path, row, overwrite=...)`` writes one file atomically.
     overwrite : replace existing files; otherwise refuse before writing anything.
     progress : progress bar on stderr.
+    parents : make missing parent folders too (``mkdir -p``).
 
     Returns
     -------
@@ -97,7 +100,7 @@ def write_result_files(
             f"{len(stats)} statistic names for a results matrix of shape {matrix.shape}"
         )
     plan = export_plan(output_dir, analysis, stats, suffix, overwrite=overwrite)
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    output_folder(output_dir, create=True, parents=parents)
     items: Iterable[tuple[int, Path, bool]] = plan
     if progress:
         from tqdm.auto import tqdm
@@ -121,6 +124,7 @@ def write_cifti_results(
     *,
     overwrite: bool = False,
     progress: bool = False,
+    parents: bool = False,
 ) -> list[Path]:
     """:func:`write_result_files` as ``<analysis>_<stat>.<kind>.nii`` CIFTI files."""
 
@@ -136,6 +140,7 @@ def write_cifti_results(
         write_row,
         overwrite=overwrite,
         progress=progress,
+        parents=parents,
     )
 
 
@@ -188,6 +193,7 @@ def export_results(
     cohort_file: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    parents: bool = False,
 ) -> list[Path]:
     """``modelarrayio export-results`` for CIFTI, straight from the HDF5 file.
 
@@ -205,4 +211,5 @@ def export_results(
         template,
         overwrite=overwrite,
         progress=progress,
+        parents=parents,
     )
