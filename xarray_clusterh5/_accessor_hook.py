@@ -56,7 +56,7 @@ class _WhenXarrayImported:
         sys.meta_path.remove(self)  # one shot; the real finders take over
         spec = importlib.util.find_spec(fullname)
         if spec is not None and spec.loader is not None:
-            spec.loader = _ThenRegister(spec.loader)
+            spec.loader = _ThenRegister(spec.loader)  # type: ignore[assignment]
         return spec
 
 

@@ -166,6 +166,12 @@ class ClusterH5DatasetAccessor:
 
         return to_modelarray(self._obj, path, **kwargs)
 
+    def lm(self, formula: str, phenotypes: Any = None, **kwargs: Any) -> xr.DataArray:
+        """R ``ModelArray.lm`` at every element (see ``modelarray.lm.lm``)."""
+        from xarray_clusterh5.modelarray.lm import lm
+
+        return lm(self._obj, formula, phenotypes, **kwargs)
+
     @staticmethod
     def from_cohort(cohort_csv: str | os.PathLike[str], **kwargs: Any) -> xr.Dataset:
         """``xr.Dataset.clusterh5.from_cohort(csv)``: see ``from_cohort``."""

@@ -215,7 +215,8 @@ def _decode_into(pipe: _Pipeline, chunk: _Chunk, out: np.ndarray) -> None:
         if chunk.filter_mask & (1 << pos):
             continue  # this filter was skipped when the chunk was written
         if code == _DEFLATE:
-            data = zlib.decompress(data, bufsize=nbytes)
+            # ndarray is a buffer; numpy stubs do not say so before Python 3.12
+            data = zlib.decompress(data, bufsize=nbytes)  # type: ignore[arg-type]
         else:  # shuffle: byte b of every element is stored contiguously
             buf = np.frombuffer(data, dtype=np.uint8)
             n = buf.size // itemsize

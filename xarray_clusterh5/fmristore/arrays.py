@@ -67,6 +67,7 @@ class _ClusterArray(BackendArray):
 
     indexing_support = indexing.IndexingSupport.OUTER
     dtype = _F32
+    shape: tuple[int, ...]
 
     def __init__(self, manager: FileManager, lock: Any, path: str) -> None:
         self.manager = manager

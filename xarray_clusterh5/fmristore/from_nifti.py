@@ -47,11 +47,14 @@ def _load(src: ImageLike, what: str) -> nib.spatialimages.SpatialImage:
         if not os.path.exists(src):
             raise FileNotFoundError(f"{what} {os.fspath(src)}: no such file")
         try:
-            return nib.load(os.fspath(src))
+            img = nib.load(os.fspath(src))
         except NIBABEL_ERRORS as err:
             raise ClusterH5Error(
                 src, f"{what}: not a NIfTI image, or a damaged one ({err})"
             ) from err
+        if isinstance(img, nib.spatialimages.SpatialImage):
+            return img
+        raise ClusterH5Error(src, f"{what}: not a NIfTI image")
     if isinstance(src, nib.spatialimages.SpatialImage):
         return src
     raise TypeError(
@@ -64,7 +67,7 @@ def nifti_tr(img: nib.spatialimages.SpatialImage) -> float | None:
 
     Returns None when the header has no usable TR (0, NaN, or a 3-D image).
     """
-    header = img.header
+    header: Any = img.header  # Nifti1Header when it has xyzt_units
     zooms = header.get_zooms()
     if len(zooms) < 4:
         return None
@@ -129,10 +132,11 @@ def _load_masked(
 def _read_masked(
     src: ImageLike, mask_index: np.ndarray, n_time: int, shape: tuple[int, int, int]
 ) -> np.ndarray:
-    if isinstance(src, str | os.PathLike):
-        img = nib.load(os.fspath(src), keep_file_open=True)
-    else:
-        img = src
+    img: Any = (
+        nib.load(os.fspath(src), keep_file_open=True)
+        if isinstance(src, str | os.PathLike)
+        else src
+    )
     proxy = img.dataobj
     n = mask_index.size
     out = np.empty((n, n_time), dtype=np.float32)
@@ -390,7 +394,8 @@ def from_nifti(
     else:
         columns, missing, dtypes = {}, {}, {}
 
-    sform_code = int(ref_img.header.get("sform_code", 0) or 0)
+    ref_header: Any = ref_img.header
+    sform_code = int(ref_header.get("sform_code", 0) or 0)
     form = "sform" if sform_code > 0 else "qform"
     affine = ref_affine
     spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))

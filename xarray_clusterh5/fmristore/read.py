@@ -204,7 +204,7 @@ def _read_header(
         affine[:3, 3] = offset
         return shape, spacing, affine, NO_QUATERNION_NOTE
     b, c, d = (q["quatern_b"], q["quatern_c"], q["quatern_d"])
-    offset = [q["qoffset_x"], q["qoffset_y"], q["qoffset_z"]]
+    offset = [float(q[n] or 0.0) for n in ("qoffset_x", "qoffset_y", "qoffset_z")]
     assert b is not None
     assert c is not None
     assert d is not None

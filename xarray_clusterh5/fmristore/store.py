@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import xarray as xr
 from xarray.backends import CachingFileManager
 from xarray.core import indexing
@@ -53,8 +54,8 @@ def _run_arrays(
                 lock,
                 exp.path,
                 (scan.name,),
-                [True],
-                [scan.n_time],
+                np.array([True]),
+                np.array([scan.n_time]),
                 len(exp.cluster_ids),
                 squeeze_run=True,
             )
@@ -86,8 +87,8 @@ def _padded(exp: Experiment, manager: CachingFileManager, lock: Any) -> xr.Datas
                 lock,
                 exp.path,
                 names,
-                [s.has_data for s in scans],
-                n_time,
+                np.array([s.has_data for s in scans]),
+                np.array(n_time),
                 exp.cluster_ids,
                 exp.n_voxels,
             )
@@ -99,8 +100,8 @@ def _padded(exp: Experiment, manager: CachingFileManager, lock: Any) -> xr.Datas
                 lock,
                 exp.path,
                 names,
-                [s.has_summary for s in scans],
-                n_time,
+                np.array([s.has_summary for s in scans]),
+                np.array(n_time),
                 len(exp.cluster_ids),
             )
         )

@@ -66,7 +66,7 @@ def _header_kwargs(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _mask_and_map(
-    shape: tuple[int, int, int],
+    shape: tuple[int, ...],
     ijk: np.ndarray,
     labels: np.ndarray,
     mask_index: np.ndarray | None,
@@ -175,7 +175,8 @@ def _stream_dask(
     def produce() -> None:
         try:
             with dask.config.set(scheduler="threads", num_workers=n_threads):
-                da.store(list(blocks.values()), sinks, lock=False, compute=True)
+                # dask accepts any object with __setitem__ as a target
+                da.store(list(blocks.values()), sinks, lock=False, compute=True)  # type: ignore[arg-type]
         except BaseException as err:  # handed to the consumer
             errors.append(err)
         finally:

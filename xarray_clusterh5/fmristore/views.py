@@ -212,7 +212,7 @@ def flat_coords(exp: Experiment, *, in_tree: bool = False) -> xr.Coordinates:
     )
 
 
-def _preferred(var: xr.Variable, chunks: Mapping[str, Any]) -> xr.Variable:
+def _preferred(var: xr.Variable, chunks: Mapping[Any, Any]) -> xr.Variable:
     var.encoding["preferred_chunks"] = {d: chunks[d] for d in var.dims if d in chunks}
     return var
 

@@ -21,7 +21,13 @@ import contextlib
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import (
+    Callable,
+    Generator,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -409,7 +415,7 @@ class _FullSource:
             return self._array[int(rows[0]) : int(rows[-1]) + 1]
         return self._array[rows]
 
-    def blocks(self) -> Iterator[tuple[int, np.ndarray]]:
+    def blocks(self) -> Generator[tuple[int, np.ndarray], None, None]:
         """(cluster id, (Nc, T) float32) for every cluster, one at a time."""
         ids = self.geom.cluster_ids
         if self._iter is None:
@@ -748,7 +754,7 @@ def write_experiment(
             )
         pix = zooms
     else:
-        pix = tuple(float(s) for s in (spacing if spacing is not None else (1, 1, 1)))
+        pix = tuple(float(s) for s in (spacing if spacing is not None else (1, 1, 1)))  # type: ignore[assignment]
         if len(pix) != 3 or not all(math.isfinite(s) and s != 0 for s in pix):
             raise ValueError(
                 f"spacing must be 3 finite non-zero numbers, got {spacing}"

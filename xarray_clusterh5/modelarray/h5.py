@@ -363,7 +363,8 @@ def list_analyses(path: str, f: h5py.File) -> list[str]:
     return [
         k
         for k in grp
-        if isinstance(get_link(path, grp, f"{k}/results_matrix"), h5py.Dataset)
+        if not k.startswith(".")  # .<name>.partial: a write in progress
+        and isinstance(get_link(path, grp, f"{k}/results_matrix"), h5py.Dataset)
     ]
 
 

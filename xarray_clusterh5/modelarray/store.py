@@ -263,7 +263,11 @@ def _build(
 
     scalars = _scalar_matrices(path, f)
     results = _result_matrices(path, f)
-    n_el = _n_elements(path, scalars + results)
+    # an analysis with fewer rows than the scalars' elements is an
+    # element.subset run (R writes only those rows): its own element dim
+    n_scalar = _n_elements(path, scalars)
+    subset = {m.name for m in results if n_scalar not in (None, m.shape[1])}
+    n_el = _n_elements(path, scalars + [m for m in results if m.name not in subset])
     coords: dict[str, Any] = {}
     data_vars: dict[str, Any] = {}
     names = subject_dims({m.name: len(m.labels) for m in scalars})
@@ -278,6 +282,7 @@ def _build(
         coords[dim] = (dim, np.asarray(m.labels, dtype=object))
         var_name = m.name if m.name not in data_vars else f"results_{m.name}"
         attrs = {GROUP_ATTR: "results", NAME_ATTR: m.name}
-        data_vars[var_name] = _variable(m, (dim, ELEMENT_DIM), attrs, lazy)
+        edim = f"{ELEMENT_DIM}_{m.name}" if m.name in subset else ELEMENT_DIM
+        data_vars[var_name] = _variable(m, (dim, edim), attrs, lazy)
     coords.update(_element_coords(path, f, n_el))
     return xr.Dataset(data_vars, coords=coords)

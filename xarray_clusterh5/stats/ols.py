@@ -146,6 +146,14 @@ def _fit_groups(
         out.put(members, _fit_stacked(X, Y[:, members], finite[:, members], intercept))
 
 
+def kept_columns(X: np.ndarray) -> np.ndarray:
+    """Columns of ``X`` that R's ``lm`` keeps (False: aliased with earlier ones)."""
+    X = np.asarray(X, dtype=np.float64)
+    return _kept_columns(
+        np.asarray(np.linalg.qr(X, mode="r")), np.linalg.norm(X, axis=0)
+    )
+
+
 def _kept_columns(R: np.ndarray, norms: np.ndarray) -> np.ndarray:
     """R's rule: a column is kept unless its new part is at most tol x its norm."""
     diag = np.abs(np.diagonal(R, axis1=-2, axis2=-1))
@@ -160,9 +168,7 @@ def _fit_shared(X: np.ndarray, Y: np.ndarray, intercept: bool) -> _Fit:
     n, p = X.shape
     k = Y.shape[1]
     res = _Fit.empty(k, p)
-    keep = _kept_columns(
-        np.asarray(np.linalg.qr(X, mode="r")), np.linalg.norm(X, axis=0)
-    )
+    keep = kept_columns(X)
     if not keep.any():
         return res
     Xk = X[:, keep]

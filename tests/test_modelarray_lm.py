@@ -1,0 +1,398 @@
+"""lm() against every R ModelArray.lm analysis of the fixtures, and its writer."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+
+from tests._lm_fixtures import (
+    ANALYSES,
+    COHORT,
+    CONSTANT,
+    Analysis,
+    assert_matches_r,
+    phenotypes,
+    r_columns,
+    r_results,
+)
+from xarray_clusterh5.errors import ClusterH5Error
+from xarray_clusterh5.modelarray import results_h5
+from xarray_clusterh5.modelarray.h5 import read_results
+from xarray_clusterh5.modelarray.lm import correct_block, lm, merge, write_results
+from xarray_clusterh5.stats.padjust import p_adjust
+
+
+@pytest.fixture
+def cohort():
+    with xr.open_dataset(COHORT, engine="clusterh5") as ds:
+        yield ds
+
+
+def _fit(ds: xr.Dataset, a: Analysis, **kw) -> xr.DataArray:
+    return lm(ds, a.formula, phenotypes(), **{**a.kwargs, **kw}).compute()
+
+
+def _ids(res: xr.DataArray) -> np.ndarray:
+    return res.sel(stat="element_id").values.astype(int)
+
+
+@pytest.mark.parametrize("a", ANALYSES, ids=lambda a: a.name)
+def test_same_columns_and_values_as_r(cohort: xr.Dataset, a: Analysis) -> None:
+    res = _fit(cohort, a, chunk_size=128)
+    r = r_results(a.name)
+    assert list(res.stat.values) == r_columns(a.name)
+    assert res.shape == (r.shape[1], r.shape[0])
+    assert res.dtype == np.float64
+    ids = _ids(res)
+    np.testing.assert_array_equal(ids, r["element_id"].to_numpy())
+    np.testing.assert_array_equal(res.element.values, ids)  # greyordinate vertex ids
+    fitted = ~np.isin(ids, CONSTANT)
+    for k, col in enumerate(r.columns):
+        if ".p.value." in col:
+            continue  # below: R's constant-element noise enters its corrections
+        assert_matches_r(res.values[k][fitted], r[col].to_numpy()[fitted], col)
+    # skipped elements: NaN everywhere but element_id, as in R
+    skipped = np.isnan(r.iloc[:, 1].to_numpy())
+    assert skipped.sum() == {"lm_iq": 34, "lm_subset": 3}.get(a.name, 12)
+    assert np.all(np.isnan(res.values[1:, skipped]))
+
+
+@pytest.mark.parametrize("a", ANALYSES, ids=lambda a: a.name)
+def test_corrections_over_all_elements_as_r(cohort: xr.Dataset, a: Analysis) -> None:
+    # R's corrections include its rounding-noise p-values at the constant
+    # elements: put those in, correct with our final step, get R's columns
+    res = _fit(cohort, a)
+    r = r_results(a.name)
+    names = list(res.stat.values)
+    const = np.isin(_ids(res), CONSTANT)
+    corrected = [c for c in names if ".p.value." in c]
+    assert corrected
+    raws = []
+    for c in corrected:
+        raw = res.values[names.index(c.rpartition(".")[0])].copy()
+        raw[const] = r[c.rpartition(".")[0]].to_numpy()[const]
+        raws.append(raw)
+    picked = np.vstack([*raws, np.zeros(res.shape[1])])
+    methods = tuple(c.rpartition(".")[2] for c in corrected)
+    ours = correct_block(picked, methods=methods)
+    for k, c in enumerate(corrected):
+        assert_matches_r(ours[k], r[c].to_numpy(), c)
+    # and away from the constant elements' influence, our own corrections are
+    # the correction of our own p-values
+    for c in corrected:
+        raw, _, method = c.rpartition(".")
+        expect = p_adjust(res.sel(stat=raw).values, method)
+        np.testing.assert_array_equal(res.sel(stat=c).values, expect)
+
+
+def test_constant_elements_are_exact(cohort: xr.Dataset) -> None:
+    res = _fit(cohort, ANALYSES[1])  # lm_full: every statistic
+    r = r_results("lm_full").set_index("element_id")
+    for e in CONSTANT:
+        col = res.sel(element=e)
+        for k in ("model.nobs", "model.df", "model.df.residual"):
+            assert col.sel(stat=k).item() == r.loc[e, k]
+        np.testing.assert_allclose(
+            col.sel(stat="Intercept.estimate").item(),
+            r.loc[e, "Intercept.estimate"],
+            rtol=1e-12,
+        )
+        assert col.sel(stat="Intercept.statistic").item() == np.inf
+        assert col.sel(stat="Intercept.p.value").item() == 0
+        assert col.sel(stat="age.estimate").item() == 0
+        assert np.isnan(col.sel(stat="age.statistic").item())
+        assert np.isnan(col.sel(stat="age.p.value.fdr").item())
+        for k in ("model.r.squared", "model.statistic", "model.p.value"):
+            assert np.isnan(col.sel(stat=k).item())
+        assert col.sel(stat="model.logLik").item() == np.inf
+        assert col.sel(stat="model.AIC").item() == -np.inf
+
+
+def test_corrections_do_not_depend_on_chunks(cohort: xr.Dataset) -> None:
+    a = ANALYSES[2]  # lm_bonf: fdr and bonferroni
+    whole = _fit(cohort, a, chunk_size=1000)
+    for size in (7, 333):
+        part = lm(cohort, a.formula, phenotypes(), chunk_size=size, **a.kwargs)
+        assert len(part.data.chunks[1]) == -(-1000 // size)
+        # BLAS rounds differently for other widths (last bits); a correction per
+        # chunk would be off by a factor of about 1000 / size
+        np.testing.assert_allclose(part.values, whole.values, rtol=1e-10, atol=1e-12)
+        bonf = part.sel(stat="age.p.value.bonferroni").values
+        raw = part.sel(stat="age.p.value").values
+        ok = ~np.isnan(raw)
+        np.testing.assert_array_equal(bonf[ok], np.minimum(1, ok.sum() * raw[ok]))
+
+
+def test_every_p_adjust_method(cohort: xr.Dataset) -> None:
+    methods = ["holm", "hochberg", "hommel", "bonferroni", "BH", "BY", "fdr"]
+    res = lm(
+        cohort,
+        "FA ~ age",
+        phenotypes(),
+        correct_p_value_terms=methods,
+        correct_p_value_model="none",
+    )
+    names = list(res.stat.values)
+    terms = ("Intercept", "age")
+    assert names[-14:] == [f"{t}.p.value.{m}" for m in methods for t in terms]
+    for m in methods:
+        np.testing.assert_array_equal(
+            res.sel(stat=f"age.p.value.{m}").values,
+            p_adjust(res.sel(stat="age.p.value").values, m),
+        )
+    assert "model.p.value.fdr" not in names
+    with pytest.raises(ClusterH5Error, match="'sidak' is not one of"):
+        lm(cohort, "FA ~ age", phenotypes(), correct_p_value_terms=["sidak"])
+
+
+def test_phenotypes_from_the_cohort_coordinates(cohort: xr.Dataset) -> None:
+    ph = phenotypes()
+    ds = cohort.assign_coords(
+        {c: ("subject", ph[c].to_numpy()) for c in ph.columns if c != "source_file"}
+    )
+    a = ANALYSES[0]
+    via_coords = ds.clusterh5.lm(a.formula).values
+    np.testing.assert_array_equal(via_coords, _fit(cohort, a).values)
+
+
+def test_phenotype_rows_matched_by_source_file(cohort: xr.Dataset) -> None:
+    ph = phenotypes()
+    a = ANALYSES[0]
+    shuffled = ph.sample(frac=1, random_state=3)
+    np.testing.assert_array_equal(
+        lm(cohort, a.formula, shuffled).values, _fit(cohort, a).values
+    )
+    bad = ph.copy()
+    bad.loc[5, "source_file"] = "FA/sub-999_FA.dscalar.nii"
+    with pytest.raises(ClusterH5Error, match=r"row 5 is 'FA/sub-999.*sub-006"):
+        lm(cohort, a.formula, bad)
+    with pytest.raises(ClusterH5Error, match="79 rows but the scalar has 80"):
+        lm(cohort, a.formula, ph.iloc[1:])
+    with pytest.raises(ClusterH5Error, match="no 'source_file' column"):
+        lm(cohort, a.formula, ph.drop(columns="source_file"))
+    dup = ph.copy()
+    dup.loc[1, "source_file"] = dup.loc[0, "source_file"]
+    with pytest.raises(ClusterH5Error, match="source_file repeat"):
+        lm(cohort, a.formula, dup)
+
+
+def test_bad_input_names_the_file_and_culprit(cohort: xr.Dataset) -> None:
+    ph = phenotypes()
+    name = str(COHORT)
+    cases = [
+        ("FA ~ agee", {}, ph, "'agee', not a column of the phenotypes"),
+        ("FA ~ age + age2", {}, ph.assign(age2=2 * ph.age), "term 'age2' is a linear"),
+        ("MD ~ age", {}, ph, "no scalar 'MD'"),
+        ("FA ~ age", {"scalar": "MD"}, ph, "response is 'FA' but scalar='MD'"),
+        ("FA ~ age", {"var_terms": ["beta"]}, ph, "'beta' is not valid for var_terms"),
+        ("FA ~ age", {"element_subset": [0, 1000]}, ph, "element_subset must lie"),
+        ("FA ~ age", {"var_terms": [], "var_model": []}, ph, "both empty"),
+        ("FA ~ age", {}, ph.assign(FA=1.0), "a column 'FA', the scalar's name"),
+    ]
+    for formula, kw, table, message in cases:
+        with pytest.raises(ClusterH5Error, match=message) as info:
+            lm(cohort, formula, table, **kw)
+        assert name in str(info.value)
+    text = cohort.assign(FA=cohort.FA.astype(str))
+    with pytest.raises(ClusterH5Error, match="not numeric"):
+        lm(text, "FA ~ age", ph)
+
+
+def test_p_value_missing_from_var_terms_warns(cohort: xr.Dataset) -> None:
+    with pytest.warns(UserWarning, match="p.value was not included in var_terms"):
+        res = lm(cohort, "FA ~ age", phenotypes(), var_terms=["estimate"])
+    assert list(res.stat.values) == [
+        "element_id",
+        "Intercept.estimate",
+        "age.estimate",
+        "model.adj.r.squared",
+        "model.p.value",
+        "model.p.value.fdr",
+    ]
+
+
+def test_one_level_factor_is_fitted_and_counted(cohort: xr.Dataset) -> None:
+    ph = phenotypes()
+    values = cohort.FA.values.copy()
+    male = (ph.sex == "M").to_numpy()
+    values[male, 10] = np.nan  # element 10: only "F" subjects left
+    values[np.flatnonzero(male)[:-1], 11] = np.nan  # element 11: one "M" left
+    ds = cohort.copy(data={"FA": values})
+    with pytest.warns(UserWarning, match="2 element.* cannot be estimated"):
+        res = lm(ds, "FA ~ age * sex", ph, full_outputs=True).compute()
+    e10 = res.isel(element=10)
+    for t in ("sexM", "age:sexM"):
+        assert np.all(np.isnan(e10.sel(stat=[f"{t}.estimate", f"{t}.p.value"])))
+    alone = lm(ds.isel(subject=~male), "FA ~ age", ph[~male], full_outputs=True)
+    alone = alone.compute()
+    for k in ("Intercept.estimate", "age.p.value", "model.r.squared", "model.AIC"):
+        np.testing.assert_allclose(
+            e10.sel(stat=k).item(),
+            alone.isel(element=10).sel(stat=k).item(),
+            rtol=1e-10,
+        )
+    assert e10.sel(stat="model.nobs").item() == (~male).sum()
+    # one "M" subject: sexM is its residual, age:sexM is aliased with sexM
+    e11 = res.isel(element=11)
+    assert np.isfinite(e11.sel(stat="sexM.estimate").item())
+    assert np.isnan(e11.sel(stat="age:sexM.estimate").item())
+
+
+def test_merge_of_disjoint_parts_is_the_whole_run(cohort: xr.Dataset) -> None:
+    a = ANALYSES[2]
+    whole = _fit(cohort, a)
+    parts = [
+        lm(cohort, a.formula, phenotypes(), element_subset=s, **a.kwargs)
+        for s in (range(600, 1000), slice(0, 250), np.arange(250, 600))
+    ]
+    merged = merge(parts)
+    np.testing.assert_array_equal(merged.values, whole.values)
+    assert list(merged.stat.values) == list(whole.stat.values)
+    # each part alone corrects over its own elements only, as ModelArray does
+    assert not np.array_equal(
+        parts[1].sel(stat="age.p.value.fdr").values,
+        whole.sel(stat="age.p.value.fdr").values[:250],
+    )
+    with pytest.raises(ValueError, match="overlap"):
+        merge([parts[0], parts[0]])
+
+
+@pytest.fixture
+def cohort_copy(tmp_path: Path) -> Path:
+    path = tmp_path / "cohortA_FA.h5"
+    shutil.copy(COHORT, path)
+    return path
+
+
+def _listing(path: Path, analysis: str) -> dict:
+    with h5py.File(path, "r") as f:
+        m = f[f"results/{analysis}/results_matrix"]
+        c = f[f"results/{analysis}/column_names"]
+        return {
+            "matrix": (m.dtype, m.shape, m.maxshape, m.compression, m.compression_opts),
+            "names": (
+                h5py.check_string_dtype(c.dtype),
+                c.shape,
+                c.chunks,
+                c.maxshape,
+                c.compression,
+            ),
+            "values": m[()],
+            "column_names": [s.decode() for s in c[()]],
+            "scalar": f["scalars/FA/values"][()],
+            "groups": sorted(f["results"]),
+        }
+
+
+@pytest.mark.parametrize("a", [ANALYSES[0], ANALYSES[4]], ids=lambda a: a.name)
+def test_written_where_r_reads_it(cohort_copy: Path, a: Analysis) -> None:
+    with xr.open_dataset(cohort_copy, engine="clusterh5") as ds:
+        res = lm(ds, a.formula, phenotypes(), **a.kwargs).compute()
+        scalar_before = ds.FA.values
+    write_results(res, cohort_copy, a.name)
+    got = _listing(cohort_copy, a.name)
+    n = len(r_columns(a.name))
+    rows = 200 if a.name == "lm_subset" else 1000
+    # as R's writeResults (listings.txt): float64, stats x elements, growable
+    assert got["matrix"] == (np.dtype("float64"), (n, rows), (None, None), "gzip", 4)
+    assert got["names"][0].encoding == "ascii"
+    assert got["names"][1:] == ((n,), (1024,), (None,), "gzip")
+    assert got["column_names"] == r_columns(a.name)
+    np.testing.assert_array_equal(got["values"], res.values)
+    np.testing.assert_array_equal(got["scalar"], scalar_before)
+    assert got["groups"] == [a.name]
+    names, _matrix = read_results(cohort_copy, a.name)
+    assert names == r_columns(a.name)
+    with xr.open_dataset(cohort_copy, engine="clusterh5") as back:
+        np.testing.assert_array_equal(back[a.name].values, res.values)
+
+
+def test_overwrite_and_interrupted_writes(
+    cohort_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with xr.open_dataset(cohort_copy, engine="clusterh5") as ds:
+        first = lm(ds, "FA ~ age", phenotypes()).compute()
+        second = lm(ds, "FA ~ age + sex", phenotypes()).compute()
+    write_results(first, cohort_copy, "age")
+    with pytest.raises(ClusterH5Error, match="results/age exists; pass overwrite=True"):
+        write_results(second, cohort_copy, "age")
+
+    def broken(grp, names, matrix):
+        grp.create_dataset("results_matrix", data=matrix[:, :10])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(results_h5, "_write_group", broken)
+    with pytest.raises(KeyboardInterrupt):
+        write_results(second, cohort_copy, "age", overwrite=True)
+    with pytest.raises(KeyboardInterrupt):
+        write_results(second, cohort_copy, "new")
+    got = _listing(cohort_copy, "age")
+    assert got["groups"] == ["age"]  # no half-written group, old one intact
+    np.testing.assert_array_equal(got["values"], first.values)
+    monkeypatch.undo()
+    write_results(second, cohort_copy, "age", overwrite=True)
+    np.testing.assert_array_equal(_listing(cohort_copy, "age")["values"], second.values)
+
+
+def test_write_errors(tmp_path: Path, cohort: xr.Dataset) -> None:
+    res = lm(cohort, "FA ~ age", phenotypes()).compute()
+    with pytest.raises(ClusterH5Error, match="no such ModelArray file"):
+        write_results(res, tmp_path / "nope.h5", "a")
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = 1
+    with pytest.raises(ClusterH5Error, match="not a ModelArray file"):
+        write_results(res, other, "a")
+    with pytest.raises(ClusterH5Error, match="cannot be opened for writing"):
+        write_results(res, COHORT, "a")  # open for reading by the fixture
+
+
+@pytest.mark.slow
+def test_process_workers(cohort: xr.Dataset) -> None:
+    distributed = pytest.importorskip("distributed")
+    a = ANALYSES[1]
+    expected = _fit(cohort, a)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", ResourceWarning)
+        got = lm(cohort, a.formula, phenotypes(), chunk_size=200, **a.kwargs).compute()
+    np.testing.assert_array_equal(got.values, expected.values)
+
+
+def test_in_memory_dataarray() -> None:
+    # a plain DataArray with source_file coordinates works without any file
+    rng = np.random.default_rng(0)
+    ph = pd.DataFrame(
+        {"source_file": [f"s{i}" for i in range(30)], "x": rng.normal(size=30)}
+    )
+    y = 1 + 2 * ph.x.to_numpy()[:, None] + rng.normal(size=(30, 5))
+    arr = xr.DataArray(
+        y,
+        dims=("subject", "element"),
+        coords={"source_file": ("subject", ph.source_file)},
+        name="thickness",
+    )
+    res = lm(
+        arr,
+        "thickness ~ x",
+        ph,
+        var_terms=["estimate"],
+        var_model=["nobs"],
+        correct_p_value_terms="none",
+        correct_p_value_model="none",
+    )
+    beta = np.linalg.lstsq(np.column_stack([np.ones(30), ph.x]), y, rcond=None)[0]
+    np.testing.assert_allclose(res.sel(stat="x.estimate").values, beta[1], rtol=1e-12)
+    assert np.all(res.sel(stat="model.nobs").values == 30)
