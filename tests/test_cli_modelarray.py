@@ -12,9 +12,7 @@ import pytest
 import xarray as xr
 from nibabel.cifti2 import cifti2_axes as ca
 
-from tests.conftest import MODELARRAY
-from tests.test_cifti_io import _assert_same_export
-from tests.test_modelarray_h5 import assert_same_file
+from tests._helpers import MODELARRAY, assert_same_export, assert_same_file
 from xarray_clusterh5.cli import main
 from xarray_clusterh5.modelarray.cohort import to_modelarray
 
@@ -251,7 +249,7 @@ def test_export_results_equals_modelarrayio(cohort_dir, tmp_path, analysis, temp
     argv = ["export-results", "--input-hdf5", str(RESULTS), "--analysis_name",
             analysis, "--output-dir", str(out), template, value]  # fmt: skip
     assert _run(*argv) == 0
-    _assert_same_export(out, MODELARRAY / "export" / analysis)
+    assert_same_export(out, MODELARRAY / "export" / analysis)
 
 
 def test_export_into_an_existing_folder_overwrites_like_modelarrayio(
@@ -267,7 +265,7 @@ def test_export_into_an_existing_folder_overwrites_like_modelarrayio(
     assert _run(*argv) == 0
     assert (out / "unrelated.txt").read_text() == "kept"
     (out / "unrelated.txt").unlink()
-    _assert_same_export(out, MODELARRAY / "export" / "lm_stream")
+    assert_same_export(out, MODELARRAY / "export" / "lm_stream")
 
 
 def test_export_flag_errors(cohort_dir, tmp_path, capsys):

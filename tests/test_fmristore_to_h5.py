@@ -9,9 +9,8 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
-from _fmristore_listing import listing
-from conftest import FMRISTORE, fmristore_path
 
+from tests._helpers import FMRISTORE, fmristore_path, h5ls_listing
 from xarray_clusterh5.fmristore.to_h5 import to_fmristore
 from xarray_clusterh5.fmristore.write import Run, write_experiment
 
@@ -33,7 +32,7 @@ def test_padded_round_trip(tmp_path: Path, fixture_name: str) -> None:
         e["path"]: e
         for e in json.loads((FMRISTORE / f"{fixture_name}.h5ls.json").read_text())
     }
-    ours = listing(out)
+    ours = h5ls_listing(out)
     assert sorted(ours) == sorted(ref)
     for p, entry in ref.items():
         for key in ("shape_h5py", "dtype", "chunks", "filters", "layout"):
@@ -220,3 +219,40 @@ def test_failed_dask_write_stops_producer(
     alive = [t for t in threading.enumerate() if t.name == "clusterh5-dask-store"]
     assert alive == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_header_written_back_follows_affine_form(tmp_path: Path) -> None:
+    """The header form comes from the ``affine_form`` attribute, not from text."""
+    affine = np.diag([2.0, 2.0, 2.5, 1.0])
+    affine[:3, 3] = [90.0, -126.0, -72.0]
+    mask = np.ones((3, 2, 2), dtype=bool)
+    src = write_experiment(
+        tmp_path / "q.h5",
+        mask=mask,
+        cluster_map=np.arange(12) % 2 + 1,
+        runs={"rest": np.ones((12, 3), dtype=np.float32)},
+        affine=affine,
+        write_srow=False,
+    )
+    with xr.open_dataset(src, engine="clusterh5") as ds:
+        ds = ds.load()
+    assert ds.attrs["affine_form"] == "quaternion"
+    # text that mentions srow does not change the decision
+    ds.attrs["affine_source"] = "srow_x/y/z, not quatern"
+    expected = {"quaternion": (False, 90.0), "srow": (True, 90.0), "none": (False, 0.0)}
+    for form, (has_srow, qoffset_x) in expected.items():
+        out = tmp_path / f"{form}.h5"
+        to_fmristore(ds.assign_attrs(affine_form=form), out)
+        with h5py.File(out) as f:
+            assert ("srow_x" in f["header"]) is has_srow, form
+            assert float(f["header/qoffset_x"][()]) == qoffset_x, form
+        with xr.open_dataset(out, engine="clusterh5") as back:
+            assert back.attrs["affine_form"] == form
+    # a view without the attribute (made by hand) keeps its affine in srow_*
+    del ds.attrs["affine_form"]
+    to_fmristore(ds, tmp_path / "plain.h5")
+    with xr.open_dataset(tmp_path / "plain.h5", engine="clusterh5") as back:
+        assert back.attrs["affine_form"] == "srow"
+        np.testing.assert_allclose(back.attrs["affine"].reshape(4, 4), affine)
+    with pytest.raises(ValueError, match="affine_form"):
+        to_fmristore(ds.assign_attrs(affine_form="sform"), tmp_path / "bad.h5")

@@ -2,7 +2,7 @@
 
 :func:`from_nifti` returns the same padded ``(run, cluster, voxel, time)``
 Dataset the ``clusterh5`` engine opens (built by the same code,
-``_views.build_padded``), backed by dask: each run is read once, in windows
+``views.build_padded``), backed by dask: each run is read once, in windows
 of volumes, keeping only the in-mask voxels in fmristore's mask order (x
 fastest); every (run, cluster) block is then one task. Write it with
 ``ds.clusterh5.to_fmristore(path)`` or :func:`xarray_clusterh5.to_fmristore`.
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import nibabel as nib
@@ -42,19 +43,17 @@ def _describe(src: Any) -> str:
     return name or f"<in-memory {type(src).__name__}>"
 
 
-def _load(src: ImageLike, what: str) -> nib.spatialimages.SpatialImage:
+def _load(src: ImageLike, what: str) -> Any:
+    """A nibabel image from a path or an image; errors name the file."""
     if isinstance(src, str | os.PathLike):
         if not os.path.exists(src):
             raise FileNotFoundError(f"{what} {os.fspath(src)}: no such file")
         try:
-            img = nib.load(os.fspath(src))
+            return nib.load(os.fspath(src))
         except NIBABEL_ERRORS as err:
             raise ClusterH5Error(
                 src, f"{what}: not a NIfTI image, or a damaged one ({err})"
             ) from err
-        if isinstance(img, nib.spatialimages.SpatialImage):
-            return img
-        raise ClusterH5Error(src, f"{what}: not a NIfTI image")
     if isinstance(src, nib.spatialimages.SpatialImage):
         return src
     raise TypeError(
@@ -62,12 +61,12 @@ def _load(src: ImageLike, what: str) -> nib.spatialimages.SpatialImage:
     )
 
 
-def nifti_tr(img: nib.spatialimages.SpatialImage) -> float | None:
+def nifti_tr(img: Any) -> float | None:
     """Repetition time in seconds from a NIfTI header (pixdim[4], xyzt_units).
 
     Returns None when the header has no usable TR (0, NaN, or a 3-D image).
     """
-    header: Any = img.header  # Nifti1Header when it has xyzt_units
+    header = img.header
     zooms = header.get_zooms()
     if len(zooms) < 4:
         return None
@@ -81,9 +80,7 @@ def nifti_tr(img: nib.spatialimages.SpatialImage) -> float | None:
     return tr * _TIME_UNIT_SECONDS.get(unit, 1.0)
 
 
-def _labels(
-    atlas: Any, what: str = "atlas"
-) -> tuple[np.ndarray, nib.spatialimages.SpatialImage | None, str]:
+def _labels(atlas: Any, what: str = "atlas") -> tuple[np.ndarray, Any, str]:
     """(X,Y,Z) int64 labels, the image (None for arrays), a description."""
     img = None
     if isinstance(atlas, str | os.PathLike | nib.spatialimages.SpatialImage):
@@ -132,11 +129,9 @@ def _load_masked(
 def _read_masked(
     src: ImageLike, mask_index: np.ndarray, n_time: int, shape: tuple[int, int, int]
 ) -> np.ndarray:
-    img: Any = (
-        nib.load(os.fspath(src), keep_file_open=True)
-        if isinstance(src, str | os.PathLike)
-        else src
-    )
+    img: Any = src
+    if isinstance(src, str | os.PathLike):
+        img = nib.load(os.fspath(src), keep_file_open=True)
     proxy = img.dataobj
     n = mask_index.size
     out = np.empty((n, n_time), dtype=np.float32)
@@ -241,6 +236,227 @@ def _typed_metadata(value: Any) -> Any:
     return arr.reshape(())[()] if arr.size == 1 else arr
 
 
+_Images = list[tuple[str, ImageLike, Any]]  # (name, source, nibabel image)
+
+
+@dataclass(frozen=True)
+class _Space:
+    """The voxel space of an experiment: the reference image and the mask."""
+
+    shape: tuple[int, int, int]
+    affine: np.ndarray  # (4, 4) float64 of the reference image
+    description: str  # the reference file, for messages and affine_source
+    form: str  # "sform" or "qform": the header form the affine came from
+    mask_index: np.ndarray  # (N,) int64, mask order (x fastest)
+    cluster_map: np.ndarray  # (N,) int32
+
+
+def _checked_runs(
+    runs: Mapping[str, ImageLike] | Sequence[tuple[str, ImageLike]],
+    metadata: Mapping[str, Mapping[str, Any]] | None,
+) -> tuple[list[tuple[str, ImageLike]], dict[str, Mapping[str, Any]]]:
+    """``(name, source)`` pairs with unique valid names, and the metadata."""
+    items = list(runs.items()) if isinstance(runs, Mapping) else list(runs)
+    if not items:
+        raise ValueError("runs is empty: give at least one NIfTI run")
+    names = [str(n) for n, _ in items]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"duplicate scan names {dup}")
+    for n in names:
+        L.check_hdf5_name(n, "scan name")
+    meta = dict(metadata or {})
+    unknown = sorted(set(meta) - set(names))
+    if unknown:
+        raise ValueError(f"metadata given for scans {unknown} that are not in runs")
+    return [(str(n), src) for n, src in items], meta
+
+
+def _check_images(
+    images: _Images,
+    shape: tuple[int, ...],
+    affine: np.ndarray,
+    descriptions: tuple[str, str],
+) -> None:
+    """Every run is 4-D, on the atlas grid, with the reference affine."""
+    atlas_desc, ref_desc = descriptions
+    for n, src, img in images:
+        if len(img.shape) != 4:
+            raise ClusterH5Error(
+                _describe(src),
+                f"run {n!r} must be 4-D (X, Y, Z, T), got shape {img.shape}",
+            )
+        if tuple(img.shape[:3]) != shape:
+            raise ClusterH5Error(
+                _describe(src),
+                f"run {n!r} has spatial shape {img.shape[:3]}, "
+                f"the atlas ({atlas_desc}) {shape}",
+            )
+        if not _same_affine(img.affine, affine):
+            raise ClusterH5Error(
+                _describe(src),
+                f"run {n!r} has a different affine from "
+                f"{ref_desc}:\n{img.affine}\nvs\n{affine}",
+            )
+
+
+def _kept_voxels(
+    labels: np.ndarray, mask: Any, affine: np.ndarray, ref_desc: str
+) -> np.ndarray:
+    """Boolean (X, Y, Z): labelled voxels, inside the mask if there is one."""
+    keep = labels != 0
+    if mask is None:
+        return keep
+    mvals, m_img, m_desc = _labels(mask, "mask")
+    if mvals.shape != labels.shape:
+        raise ValueError(
+            f"mask ({m_desc}) has shape {mvals.shape}, the atlas {labels.shape}"
+        )
+    if m_img is not None and not _same_affine(m_img.affine, affine):
+        raise ValueError(f"mask ({m_desc}) has a different affine from {ref_desc}")
+    return keep & (mvals != 0)
+
+
+def _space(atlas: Any, mask: Any, images: _Images) -> tuple[_Space, np.ndarray]:
+    """The checked voxel space and the atlas labels (X, Y, Z)."""
+    labels, atlas_img, atlas_desc = _labels(atlas)
+    # the atlas image defines the space; with an array atlas the first run does
+    ref_img = atlas_img if atlas_img is not None else images[0][2]
+    affine = np.asarray(ref_img.affine, dtype=np.float64)
+    ref_desc = atlas_desc if atlas_img is not None else _describe(images[0][1])
+    _check_images(images, labels.shape, affine, (atlas_desc, ref_desc))
+    keep = _kept_voxels(labels, mask, affine, ref_desc)
+    if (labels[keep] < 0).any():
+        bad = np.unique(labels[keep][labels[keep] < 0]).tolist()[:10]
+        raise ValueError(
+            f"atlas ({atlas_desc}) has negative labels {bad}; fmristore cluster ids "
+            "must be >= 1 for R to read them back"
+        )
+    mask_index = np.flatnonzero(keep.ravel(order="F")).astype(np.int64)
+    if mask_index.size == 0:
+        raise ValueError("no voxel is inside both the atlas and the mask")
+    if labels.max() > np.iinfo(np.int32).max:
+        raise ValueError("atlas labels must fit in 32-bit integers")
+    sform_code = int(ref_img.header.get("sform_code", 0) or 0)
+    space = _Space(
+        shape=(int(labels.shape[0]), int(labels.shape[1]), int(labels.shape[2])),
+        affine=affine,
+        description=ref_desc,
+        form="sform" if sform_code > 0 else "qform",
+        mask_index=mask_index,
+        cluster_map=labels.ravel(order="F")[mask_index].astype(np.int32),
+    )
+    return space, labels
+
+
+def _scan_tr(
+    name: str, img: Any, tr: float | Mapping[str, float] | None
+) -> float | None:
+    """The TR of one scan: the caller's, else the NIfTI header's."""
+    if isinstance(tr, Mapping):
+        return float(tr[name]) if name in tr else nifti_tr(img)
+    return float(tr) if tr is not None else nifti_tr(img)
+
+
+def _scans(
+    images: _Images,
+    metadata: Mapping[str, Mapping[str, Any]],
+    tr: float | Mapping[str, float] | None,
+    summaries: bool | Literal["only"],
+) -> list[ScanInfo]:
+    """One ScanInfo per run, in fmristore's (HDF5 name) order."""
+    with_data = summaries != "only"
+    scans = []
+    for n, _src, img in images:
+        meta: dict[str, Any] = {}
+        scan_tr = _scan_tr(n, img, tr)
+        if scan_tr is not None:
+            meta["TR"] = np.float64(scan_tr)
+        for key, value in (metadata.get(n) or {}).items():
+            L.check_hdf5_name(key, f"metadata key of scan {n!r}")
+            meta[key] = _typed_metadata(value)
+        meta = dict(sorted(meta.items(), key=lambda kv: kv[0].encode()))
+        # the class string the writer will give the scan (format "2026")
+        cls = (L.FULL_CLASSES if with_data else L.SUMMARY_CLASSES)["2026"]
+        n_time = int(img.shape[3])
+        scans.append(ScanInfo(n, with_data, bool(summaries), n_time, cls, meta))
+    scans.sort(key=lambda s: s.name.encode())
+    return scans
+
+
+def _experiment(
+    space: _Space,
+    scans: Sequence[ScanInfo],
+    cluster_table: tuple[dict[str, np.ndarray], dict[str, np.ndarray], dict[str, str]],
+) -> Experiment:
+    """The file model the writer would produce, for the views' builder."""
+    cluster_ids, n_voxels = np.unique(space.cluster_map, return_counts=True)
+    columns, missing, dtypes = cluster_table
+    spacing = np.sqrt((space.affine[:3, :3] ** 2).sum(axis=0))
+    return Experiment(
+        path="",
+        volume_shape=space.shape,
+        spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+        affine=space.affine,
+        affine_source=f"NIfTI {space.form} of {space.description}",
+        affine_form="srow",  # the writer stores srow_* and the quaternion
+        mask_index=space.mask_index,
+        cluster_map=space.cluster_map,
+        cluster_ids=cluster_ids.astype(np.int32),
+        n_voxels=n_voxels.astype(np.int64),
+        scans=tuple(scans),
+        cluster_metadata=columns,
+        cluster_metadata_missing=missing,
+        cluster_metadata_dtypes=dtypes,
+        generation="2026",
+        # what writing adds, so that from_nifti -> write -> open differs only
+        # in affine_source and source_files
+        root_attrs={
+            L.ATTR_ROOT_CLASS: L.EXPERIMENT_CLASSES["2026"],
+            L.ATTR_ROOT_VERSION: R_FMRISTORE_VERSION,
+        },
+    )
+
+
+def _lazy_runs(
+    exp: Experiment, sources: Mapping[str, Any], shape: tuple[int, int, int]
+) -> tuple[Any, Any]:
+    """Dask ``data (run, cluster, voxel, time)`` and ``summary``: one task per block.
+
+    Each run is read once (one task) and shared by its cluster blocks.
+    """
+    import dask
+    import dask.array as da
+
+    members = np.split(np.argsort(exp.cluster_map, kind="stable"), exp.offsets[1:-1])
+    vmax = int(exp.n_voxels.max())
+    tmax = max(s.n_time for s in exp.scans)
+    data_rows, summary_rows = [], []
+    for scan in exp.scans:
+        # not pure: hashing an in-memory image would read all of it
+        masked = dask.delayed(_load_masked, pure=False)(
+            sources[scan.name], exp.mask_index, scan.n_time, shape
+        )
+        if scan.has_data:
+            blocks = [
+                da.from_delayed(
+                    dask.delayed(_cluster_block, pure=True)(masked, rows, vmax, tmax),
+                    shape=(1, 1, vmax, tmax),
+                    dtype=np.float32,
+                )
+                for rows in members
+            ]
+            data_rows.append(da.concatenate(blocks, axis=1))
+        if scan.has_summary:
+            means = dask.delayed(_cluster_means, pure=True)(masked, members, tmax)
+            summary_rows.append(
+                da.from_delayed(means, shape=(1, len(members), tmax), dtype=np.float32)
+            )
+    data = da.concatenate(data_rows, axis=0) if data_rows else None
+    summary = da.concatenate(summary_rows, axis=0) if summary_rows else None
+    return data, summary
+
+
 def from_nifti(
     runs: Mapping[str, ImageLike] | Sequence[tuple[str, ImageLike]],
     atlas: ImageLike | np.ndarray,
@@ -291,170 +507,24 @@ def from_nifti(
         When runs, atlas and mask disagree in shape or affine (the message
         names the file), for bad labels, duplicate or invalid scan names.
     """
-    import dask
-    import dask.array as da
-
-    items = list(runs.items()) if isinstance(runs, Mapping) else list(runs)
-    if not items:
-        raise ValueError("runs is empty: give at least one NIfTI run")
-    names = [str(n) for n, _ in items]
-    dup = sorted({n for n in names if names.count(n) > 1})
-    if dup:
-        raise ValueError(f"duplicate scan names {dup}")
-    for n in names:
-        L.check_hdf5_name(n, "scan name")
-    metadata = dict(metadata or {})
-    unknown = sorted(set(metadata) - set(names))
-    if unknown:
-        raise ValueError(f"metadata given for scans {unknown} that are not in runs")
-
-    labels, atlas_img, atlas_desc = _labels(atlas)
-    shape = labels.shape
-    images = [(n, src, _load(src, f"run {n!r}")) for n, src in items]
-    # the atlas image defines the space; with an array atlas the first run does
-    ref_img = atlas_img if atlas_img is not None else images[0][2]
-    ref_affine = np.asarray(ref_img.affine, dtype=np.float64)
-    ref_desc = atlas_desc if atlas_img is not None else _describe(images[0][1])
-    for n, src, img in images:
-        if len(img.shape) != 4:
-            raise ClusterH5Error(
-                _describe(src),
-                f"run {n!r} must be 4-D (X, Y, Z, T), got shape {img.shape}",
-            )
-        if tuple(img.shape[:3]) != shape:
-            raise ClusterH5Error(
-                _describe(src),
-                f"run {n!r} has spatial shape {img.shape[:3]}, "
-                f"the atlas ({atlas_desc}) {shape}",
-            )
-        if not _same_affine(img.affine, ref_affine):
-            raise ClusterH5Error(
-                _describe(src),
-                f"run {n!r} has a different affine from "
-                f"{ref_desc}:\n{img.affine}\nvs\n{ref_affine}",
-            )
-    keep = labels != 0
-    if mask is not None:
-        mvals, m_img, m_desc = _labels(mask, "mask")
-        if mvals.shape != shape:
-            raise ValueError(
-                f"mask ({m_desc}) has shape {mvals.shape}, the atlas {shape}"
-            )
-        if m_img is not None and not _same_affine(m_img.affine, ref_affine):
-            raise ValueError(f"mask ({m_desc}) has a different affine from {ref_desc}")
-        keep &= mvals != 0
-    if (labels[keep] < 0).any():
-        bad = np.unique(labels[keep][labels[keep] < 0]).tolist()[:10]
-        raise ValueError(
-            f"atlas ({atlas_desc}) has negative labels {bad}; fmristore cluster ids "
-            "must be >= 1 for R to read them back"
-        )
-    mask_index = np.flatnonzero(keep.ravel(order="F")).astype(np.int64)
-    if mask_index.size == 0:
-        raise ValueError("no voxel is inside both the atlas and the mask")
-    if labels.max() > np.iinfo(np.int32).max:
-        raise ValueError("atlas labels must fit in 32-bit integers")
-    cluster_map = labels.ravel(order="F")[mask_index].astype(np.int32)
-    cluster_ids, n_voxels = np.unique(cluster_map, return_counts=True)
-    order = np.argsort(cluster_map, kind="stable")
-    members = np.split(order, np.cumsum(n_voxels)[:-1])
-
-    # TR and metadata per scan
-    tr_of: dict[str, float | None] = {}
-    for n, _src, img in images:
-        if isinstance(tr, Mapping):
-            tr_of[n] = float(tr[n]) if n in tr else nifti_tr(img)
-        elif tr is not None:
-            tr_of[n] = float(tr)
-        else:
-            tr_of[n] = nifti_tr(img)
-    n_time = {n: int(img.shape[3]) for n, _src, img in images}
-    with_data = summaries != "only"
-    with_summary = bool(summaries)
-    scans = []
-    for n, _src, _img in images:
-        meta: dict[str, Any] = {}
-        if tr_of[n] is not None:
-            meta["TR"] = np.float64(tr_of[n])
-        for key, value in (metadata.get(n) or {}).items():
-            L.check_hdf5_name(key, f"metadata key of scan {n!r}")
-            meta[key] = _typed_metadata(value)
-        meta = dict(sorted(meta.items(), key=lambda kv: kv[0].encode()))
-        # the class string the writer will give the scan (format "2026")
-        cls = (L.FULL_CLASSES if with_data else L.SUMMARY_CLASSES)["2026"]
-        scans.append(ScanInfo(n, with_data, with_summary, n_time[n], cls, meta))
-    scans.sort(key=lambda s: s.name.encode())  # fmristore's (HDF5 name) order
-    by_name = {n: (src, img) for n, src, img in images}
-
+    items, metadata = _checked_runs(runs, metadata)
+    images: _Images = [(n, src, _load(src, f"run {n!r}")) for n, src in items]
+    space, labels = _space(atlas, mask, images)
+    scans = _scans(images, metadata, tr, summaries)
+    table: tuple[dict[str, Any], dict[str, Any], dict[str, str]] = ({}, {}, {})
     if cluster_metadata is not None:
-        atlas_ids = np.unique(labels[labels != 0])
-        columns, missing, dtypes = _cluster_table(
-            cluster_metadata, cluster_ids, atlas_ids
+        table = _cluster_table(
+            cluster_metadata,
+            np.unique(space.cluster_map),
+            np.unique(labels[labels != 0]),
         )
-    else:
-        columns, missing, dtypes = {}, {}, {}
-
-    ref_header: Any = ref_img.header
-    sform_code = int(ref_header.get("sform_code", 0) or 0)
-    form = "sform" if sform_code > 0 else "qform"
-    affine = ref_affine
-    spacing = tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
-    exp = Experiment(
-        path="",
-        volume_shape=(int(shape[0]), int(shape[1]), int(shape[2])),
-        spacing=spacing,  # type: ignore[arg-type]
-        affine=affine,
-        affine_source=f"NIfTI {form} of {ref_desc}",
-        mask_index=mask_index,
-        cluster_map=cluster_map,
-        cluster_ids=cluster_ids.astype(np.int32),
-        n_voxels=n_voxels.astype(np.int64),
-        scans=tuple(scans),
-        cluster_metadata=columns,
-        cluster_metadata_missing=missing,
-        cluster_metadata_dtypes=dtypes,
-        generation="2026",
-        # what writing adds, so that from_nifti -> write -> open differs only
-        # in affine_source and source_files
-        root_attrs={
-            L.ATTR_ROOT_CLASS: L.EXPERIMENT_CLASSES["2026"],
-            L.ATTR_ROOT_VERSION: R_FMRISTORE_VERSION,
-        },
-    )
-
-    vmax = int(n_voxels.max())
-    tmax = max(n_time.values())
-    data_rows = []
-    summary_rows = []
-    for scan in scans:
-        src, img = by_name[scan.name]
-        # paths are reloaded inside the task (picklable for distributed);
-        # in-memory images are passed as they are
-        source = src if isinstance(src, str | os.PathLike) else img
-        # not pure: hashing an in-memory image would read all of it
-        masked = dask.delayed(_load_masked, pure=False)(
-            source, mask_index, scan.n_time, shape
-        )
-        if with_data:
-            blocks = [
-                da.from_delayed(
-                    dask.delayed(_cluster_block, pure=True)(masked, rows, vmax, tmax),
-                    shape=(1, 1, vmax, tmax),
-                    dtype=np.float32,
-                )
-                for rows in members
-            ]
-            data_rows.append(da.concatenate(blocks, axis=1))
-        if with_summary:
-            summary_rows.append(
-                da.from_delayed(
-                    dask.delayed(_cluster_means, pure=True)(masked, members, tmax),
-                    shape=(1, len(members), tmax),
-                    dtype=np.float32,
-                )
-            )
-    data = da.concatenate(data_rows, axis=0) if data_rows else None
-    summary = da.concatenate(summary_rows, axis=0) if summary_rows else None
-    ds = build_padded(exp, data, summary)
-    ds.attrs["source_files"] = [_describe(by_name[s.name][0]) for s in scans]
+    exp = _experiment(space, scans, table)
+    # paths are reloaded inside the tasks (picklable for distributed);
+    # in-memory images are passed as they are
+    sources = {
+        n: src if isinstance(src, str | os.PathLike) else img for n, src, img in images
+    }
+    ds = build_padded(exp, *_lazy_runs(exp, sources, space.shape))
+    described = {n: _describe(src) for n, src in items}
+    ds.attrs["source_files"] = [described[s.name] for s in scans]
     return ds

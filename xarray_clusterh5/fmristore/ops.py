@@ -9,21 +9,24 @@ fmristore's mask order (x fastest).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
+from xarray_clusterh5.fmristore.read import AFFINE_FORMS, AffineForm
 from xarray_clusterh5.fmristore.views import (
+    GEOMETRY_ATTRS,
     METADATA_PREFIX,
     ROLE,
     RUN_DATA_ATTRS,
     RUN_SUMMARY_ATTRS,
     VIEW_ATTR,
     VIEW_ATTRS,
-    flat_geometry,
+    flat_coords,
+    metadata_attrs,
     time_coord,
 )
 
@@ -40,7 +43,8 @@ def view_of(ds: xr.Dataset) -> str:
     raise ValueError("not a clusterh5 view: needs 'run'/'cluster'/'voxel' dims")
 
 
-def _values(obj: Any) -> np.ndarray:
+def as_numpy(obj: Any) -> np.ndarray:
+    """The values of a DataArray, Variable or array-like as a NumPy array."""
     return np.asarray(obj.values if hasattr(obj, "values") else obj)
 
 
@@ -55,11 +59,27 @@ def affine(ds: xr.Dataset) -> np.ndarray:
     return np.asarray(ds.attrs["affine"], dtype=float).reshape(4, 4)
 
 
+def affine_form(attrs: Mapping[str, Any]) -> AffineForm:
+    """Which header fields hold the affine (attribute ``affine_form``).
+
+    Views made before the attribute existed, or by hand, have an affine
+    stored in ``srow_*`` when they have one, else no orientation.
+    """
+    form = attrs.get("affine_form")
+    if form is None:
+        return "srow" if "affine" in attrs else "none"
+    if form not in AFFINE_FORMS:
+        raise ValueError(
+            f"attribute 'affine_form' must be one of {AFFINE_FORMS}, got {form!r}"
+        )
+    return form
+
+
 def scan_names(ds: xr.Dataset) -> list[str]:
     """Scan names in fmristore's order."""
     view = view_of(ds)
     if view == "padded":
-        return [str(v) for v in _values(ds["run"])]
+        return [str(v) for v in as_numpy(ds["run"])]
     if view == "root":
         return [str(v) for v in np.atleast_1d(ds.attrs.get("scans", []))]
     return [str(ds.attrs["scan"])]
@@ -100,7 +120,7 @@ def scan_metadata(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
         missing = set(np.atleast_1d(coord.attrs.get("fmristore_missing", [])).tolist())
         dtype = coord.attrs.get("fmristore_dtype")
         lengths = coord.attrs.get("fmristore_length")
-        values = _values(coord)
+        values = as_numpy(coord)
         for r, run in enumerate(runs):
             if run in missing:
                 continue
@@ -119,13 +139,13 @@ def cluster_metadata(ds: xr.Dataset) -> pd.DataFrame:
     cols = {}
     for coord in ds.coords.values():
         if coord.attrs.get(ROLE) == "cluster_metadata":
-            values = _values(coord)
+            values = as_numpy(coord)
             dtype = coord.attrs.get("fmristore_dtype", "str")
             if dtype != "str" and "fmristore_missing" not in coord.attrs:
                 values = values.astype(dtype)
             cols[coord.attrs["fmristore_key"]] = values
     order = sorted(cols, key=lambda k: k.encode())
-    return pd.DataFrame({k: cols[k] for k in order}, index=_values(ds["cluster"]))
+    return pd.DataFrame({k: cols[k] for k in order}, index=as_numpy(ds["cluster"]))
 
 
 def mask_volume(ds: xr.Dataset) -> xr.DataArray:
@@ -142,9 +162,9 @@ def mask_volume(ds: xr.Dataset) -> xr.DataArray:
 def _mask_linear(ds: xr.Dataset) -> np.ndarray:
     """0-based linear (x fastest) index of every in-mask voxel, in mask order."""
     x, y, _ = volume_shape(ds)
-    ii, jj, kk = (_values(ds[c]).reshape(-1) for c in "ijk")
+    ii, jj, kk = (as_numpy(ds[c]).reshape(-1) for c in "ijk")
     valid = ii >= 0
-    order = np.argsort(_values(ds["mask_index"]).reshape(-1)[valid], kind="stable")
+    order = np.argsort(as_numpy(ds["mask_index"]).reshape(-1)[valid], kind="stable")
     lin = (ii + x * (jj + y * kk))[valid]
     return lin[order]
 
@@ -152,7 +172,7 @@ def _mask_linear(ds: xr.Dataset) -> np.ndarray:
 def _locate(ds: xr.Dataset, mask_index: Sequence[int] | np.ndarray) -> tuple[Any, ...]:
     """Where each mask index lives: (cluster position, slot) or flat voxel position."""
     wanted = np.asarray(mask_index, dtype=np.int64).reshape(-1)
-    mi = _values(ds["mask_index"])
+    mi = as_numpy(ds["mask_index"])
     n_mask = int((mi >= 0).sum())
     bad = (wanted < 0) | (wanted >= n_mask)
     if bad.any():
@@ -215,7 +235,7 @@ def series_concat(
     if runs is None:
         runs = [
             r
-            for r, has in zip(scan_names(ds), _values(ds["has_data"]), strict=True)
+            for r, has in zip(scan_names(ds), as_numpy(ds["has_data"]), strict=True)
             if has
         ]
     parts = []
@@ -261,7 +281,7 @@ def run_volume(
         raise ValueError("this run has no voxel data")
     data = np.asarray(flat["data"].transpose("voxel", "time").values)
     x, y, _ = shape
-    lin = _values(flat["i"]) + x * (_values(flat["j"]) + y * _values(flat["k"]))
+    lin = as_numpy(flat["i"]) + x * (as_numpy(flat["j"]) + y * as_numpy(flat["k"]))
     out = np.full((int(np.prod(shape)), data.shape[1]), fill_value, dtype=np.float32)
     out[lin] = data
     return out.reshape((*shape, data.shape[1]), order="F")
@@ -310,8 +330,7 @@ def unpad(ds: xr.Dataset, run: str) -> xr.Dataset:
         raise ValueError("unpad needs the padded (run, cluster, voxel, time) view")
     sub = ds.sel(run=run)
     n_time = int(sub["n_time"])
-    n_vox = _values(ds["n_voxels"]).astype(np.int64)
-    ids = _values(ds["cluster"])
+    n_vox = as_numpy(ds["n_voxels"]).astype(np.int64)
     out_vars: dict[str, Any] = {}
     if "data" in ds and bool(sub["has_data"]):
         blocks = [
@@ -331,46 +350,36 @@ def unpad(ds: xr.Dataset, run: str) -> xr.Dataset:
         out_vars["summary"] = xr.Variable(
             ("cluster", "time"), summary.variable.data, dict(RUN_SUMMARY_ATTRS)
         )
-    flat = _flat_geometry(ds, n_vox, ids)
+    flat = _flat_coords_of_padded(ds)
     result = xr.Dataset(out_vars, coords=flat).assign_coords(time=time_coord(n_time))
-    meta = scan_metadata(ds)[run]
-    keep = (
-        "volume_shape",
-        "spacing",
-        "affine",
-        "affine_source",
-        "fmristore_generation",
-    )
     attrs: dict[str, Any] = {VIEW_ATTR: "run", "scan": run}
     classes = np.atleast_1d(ds.attrs.get("scan_class", []))
     runs = scan_names(ds)
     if len(classes) == len(runs) and classes[runs.index(run)]:
         attrs["scan_class"] = str(classes[runs.index(run)])
-    attrs.update({k: ds.attrs[k] for k in keep if k in ds.attrs})
-    attrs.update(
-        {
-            k: ds.attrs[k]
-            for k in ("fmristore_class", "fmristore_version")
-            if k in ds.attrs
-        }
-    )
-    attrs.update(meta)
+    attrs.update({k: ds.attrs[k] for k in GEOMETRY_ATTRS if k in ds.attrs})
+    attrs.update(metadata_attrs(scan_metadata(ds)[run]))
     result.attrs = attrs
     return result
 
 
-def _flat_geometry(
-    ds: xr.Dataset, n_vox: np.ndarray, ids: np.ndarray, *, in_tree: bool = False
-) -> xr.Coordinates:
+def _flat_coords_of_padded(ds: xr.Dataset, *, in_tree: bool = False) -> xr.Coordinates:
+    """:func:`~xarray_clusterh5.fmristore.views.flat_coords` of a padded view."""
+    n_vox = as_numpy(ds["n_voxels"]).astype(np.int64)
     valid = np.arange(ds.sizes["voxel"])[None, :] < n_vox[:, None]
-    ijk = np.stack([_values(ds[c])[valid] for c in "ijk"], axis=1)
+    ijk = np.stack([as_numpy(ds[c])[valid] for c in "ijk"], axis=1)
     cluster_vars = {
         str(name): coord.variable
         for name, coord in ds.coords.items()
         if coord.dims == ("cluster",) and name != "cluster"
     }
-    return flat_geometry(
-        ids, n_vox, _values(ds["mask_index"])[valid], ijk, cluster_vars, in_tree=in_tree
+    return flat_coords(
+        as_numpy(ds["cluster"]),
+        n_vox,
+        as_numpy(ds["mask_index"])[valid],
+        ijk,
+        cluster_vars,
+        in_tree=in_tree,
     )
 
 
@@ -381,35 +390,17 @@ def to_tree(ds: xr.Dataset) -> xr.DataTree:
     if first is None:
         raise ValueError("no runs")
     root_vars = [v for v in first.coords if v != "time"]
-    n_vox = _values(ds["n_voxels"]).astype(np.int64)
-    root = xr.Dataset(
-        coords=_flat_geometry(ds, n_vox, _values(ds["cluster"]), in_tree=True)
-    )
-    keep = (
-        "volume_shape",
-        "spacing",
-        "affine",
-        "affine_source",
-        "fmristore_generation",
-    )
-    root.attrs = {VIEW_ATTR: "root", **{k: ds.attrs[k] for k in keep if k in ds.attrs}}
-    root.attrs.update(
-        {
-            k: ds.attrs[k]
-            for k in ("fmristore_class", "fmristore_version")
-            if k in ds.attrs
-        }
-    )
+    root = xr.Dataset(coords=_flat_coords_of_padded(ds, in_tree=True))
+    root.attrs = {
+        VIEW_ATTR: "root",
+        **{k: ds.attrs[k] for k in GEOMETRY_ATTRS if k in ds.attrs},
+    }
     root.attrs["scans"] = runs
     nodes: dict[str, xr.Dataset] = {"/": root}
     for run in runs:
         node = unpad(ds, run)
         node = node.drop_vars([v for v in root_vars if v in node.coords])
-        node.attrs = {
-            k: v
-            for k, v in node.attrs.items()
-            if k not in keep and k not in ("fmristore_class", "fmristore_version")
-        }
+        node.attrs = {k: v for k, v in node.attrs.items() if k not in GEOMETRY_ATTRS}
         nodes[f"/{run}"] = node
     return xr.DataTree.from_dict(nodes)
 
@@ -417,7 +408,7 @@ def to_tree(ds: xr.Dataset) -> xr.DataTree:
 def matrix_concat(ds: xr.Dataset, runs: Sequence[str] | None = None) -> xr.DataArray:
     """Summary runs stacked along time (R's ``matrix_concat``)."""
     if runs is None:
-        has = _values(ds["has_summary"])
+        has = as_numpy(ds["has_summary"])
         runs = [r for r, h in zip(scan_names(ds), has, strict=True) if h]
     parts = []
     for r in runs:
@@ -430,12 +421,12 @@ def _cluster_columns(ds: xr.Dataset) -> tuple[dict, dict, dict]:
     columns: dict[str, np.ndarray] = {}
     missing: dict[str, np.ndarray] = {}
     dtypes: dict[str, str] = {}
-    ids = _values(ds["cluster"])
+    ids = as_numpy(ds["cluster"])
     for coord in ds.coords.values():
         if coord.attrs.get(ROLE) != "cluster_metadata":
             continue
         key = coord.attrs["fmristore_key"]
-        columns[key] = _values(coord)
+        columns[key] = as_numpy(coord)
         gone = np.atleast_1d(coord.attrs.get("fmristore_missing", []))
         missing[key] = np.isin(ids, gone)
         dtypes[key] = str(coord.attrs.get("fmristore_dtype", "str"))
@@ -448,8 +439,8 @@ def experiment_of(tree: xr.DataTree) -> Any:
 
     root = tree.to_dataset()
     x, y, _ = volume_shape(root)
-    order = np.argsort(_values(root["mask_index"]), kind="stable")
-    lin = _values(root["i"]) + x * (_values(root["j"]) + y * _values(root["k"]))
+    order = np.argsort(as_numpy(root["mask_index"]), kind="stable")
+    lin = as_numpy(root["i"]) + x * (as_numpy(root["j"]) + y * as_numpy(root["k"]))
     scans = []
     for name, node in tree.children.items():
         ds = node.to_dataset()
@@ -472,10 +463,11 @@ def experiment_of(tree: xr.DataTree) -> Any:
         spacing=tuple(float(v) for v in np.asarray(root.attrs["spacing"])),  # type: ignore[arg-type]
         affine=affine(root),
         affine_source=str(root.attrs.get("affine_source", "")),
+        affine_form=affine_form(root.attrs),
         mask_index=lin[order].astype(np.int64),
-        cluster_map=_values(root["voxel_cluster"])[order].astype(np.int32),
-        cluster_ids=_values(root["cluster"]).astype(np.int32),
-        n_voxels=_values(root["n_voxels"]).astype(np.int64),
+        cluster_map=as_numpy(root["voxel_cluster"])[order].astype(np.int32),
+        cluster_ids=as_numpy(root["cluster"]).astype(np.int32),
+        n_voxels=as_numpy(root["n_voxels"]).astype(np.int64),
         scans=tuple(scans),
         cluster_metadata=columns,
         cluster_metadata_missing=missing,

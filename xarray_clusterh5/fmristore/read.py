@@ -35,16 +35,20 @@ from xarray_clusterh5.fmristore import layout as L
 
 ScanKind = Literal["full", "summary", "both"]
 
+#: Which header fields hold the orientation (the views' ``affine_form``
+#: attribute, which tells a writer what header to write back): ``"srow"``:
+#: ``srow_x/y/z`` (and the quaternion); ``"quaternion"``: ``quatern_b/c/d`` and
+#: ``qoffset_*`` only; ``"none"``: no orientation (R's all-zero header), the
+#: affine is ``diag(spacing)``.
+AffineForm = Literal["srow", "quaternion", "none"]
+AFFINE_FORMS: tuple[AffineForm, ...] = ("srow", "quaternion", "none")
+
 NO_QUATERNION_NOTE = "header without quaternions: diag(spacing)"
-#: affine_source of headers that do not store an orientation; a writer given a
-#: view with one of these writes R's header (zero quaternion) back
-R_HEADER_SOURCES: tuple[str, ...] = ()  # filled below
 ZERO_HEADER_NOTE = (
     "fmristore header with all quaternion and offset fields zero (fmristore's "
     "writer never stores them), so rotation and origin are unknown; "
     "diag(spacing) with the sign of qfac and origin 0, exactly as R reads it"
 )
-R_HEADER_SOURCES = (ZERO_HEADER_NOTE, NO_QUATERNION_NOTE)
 
 
 @dataclass(frozen=True)
@@ -91,7 +95,8 @@ class Experiment:
     volume_shape: tuple[int, int, int]  # (X, Y, Z)
     spacing: tuple[float, float, float]
     affine: np.ndarray  # (4, 4): 0-based voxel index -> world
-    affine_source: str
+    affine_source: str  # for people: where the affine comes from
+    affine_form: AffineForm  # for programs: which header fields hold it
     mask_index: np.ndarray  # (N,) int64, 0-based linear index, x fastest, ascending
     cluster_map: np.ndarray  # (N,) int32, cluster id per mask voxel in mask order
     cluster_ids: np.ndarray  # (K,) int32, ascending
@@ -164,7 +169,9 @@ def _dtype_name(value: Any) -> str:
 
 def _read_header(
     path: str, f: h5py.File
-) -> tuple[tuple[int, int, int], tuple[float, float, float], np.ndarray, str]:
+) -> tuple[
+    tuple[int, int, int], tuple[float, float, float], np.ndarray, str, AffineForm
+]:
     header = get_link(path, f, L.HEADER)
     if not isinstance(header, h5py.Group) or "dim" not in header:
         raise ClusterH5Error(path, "no /header/dim: not an fmristore clustered file")
@@ -192,7 +199,7 @@ def _read_header(
         rows = [np.asarray(header[s][()], dtype=float).reshape(-1) for s in L.SROWS]
         if all(r.size == 4 for r in rows):
             affine = np.vstack([*rows, [0.0, 0.0, 0.0, 1.0]])
-            return shape, spacing, affine, "header srow_x/y/z (sform)"
+            return shape, spacing, affine, "header srow_x/y/z (sform)", "srow"
     q = {name: scalar(name) for name in L.HEADER_SCALARS}
     qfac = q["qfac"] if q["qfac"] not in (None, 0.0) else 1.0
     qfac = -1.0 if qfac < 0 else 1.0
@@ -202,16 +209,14 @@ def _read_header(
         affine = np.eye(4)
         affine[:3, :3] = zoom
         affine[:3, 3] = offset
-        return shape, spacing, affine, NO_QUATERNION_NOTE
-    b, c, d = (q["quatern_b"], q["quatern_c"], q["quatern_d"])
+        return shape, spacing, affine, NO_QUATERNION_NOTE, "none"
+    # every field is present here
+    b, c, d = (float(q[n] or 0.0) for n in ("quatern_b", "quatern_c", "quatern_d"))
     offset = [float(q[n] or 0.0) for n in ("qoffset_x", "qoffset_y", "qoffset_z")]
-    assert b is not None
-    assert c is not None
-    assert d is not None
     if b == c == d == 0.0 and all(o == 0.0 for o in offset):
         affine = np.eye(4)
         affine[:3, :3] = zoom
-        return shape, spacing, affine, ZERO_HEADER_NOTE
+        return shape, spacing, affine, ZERO_HEADER_NOTE, "none"
     a = np.sqrt(max(0.0, 1.0 - (b * b + c * c + d * d)))
     rot = np.array(
         [
@@ -223,7 +228,8 @@ def _read_header(
     affine = np.eye(4)
     affine[:3, :3] = rot @ zoom
     affine[:3, 3] = offset
-    return shape, spacing, affine, "header quaternion (qform: quatern_b/c/d, qoffset)"
+    source = "header quaternion (qform: quatern_b/c/d, qoffset)"
+    return shape, spacing, affine, source, "quaternion"
 
 
 def _read_cluster_metadata(
@@ -301,6 +307,94 @@ def _read_cluster_metadata(
     return columns, dict.fromkeys(columns, missing), dtypes
 
 
+def _read_scan_metadata(path: str, f: h5py.File, name: str) -> dict[str, Any]:
+    """``metadata/<key>`` values of a scan with their on-disk types."""
+    metadata: dict[str, Any] = {}
+    meta = get_link(path, f, L.metadata_group(name))
+    if isinstance(meta, h5py.Group):
+        for key in meta:
+            obj = get_link(path, meta, key)
+            if isinstance(obj, h5py.Dataset):
+                metadata[key] = _read_value(path, obj)
+    return metadata
+
+
+def _check_scan_kind(
+    path: str, name: str, class_attr: str | None, clusters: Any, has_summary: bool
+) -> None:
+    """The class attribute names the kind; the datasets must be there."""
+    if class_attr in L.SUMMARY_CLASSES.values() and not has_summary:
+        raise ClusterH5Error(
+            path, f"scan {name!r} is a {class_attr} but has no {L.summary_path(name)}"
+        )
+    if class_attr in L.FULL_CLASSES.values() and not isinstance(clusters, h5py.Group):
+        raise ClusterH5Error(
+            path, f"scan {name!r} is a {class_attr} but has no {L.clusters_group(name)}"
+        )
+
+
+def _full_scan_n_time(
+    path: str,
+    f: h5py.File,
+    name: str,
+    clusters: h5py.Group,
+    cluster_ids: np.ndarray,
+    n_voxels: np.ndarray,
+    first_cluster: int | None,
+    n_time: int | None,
+) -> int:
+    """Time points of a full scan, from one probed cluster dataset (as R does)."""
+    if len(clusters) < len(cluster_ids):
+        present = set(clusters)
+        missing = [f"cluster_{c}" for c in cluster_ids if f"cluster_{c}" not in present]
+        raise ClusterH5Error(
+            path,
+            f"scan {name!r} lacks cluster datasets {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''} for ids in /cluster_map",
+        )
+    probe = get_link(path, f, L.cluster_path(name, first_cluster or cluster_ids[0]))
+    if not isinstance(probe, h5py.Dataset):
+        raise ClusterH5Error(
+            path,
+            f"missing dataset {L.cluster_path(name, first_cluster or 0)}",
+        )
+    _check_data_dtype(path, probe)
+    if probe.ndim != 2:
+        raise ClusterH5Error(path, f"{probe.name} must be 2-D (T, n_voxels)")
+    if n_time is None:
+        n_time = int(probe.shape[0])
+    pos = int(np.searchsorted(cluster_ids, first_cluster or cluster_ids[0]))
+    if probe.shape != (n_time, int(n_voxels[pos])):
+        raise ClusterH5Error(
+            path,
+            f"{probe.name} has shape {probe.shape}, expected "
+            f"(n_time={n_time}, n_voxels={int(n_voxels[pos])})",
+        )
+    return n_time
+
+
+def _summary_n_time(
+    path: str, summary: h5py.Dataset, k: int, n_time: int | None
+) -> int:
+    """Time points of a summary, checked against the voxel data's."""
+    _check_data_dtype(path, summary)
+    if summary.ndim != 2 or summary.shape[0] != k:
+        raise ClusterH5Error(
+            path,
+            f"{summary.name} has shape {summary.shape}, expected "
+            f"(n_clusters={k}, n_time)",
+        )
+    if n_time is None:
+        return int(summary.shape[1])
+    if summary.shape[1] != n_time:
+        raise ClusterH5Error(
+            path,
+            f"{summary.name} has {summary.shape[1]} time points, "
+            f"the scan's voxel data {n_time}",
+        )
+    return n_time
+
+
 def _read_scan(
     path: str,
     f: h5py.File,
@@ -313,27 +407,14 @@ def _read_scan(
     if not isinstance(group, h5py.Group):
         raise ClusterH5Error(path, f"{L.scan_path(name)} is not a group")
     class_attr = read_attr_str(group, L.ATTR_CLASS)
-    metadata: dict[str, Any] = {}
-    meta = get_link(path, f, L.metadata_group(name))
-    if isinstance(meta, h5py.Group):
-        for key in meta:
-            obj = get_link(path, meta, key)
-            if isinstance(obj, h5py.Dataset):
-                metadata[key] = _read_value(path, obj)
+    metadata = _read_scan_metadata(path, f, name)
     clusters = get_link(path, f, L.clusters_group(name))
     summary = get_link(path, f, L.summary_path(name))
     has_summary = isinstance(summary, h5py.Dataset)
     has_data = isinstance(clusters, h5py.Group) and len(cluster_ids) > 0
     # the class attribute names the kind; datasets decide when it is absent or
     # unknown (R's "prefer" rule, which reads every generation's files)
-    if class_attr in L.SUMMARY_CLASSES.values() and not has_summary:
-        raise ClusterH5Error(
-            path, f"scan {name!r} is a {class_attr} but has no {L.summary_path(name)}"
-        )
-    if class_attr in L.FULL_CLASSES.values() and not isinstance(clusters, h5py.Group):
-        raise ClusterH5Error(
-            path, f"scan {name!r} is a {class_attr} but has no {L.clusters_group(name)}"
-        )
+    _check_scan_kind(path, name, class_attr, clusters, has_summary)
     if not has_data and not has_summary:
         raise ClusterH5Error(
             path, f"scan {name!r} has neither cluster datasets nor summary_data"
@@ -345,53 +426,12 @@ def _read_scan(
             break
     if has_data:
         assert isinstance(clusters, h5py.Group)
-        n_members = len(clusters)
-        if n_members < len(cluster_ids):
-            present = set(clusters)
-            missing = [
-                f"cluster_{c}" for c in cluster_ids if f"cluster_{c}" not in present
-            ]
-            raise ClusterH5Error(
-                path,
-                f"scan {name!r} lacks cluster datasets {missing[:10]}"
-                f"{' ...' if len(missing) > 10 else ''} for ids in /cluster_map",
-            )
-        probe = get_link(path, f, L.cluster_path(name, first_cluster or cluster_ids[0]))
-        if not isinstance(probe, h5py.Dataset):
-            raise ClusterH5Error(
-                path,
-                f"missing dataset {L.cluster_path(name, first_cluster or 0)}",
-            )
-        _check_data_dtype(path, probe)
-        if probe.ndim != 2:
-            raise ClusterH5Error(path, f"{probe.name} must be 2-D (T, n_voxels)")
-        if n_time is None:
-            n_time = int(probe.shape[0])
-        pos = int(np.searchsorted(cluster_ids, first_cluster or cluster_ids[0]))
-        if probe.shape != (n_time, int(n_voxels[pos])):
-            raise ClusterH5Error(
-                path,
-                f"{probe.name} has shape {probe.shape}, expected "
-                f"(n_time={n_time}, n_voxels={int(n_voxels[pos])})",
-            )
+        n_time = _full_scan_n_time(
+            path, f, name, clusters, cluster_ids, n_voxels, first_cluster, n_time
+        )
     if has_summary:
         assert isinstance(summary, h5py.Dataset)
-        _check_data_dtype(path, summary)
-        k = len(cluster_ids)
-        if summary.ndim != 2 or summary.shape[0] != k:
-            raise ClusterH5Error(
-                path,
-                f"{summary.name} has shape {summary.shape}, expected "
-                f"(n_clusters={k}, n_time)",
-            )
-        if n_time is None:
-            n_time = int(summary.shape[1])
-        elif summary.shape[1] != n_time:
-            raise ClusterH5Error(
-                path,
-                f"{summary.name} has {summary.shape[1]} time points, "
-                f"the scan's voxel data {n_time}",
-            )
+        n_time = _summary_n_time(path, summary, len(cluster_ids), n_time)
     assert n_time is not None
     return ScanInfo(name, has_data, has_summary, n_time, class_attr, metadata)
 
@@ -411,6 +451,59 @@ def is_clustered_experiment(f: h5py.File) -> bool:
     return isinstance(f.get("scans"), h5py.Group) and isinstance(
         f.get("cluster_map"), h5py.Dataset
     )
+
+
+def _read_mask_and_map(
+    path: str, f: h5py.File, shape: tuple[int, int, int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Mask positions (0-based, x fastest) and the cluster id of each."""
+    mask_obj = get_link(path, f, L.MASK)
+    if not isinstance(mask_obj, h5py.Dataset):
+        raise ClusterH5Error(path, "no /mask dataset")
+    with named_errors(path, "reading the mask", L.MASK):
+        mask_zyx = np.asarray(mask_obj[()])
+    if mask_zyx.shape != shape[::-1]:
+        raise ClusterH5Error(
+            path,
+            f"/mask has h5py shape {mask_zyx.shape}, header dims (X,Y,Z)={shape} "
+            f"need {shape[::-1]}",
+        )
+    # C order over (Z, Y, X) is R's column-major order over (X, Y, Z)
+    mask_index = np.flatnonzero(mask_zyx.ravel() != 0).astype(np.int64)
+    cmap_obj = get_link(path, f, L.CLUSTER_MAP)
+    if not isinstance(cmap_obj, h5py.Dataset):
+        raise ClusterH5Error(path, "/cluster_map is not a dataset")
+    if cmap_obj.dtype.kind not in "iu":
+        raise ClusterH5Error(
+            path, f"/cluster_map has dtype {cmap_obj.dtype}, not integer"
+        )
+    with named_errors(path, "reading the cluster map", L.CLUSTER_MAP):
+        cluster_map = np.atleast_1d(np.asarray(cmap_obj[()])).astype(np.int32)
+    if cluster_map.ndim != 1:
+        raise ClusterH5Error(path, f"/cluster_map must be 1-D, got {cluster_map.shape}")
+    if len(cluster_map) != len(mask_index):
+        raise ClusterH5Error(
+            path,
+            f"/cluster_map has {len(cluster_map)} entries but /mask has "
+            f"{len(mask_index)} voxels",
+        )
+    coords = get_link(path, f, L.VOXEL_COORDS)
+    if isinstance(coords, h5py.Dataset) and coords.shape != (3, len(mask_index)):
+        raise ClusterH5Error(
+            path, f"/voxel_coords has shape {coords.shape}, expected (3, N)"
+        )
+    return mask_index, cluster_map
+
+
+def _generation(root_attrs: dict[str, str], scans: tuple[ScanInfo, ...]) -> str:
+    """``"2026"`` or ``"2025"``: the scans' class strings decide, else the root."""
+    generation = "2026" if L.ATTR_ROOT_CLASS in root_attrs else "2025"
+    for s in scans:
+        gen = L.generation_of_class(s.class_attr or "")
+        if gen is not None:
+            generation = gen
+            break
+    return generation
 
 
 def read_experiment(
@@ -450,42 +543,8 @@ def _read_experiment(f: h5py.File, path: str) -> Experiment:
             "(needs /scans and /cluster_map)",
         )
     with named_errors(path, "reading the NIfTI header", L.HEADER):
-        shape, spacing, affine, affine_source = _read_header(path, f)
-    mask_obj = get_link(path, f, L.MASK)
-    if not isinstance(mask_obj, h5py.Dataset):
-        raise ClusterH5Error(path, "no /mask dataset")
-    with named_errors(path, "reading the mask", L.MASK):
-        mask_zyx = np.asarray(mask_obj[()])
-    if mask_zyx.shape != shape[::-1]:
-        raise ClusterH5Error(
-            path,
-            f"/mask has h5py shape {mask_zyx.shape}, header dims (X,Y,Z)={shape} "
-            f"need {shape[::-1]}",
-        )
-    # C order over (Z, Y, X) is R's column-major order over (X, Y, Z)
-    mask_index = np.flatnonzero(mask_zyx.ravel() != 0).astype(np.int64)
-    cmap_obj = get_link(path, f, L.CLUSTER_MAP)
-    if not isinstance(cmap_obj, h5py.Dataset):
-        raise ClusterH5Error(path, "/cluster_map is not a dataset")
-    if cmap_obj.dtype.kind not in "iu":
-        raise ClusterH5Error(
-            path, f"/cluster_map has dtype {cmap_obj.dtype}, not integer"
-        )
-    with named_errors(path, "reading the cluster map", L.CLUSTER_MAP):
-        cluster_map = np.atleast_1d(np.asarray(cmap_obj[()])).astype(np.int32)
-    if cluster_map.ndim != 1:
-        raise ClusterH5Error(path, f"/cluster_map must be 1-D, got {cluster_map.shape}")
-    if len(cluster_map) != len(mask_index):
-        raise ClusterH5Error(
-            path,
-            f"/cluster_map has {len(cluster_map)} entries but /mask has "
-            f"{len(mask_index)} voxels",
-        )
-    coords = get_link(path, f, L.VOXEL_COORDS)
-    if isinstance(coords, h5py.Dataset) and coords.shape != (3, len(mask_index)):
-        raise ClusterH5Error(
-            path, f"/voxel_coords has shape {coords.shape}, expected (3, N)"
-        )
+        shape, spacing, affine, affine_source, affine_form = _read_header(path, f)
+    mask_index, cluster_map = _read_mask_and_map(path, f, shape)
     cluster_ids, _first_pos, n_voxels = np.unique(
         cluster_map, return_index=True, return_counts=True
     )
@@ -509,18 +568,14 @@ def _read_experiment(f: h5py.File, path: str) -> Experiment:
         for k in (L.ATTR_ROOT_CLASS, L.ATTR_ROOT_VERSION)
         if k in f.attrs
     }
-    generation = "2026" if L.ATTR_ROOT_CLASS in root_attrs else "2025"
-    for s in scans:
-        gen = L.generation_of_class(s.class_attr or "")
-        if gen is not None:
-            generation = gen
-            break
+    generation = _generation(root_attrs, tuple(scans))
     return Experiment(
         path=path,
         volume_shape=shape,
         spacing=spacing,
         affine=affine,
         affine_source=affine_source,
+        affine_form=affine_form,
         mask_index=mask_index,
         cluster_map=cluster_map,
         cluster_ids=cluster_ids,

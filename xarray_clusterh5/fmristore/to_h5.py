@@ -31,8 +31,8 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
-from xarray_clusterh5.fmristore import ops as views_convert
-from xarray_clusterh5.fmristore.read import R_HEADER_SOURCES
+from xarray_clusterh5.fmristore import ops
+from xarray_clusterh5.fmristore.ops import as_numpy
 from xarray_clusterh5.fmristore.views import ROLE
 from xarray_clusterh5.fmristore.write import Run, write_experiment
 
@@ -43,10 +43,6 @@ __all__ = ["to_fmristore"]
 # --------------------------------------------------------------------------
 
 
-def _values(obj: xr.DataArray | xr.Variable) -> np.ndarray:
-    return np.asarray(obj.values)
-
-
 def _header_kwargs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """affine/spacing/write_srow for write_experiment from the geometry attrs."""
     if "volume_shape" not in attrs:
@@ -54,15 +50,18 @@ def _header_kwargs(attrs: Mapping[str, Any]) -> dict[str, Any]:
             "not a clustered fMRI Dataset: attribute 'volume_shape' is missing"
         )
     spacing = tuple(float(s) for s in np.asarray(attrs.get("spacing", (1, 1, 1))))
-    affine = attrs.get("affine")
-    source = str(attrs.get("affine_source", ""))
-    if affine is None or source.startswith(R_HEADER_SOURCES):
+    form = ops.affine_form(attrs)
+    if form == "none" or attrs.get("affine") is None:
         # R's header (zero quaternion): write it back as it was
         return {"affine": None, "spacing": spacing}
-    aff = np.asarray(affine, dtype=np.float64).reshape(4, 4)
-    # a qform-only file keeps its form; everything else gets srow_* too
-    write_srow = not ("quatern" in source and "srow" not in source)
-    return {"affine": aff, "write_srow": write_srow}
+    aff = np.asarray(attrs["affine"], dtype=np.float64).reshape(4, 4)
+    # a quaternion-only file keeps its form; everything else gets srow_* too
+    return {"affine": aff, "write_srow": form == "srow"}
+
+
+def _volume_shape(attrs: Mapping[str, Any]) -> tuple[int, int, int]:
+    x, y, z = (int(n) for n in np.asarray(attrs["volume_shape"]).reshape(-1))
+    return x, y, z
 
 
 def _mask_and_map(
@@ -103,8 +102,8 @@ def _cluster_metadata_from_coords(
         key = str(coord.attrs.get("fmristore_key", name))
         missing = np.atleast_1d(coord.attrs.get("fmristore_missing", []))
         absent |= np.isin(cluster_ids, missing.astype(np.int64))
-        columns[key] = views_convert.typed_value(
-            _values(coord), coord.attrs.get("fmristore_dtype")
+        columns[key] = ops.typed_value(
+            as_numpy(coord), coord.attrs.get("fmristore_dtype")
         )
     if not columns:
         return None, False
@@ -164,7 +163,7 @@ def _stream_dask(
     n_threads = threads or os.cpu_count() or 1
     q: queue.Queue[Any] = queue.Queue(maxsize=max(2, 2 * n_threads))
     cancel = threading.Event()
-    sinks = []
+    sinks: list[Any] = []
     for cid, arr in blocks.items():
         sink = _QueueSink(cid, q, cancel)
         sink.shape = tuple(int(n) for n in arr.shape)
@@ -176,7 +175,7 @@ def _stream_dask(
         try:
             with dask.config.set(scheduler="threads", num_workers=n_threads):
                 # dask accepts any object with __setitem__ as a target
-                da.store(list(blocks.values()), sinks, lock=False, compute=True)  # type: ignore[arg-type]
+                da.store(list(blocks.values()), sinks, lock=False, compute=True)
         except BaseException as err:  # handed to the consumer
             errors.append(err)
         finally:
@@ -227,21 +226,24 @@ def _run_blocks(
 # --------------------------------------------------------------------------
 
 
-def _from_padded(ds: xr.Dataset, threads: int | None) -> dict[str, Any]:
+def _padded_mask_and_slots(
+    ds: xr.Dataset,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Mask, cluster map, ids, voxels per cluster, and slot orders.
+
+    The last item gives, per cluster, its slots in mask order (identity for
+    the reader's views).
+    """
     for name in ("run", "cluster", "i", "j", "k"):
         if name not in ds.variables:
             raise ValueError(f"padded clustered Dataset lacks the coordinate {name!r}")
-    shape = tuple(int(n) for n in np.asarray(ds.attrs["volume_shape"]))
-    cluster_ids = _values(ds["cluster"]).astype(np.int64)
-    runs = [str(r) for r in _values(ds["run"])]
-    if len(set(runs)) != len(runs):
-        dup = sorted({r for r in runs if runs.count(r) > 1})
-        raise ValueError(f"duplicate scan names {dup} in the 'run' coordinate")
-    ijk_slots = np.stack([_values(ds[c]) for c in "ijk"], axis=-1)  # (K, V, 3)
+    shape = _volume_shape(ds.attrs)
+    cluster_ids = as_numpy(ds["cluster"]).astype(np.int64)
+    ijk_slots = np.stack([as_numpy(ds[c]) for c in "ijk"], axis=-1)  # (K, V, 3)
     valid = ijk_slots[..., 0] >= 0
     n_voxels = valid.sum(axis=1)
     if "n_voxels" in ds.coords and not np.array_equal(
-        _values(ds["n_voxels"]), n_voxels
+        as_numpy(ds["n_voxels"]), n_voxels
     ):
         raise ValueError("n_voxels disagrees with the i/j/k padding")
     if not np.array_equal(
@@ -250,7 +252,9 @@ def _from_padded(ds: xr.Dataset, threads: int | None) -> dict[str, Any]:
         raise ValueError("padding (-1) must come after the voxels of each cluster")
     ijk = ijk_slots[valid]
     labels = np.repeat(cluster_ids, n_voxels)
-    mask_index = _values(ds["mask_index"])[valid] if "mask_index" in ds.coords else None
+    mask_index = (
+        as_numpy(ds["mask_index"])[valid] if "mask_index" in ds.coords else None
+    )
     mask, cmap = _mask_and_map(shape, ijk, labels, mask_index)
     # each cluster's slots in mask order (the reader's are already)
     mpos = np.empty(labels.size, dtype=np.int64)
@@ -261,16 +265,25 @@ def _from_padded(ds: xr.Dataset, threads: int | None) -> dict[str, Any]:
     perms = [
         np.argsort(mpos[offsets[c] : offsets[c + 1]]) for c in range(len(cluster_ids))
     ]
+    return mask, cmap, cluster_ids, n_voxels, perms
+
+
+def _from_padded(ds: xr.Dataset, threads: int | None) -> dict[str, Any]:
+    mask, cmap, cluster_ids, n_voxels, perms = _padded_mask_and_slots(ds)
+    runs = [str(r) for r in as_numpy(ds["run"])]
+    if len(set(runs)) != len(runs):
+        dup = sorted({r for r in runs if runs.count(r) > 1})
+        raise ValueError(f"duplicate scan names {dup} in the 'run' coordinate")
 
     def flag(name: str, var: str) -> np.ndarray:
         if name in ds.coords:
-            return _values(ds[name]).astype(bool)
+            return as_numpy(ds[name]).astype(bool)
         return np.full(len(runs), var in ds.data_vars)
 
     has_data, has_summary = flag("has_data", "data"), flag("has_summary", "summary")
     n_time = np.full(len(runs), ds.sizes.get("time", 0))
     if "n_time" in ds.coords:  # a time slice of the view can shorten runs
-        n_time = np.minimum(_values(ds["n_time"]).astype(int), n_time)
+        n_time = np.minimum(as_numpy(ds["n_time"]).astype(int), n_time)
     run_specs: dict[str, Run] = {}
     for r, name in enumerate(runs):
         t = int(n_time[r])
@@ -299,7 +312,7 @@ def _from_padded(ds: xr.Dataset, threads: int | None) -> dict[str, Any]:
         "mask": mask,
         "cluster_map": cmap,
         "runs": run_specs,
-        "scan_metadata": views_convert.scan_metadata(ds),
+        "scan_metadata": ops.scan_metadata(ds),
         "cluster_metadata": table,
         "allow_missing_rows": partial,
         **_header_kwargs(ds.attrs),
@@ -311,19 +324,19 @@ def _lazy_values(var: xr.Variable, key: tuple[Any, ...]) -> Any:
     return lambda: np.asarray(var[key].values)
 
 
-def _flat_geometry(
+def _mask_map_and_rows(
     geo: xr.Dataset, attrs: Mapping[str, Any]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
     """mask, cluster map, cluster ids, and each cluster's voxel rows in mask order."""
     for name in ("voxel_cluster", "cluster", "i", "j", "k"):
         if name not in geo.variables:
             raise ValueError(f"clustered Dataset lacks the coordinate {name!r}")
-    shape = tuple(int(n) for n in np.asarray(attrs["volume_shape"]))
-    labels = _values(geo["voxel_cluster"]).astype(np.int64)
-    ijk = np.stack([_values(geo[c]) for c in "ijk"], axis=-1).astype(np.int64)
-    mask_index = _values(geo["mask_index"]) if "mask_index" in geo.variables else None
+    shape = _volume_shape(attrs)
+    labels = as_numpy(geo["voxel_cluster"]).astype(np.int64)
+    ijk = np.stack([as_numpy(geo[c]) for c in "ijk"], axis=-1).astype(np.int64)
+    mask_index = as_numpy(geo["mask_index"]) if "mask_index" in geo.variables else None
     mask, cmap = _mask_and_map(shape, ijk, labels, mask_index)
-    cluster_ids = _values(geo["cluster"]).astype(np.int64)
+    cluster_ids = as_numpy(geo["cluster"]).astype(np.int64)
     if not np.array_equal(np.sort(cluster_ids), np.unique(labels)):
         raise ValueError(
             "cluster ids of the 'cluster' coordinate differ from 'voxel_cluster'"
@@ -354,7 +367,7 @@ def _flat_run(
         data = _run_blocks(var, keys, threads)
     if "summary" in node.data_vars:
         svar = node["summary"].variable.transpose("cluster", "time")
-        ids = _values(node["cluster"]) if "cluster" in node.coords else cluster_ids
+        ids = as_numpy(node["cluster"]) if "cluster" in node.coords else cluster_ids
         order = np.argsort(ids)
         sel: Any = slice(None)
         if not np.array_equal(order, np.arange(order.size)):
@@ -368,14 +381,14 @@ def _flat_run(
 
 
 def _from_run_view(ds: xr.Dataset, threads: int | None) -> dict[str, Any]:
-    mask, cmap, ids, _labels, rows = _flat_geometry(ds, ds.attrs)
+    mask, cmap, ids, _labels, rows = _mask_map_and_rows(ds, ds.attrs)
     name = str(ds.attrs.get("scan", "scan_001"))
     table, partial = _cluster_metadata_from_coords(ds, ids)
     return {
         "mask": mask,
         "cluster_map": cmap,
         "runs": {name: _flat_run(ds, ids, rows, threads)},
-        "scan_metadata": {name: views_convert.scan_metadata(ds)[name]},
+        "scan_metadata": {name: ops.scan_metadata(ds)[name]},
         "cluster_metadata": table,
         "allow_missing_rows": partial,
         **_header_kwargs(ds.attrs),
@@ -384,14 +397,14 @@ def _from_run_view(ds: xr.Dataset, threads: int | None) -> dict[str, Any]:
 
 def _from_tree(tree: xr.DataTree, threads: int | None) -> dict[str, Any]:
     root = tree.to_dataset(inherit=False)
-    mask, cmap, ids, _labels, rows = _flat_geometry(root, root.attrs)
+    mask, cmap, ids, _labels, rows = _mask_map_and_rows(root, root.attrs)
     runs: dict[str, Run] = {}
     meta: dict[str, dict[str, Any]] = {}
     for child_name, child in tree.children.items():
         node = child.to_dataset(inherit=True)
         name = str(node.attrs.get("scan", child_name))
         runs[name] = _flat_run(node, ids, rows, threads)
-        meta[name] = views_convert.scan_metadata(node.assign_attrs(scan=name))[name]
+        meta[name] = ops.scan_metadata(node.assign_attrs(scan=name))[name]
     table, partial = _cluster_metadata_from_coords(root, ids)
     return {
         "mask": mask,

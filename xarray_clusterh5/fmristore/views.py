@@ -41,6 +41,7 @@ GEOMETRY_ATTRS = (
     "spacing",
     "affine",
     "affine_source",
+    "affine_form",
     "fmristore_generation",
     "fmristore_class",
     "fmristore_version",
@@ -61,6 +62,7 @@ def geometry_attrs(exp: Experiment) -> dict[str, Any]:
         "spacing": np.array(exp.spacing, dtype=np.float64),
         "affine": np.asarray(exp.affine, dtype=np.float64).reshape(-1),
         "affine_source": exp.affine_source,
+        "affine_form": exp.affine_form,
         "fmristore_generation": exp.generation,
     }
     attrs.update(exp.root_attrs)
@@ -169,7 +171,7 @@ def scan_metadata_coords(
     return out
 
 
-def flat_geometry(
+def flat_coords(
     cluster_ids: np.ndarray,
     n_voxels: np.ndarray,
     mask_index: np.ndarray,
@@ -199,10 +201,10 @@ def flat_geometry(
     return xr.Coordinates.from_xindex(index).assign({**voxel_vars, **cluster_vars})
 
 
-def flat_coords(exp: Experiment, *, in_tree: bool = False) -> xr.Coordinates:
-    """Geometry along the flat ``voxel`` dim, the cluster table, the ClusterIndex."""
+def experiment_flat_coords(exp: Experiment, *, in_tree: bool = False) -> xr.Coordinates:
+    """:func:`flat_coords` of an experiment's file model."""
     order = exp.flat_order
-    return flat_geometry(
+    return flat_coords(
         exp.cluster_ids,
         exp.n_voxels,
         order,
@@ -212,8 +214,10 @@ def flat_coords(exp: Experiment, *, in_tree: bool = False) -> xr.Coordinates:
     )
 
 
-def _preferred(var: xr.Variable, chunks: Mapping[Any, Any]) -> xr.Variable:
-    var.encoding["preferred_chunks"] = {d: chunks[d] for d in var.dims if d in chunks}
+def _preferred(var: xr.Variable, chunks: Mapping[str, Any]) -> xr.Variable:
+    var.encoding["preferred_chunks"] = {
+        d: chunks[str(d)] for d in var.dims if d in chunks
+    }
     return var
 
 
@@ -222,6 +226,14 @@ def _set_preferred(ds: xr.Dataset, chunks: Mapping[str, Any]) -> None:
     for name, var in ds.variables.items():
         if name not in ds.xindexes:
             _preferred(var, chunks)
+
+
+def metadata_attrs(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Scan metadata as run-view attributes, keys prefixed where a view uses them."""
+    return {
+        key if key not in VIEW_ATTRS else f"{METADATA_PREFIX}{key}": value
+        for key, value in metadata.items()
+    }
 
 
 def time_coord(n_time: int) -> xr.Variable:
@@ -246,7 +258,7 @@ def build_run(
         variables["summary"] = xr.Variable(
             ("cluster", "time"), summary, RUN_SUMMARY_ATTRS
         )
-    coords = flat_coords(exp) if with_geometry else xr.Coordinates()
+    coords = experiment_flat_coords(exp) if with_geometry else xr.Coordinates()
     ds = xr.Dataset(variables, coords=coords)
     ds = ds.assign_coords(time=time_coord(scan.n_time))
     attrs: dict[str, Any] = {VIEW_ATTR: "run", "scan": scan.name}
@@ -254,8 +266,7 @@ def build_run(
         attrs["scan_class"] = scan.class_attr
     if with_geometry:
         attrs.update(geometry_attrs(exp))
-    for key, value in scan.metadata.items():
-        attrs[key if key not in VIEW_ATTRS else f"{METADATA_PREFIX}{key}"] = value
+    attrs.update(metadata_attrs(scan.metadata))
     ds.attrs = attrs
     _set_preferred(
         ds,
@@ -270,7 +281,7 @@ def build_run(
 
 def build_root(exp: Experiment) -> xr.Dataset:
     """The geometry shared by all scans: the DataTree's root node."""
-    ds = xr.Dataset(coords=flat_coords(exp, in_tree=True))
+    ds = xr.Dataset(coords=experiment_flat_coords(exp, in_tree=True))
     ds.attrs = {VIEW_ATTR: "root", **geometry_attrs(exp), "scans": list(exp.scan_names)}
     _set_preferred(
         ds,

@@ -21,13 +21,7 @@ import contextlib
 import math
 import os
 import warnings
-from collections.abc import (
-    Callable,
-    Generator,
-    Iterable,
-    Mapping,
-    Sequence,
-)
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -557,19 +551,257 @@ def _cluster_metadata_columns(
 
 
 # --------------------------------------------------------------------------
+# validate and plan: everything is checked before the file is created
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Header:
+    """The ``/header`` fields: ``pixdim`` spacing, qform scalars, ``srow_*``."""
+
+    pixdim: tuple[float, float, float]
+    qform: dict[str, float]
+    srow: np.ndarray | None  # (3, 4) rows of the affine, or None
+
+
+@dataclass
+class _Plan:
+    """A checked experiment, ready to be written."""
+
+    geom: _Geometry
+    names: list[str]
+    header: _Header
+    scan_metadata: dict[str, dict[str, np.ndarray]]
+    cluster_columns: dict[str, np.ndarray]
+    sources: dict[str, _FullSource]
+    summaries: dict[str, Any]
+    summary_only: bool | None  # None: attribute omitted
+    format: Format
+    fmristore_version: str
+    caps: dict[str, int]
+    filters: dict[str, Any]
+
+    @property
+    def n_blocks(self) -> int:
+        """(scan, cluster) data blocks plus summaries: the progress bar's total."""
+        k = self.geom.cluster_ids.size
+        return len(self.sources) * k + len(self.summaries)
+
+
+def _check_options(
+    format: Any, compression: Any, non_ascii: Any, nonpositive_ids: Any
+) -> dict[str, Any]:
+    """The HDF5 filter keywords, after checking the keyword options."""
+    if format not in L.GENERATIONS:
+        raise ValueError(f"format must be one of {L.GENERATIONS}, got {format!r}")
+    if compression is not None and not (
+        isinstance(compression, int | np.integer) and 0 <= compression <= 9
+    ):
+        raise ValueError(
+            f"compression must be a gzip level 0-9 or None, got {compression!r}"
+        )
+    if non_ascii not in ("error", "utf8"):
+        raise ValueError(f"non_ascii must be 'error' or 'utf8', got {non_ascii!r}")
+    if nonpositive_ids not in ("error", "warn"):
+        raise ValueError(
+            f"nonpositive_ids must be 'error' or 'warn', got {nonpositive_ids!r}"
+        )
+    if compression is None:
+        return {}
+    return {"compression": "gzip", "compression_opts": int(compression)}
+
+
+def _chunk_caps(chunks: Mapping[str, int] | None) -> dict[str, int]:
+    """R's chunk caps, updated with the caller's."""
+    caps = dict(_DEFAULT_CHUNK_CAPS)
+    if chunks is not None:
+        unknown = set(chunks) - set(caps)
+        if unknown:
+            raise ValueError(
+                f"unknown chunk keys {sorted(unknown)}; use {sorted(caps)}"
+            )
+        caps.update({k: int(v) for k, v in chunks.items()})
+        if min(caps.values()) < 1:
+            raise ValueError(f"chunk caps must be >= 1, got {caps}")
+    return caps
+
+
+def _header(affine: Any, spacing: Sequence[float] | None, write_srow: bool) -> _Header:
+    """Header fields from an affine, or R's header from the spacing alone."""
+    if affine is not None:
+        qform, zooms = affine_to_header(affine)
+        if spacing is not None and not np.allclose(np.abs(spacing), zooms):
+            raise ValueError(
+                f"spacing {list(spacing)} disagrees with the affine's {zooms}"
+            )
+        srow = np.asarray(affine, dtype="<f8")[:3].copy() if write_srow else None
+        return _Header(zooms, qform, srow)
+    pix = tuple(float(s) for s in (spacing if spacing is not None else (1, 1, 1)))
+    if len(pix) != 3 or not all(math.isfinite(s) and s != 0 for s in pix):
+        raise ValueError(f"spacing must be 3 finite non-zero numbers, got {spacing}")
+    # R: matrixToQuatern(diag(spacing))$qfac, and nothing else survives
+    qform = dict.fromkeys(L.HEADER_SCALARS, 0.0)
+    qform["qfac"] = -1.0 if np.prod(np.sign(pix)) < 0 else 1.0
+    return _Header((pix[0], pix[1], pix[2]), qform, None)
+
+
+def _typed_scan_metadata(
+    names: Sequence[str],
+    scan_metadata: Mapping[str, Mapping[str, Any]] | None,
+    non_ascii: str,
+) -> dict[str, dict[str, np.ndarray]]:
+    """Every scan's metadata typed as R types it, keys and values checked."""
+    given = dict(scan_metadata or {})
+    unknown_scans = sorted(set(given) - set(names))
+    if unknown_scans:
+        raise ValueError(f"scan_metadata for scans {unknown_scans} not in runs")
+    typed: dict[str, dict[str, np.ndarray]] = {}
+    for name in names:
+        typed[name] = {}
+        for key, value in (given.get(name) or {}).items():
+            _check_name(key, f"metadata key of scan {name!r}", non_ascii)
+            typed[name][key] = _r_value(
+                value, f"metadata {key!r} of scan {name!r}", non_ascii
+            )
+    return typed
+
+
+def _check_n_time(name: str, meta: Mapping[str, np.ndarray], t: int | None) -> None:
+    """A metadata ``n_time`` must agree with the data (R would believe it)."""
+    n_time = meta.get(L.ATTR_N_TIME)
+    if n_time is None or t is None:
+        return
+    if n_time.size != 1 or int(n_time) != t:
+        raise ValueError(
+            f"scan {name!r}: metadata n_time={n_time.tolist()} but the "
+            f"data have {t} time points (R would use n_time)"
+        )
+
+
+def _scan_sources(
+    run_list: Sequence[tuple[str, Run]],
+    geom: _Geometry,
+    typed_meta: Mapping[str, Mapping[str, np.ndarray]],
+) -> tuple[dict[str, _FullSource], dict[str, Any]]:
+    """Checked voxel-data sources and summaries (arrays or callables) per scan."""
+    k = geom.cluster_ids.size
+    sources: dict[str, _FullSource] = {}
+    summaries: dict[str, Any] = {}
+    for name, run in run_list:
+        if run.data is not None:
+            sources[name] = _FullSource(name, run.data, geom)
+        summ = run.summary
+        if summ is not None:
+            if not callable(summ) or hasattr(summ, "shape"):
+                summ = summ if hasattr(summ, "shape") else np.asarray(summ)
+                _check_summary(name, summ, k, sources.get(name))
+            summaries[name] = summ
+        t = (
+            sources[name].n_time
+            if name in sources
+            else getattr(summaries[name], "shape", (0, None))[1]
+        )
+        _check_n_time(name, typed_meta[name], t)
+    return sources, summaries
+
+
+def _summary_only_value(summary_only: Any, all_summary: bool) -> bool | None:
+    """``/scans@summary_only`` to write (None: omit it), see write_experiment."""
+    if summary_only == "auto":
+        return True if all_summary else None
+    if summary_only == "r":
+        return all_summary
+    if isinstance(summary_only, bool | np.bool_):
+        return bool(summary_only)
+    raise ValueError(
+        f"summary_only must be 'auto', 'r', True or False, not {summary_only!r}"
+    )
+
+
+def _plan(
+    *,
+    mask: Any,
+    cluster_map: Any,
+    runs: Any,
+    scan_metadata: Mapping[str, Mapping[str, Any]] | None,
+    cluster_metadata: Any,
+    header: _Header,
+    nonpositive_ids: str,
+    non_ascii: str,
+    allow_missing_rows: bool,
+    summary_only: Any,
+) -> tuple[_Geometry, list[str], dict[str, Any]]:
+    """Geometry, scan names and the checked per-scan content of an experiment."""
+    geom = _geometry(mask, cluster_map, nonpositive_ids)
+    run_list = _normalise_runs(runs)
+    names = [_check_name(name, "scan name", non_ascii) for name, _ in run_list]
+    typed_meta = _typed_scan_metadata(names, scan_metadata, non_ascii)
+    columns = (
+        _cluster_metadata_columns(cluster_metadata, geom, allow_missing_rows, non_ascii)
+        if cluster_metadata is not None
+        else {}
+    )
+    sources, summaries = _scan_sources(run_list, geom, typed_meta)
+    content = {
+        "header": header,
+        "scan_metadata": typed_meta,
+        "cluster_columns": columns,
+        "sources": sources,
+        "summaries": summaries,
+        "summary_only": _summary_only_value(
+            summary_only, bool(run_list) and not sources
+        ),
+    }
+    return geom, names, content
+
+
+# --------------------------------------------------------------------------
 # the writer
 # --------------------------------------------------------------------------
 
 
+def _write_geometry(f: h5py.File, plan: _Plan) -> None:
+    """Root attributes, mask, cluster map, voxel coordinates, header, clusters."""
+    geom = plan.geom
+    if plan.format == "2026":
+        _str_attr(f, L.ATTR_ROOT_CLASS, L.EXPERIMENT_CLASSES["2026"])
+        _str_attr(f, L.ATTR_ROOT_VERSION, plan.fmristore_version)
+    x, y, z = geom.shape
+    mask_zyx = np.zeros(x * y * z, dtype=np.uint8)
+    mask_zyx[geom.mask_index] = 1
+    f.create_dataset(L.MASK, data=mask_zyx.reshape(z, y, x))
+    f.create_dataset(L.CLUSTER_MAP, data=geom.cluster_map.astype("<i4"))
+    ijk = np.unravel_index(geom.mask_index, geom.shape, order="F")
+    f.create_dataset(L.VOXEL_COORDS, data=np.stack(ijk).astype("<i4") + 1)  # 1-based
+    _write_header(f.create_group(L.HEADER), plan.header, geom.shape, len(plan.names))
+    clusters = f.create_group(L.CLUSTERS)
+    ids = geom.cluster_ids.astype("<i4")
+    _small_dataset(clusters, "cluster_ids", ids.reshape(()) if ids.size == 1 else ids)
+    if plan.cluster_columns:
+        cm = f.create_group(L.CLUSTER_META)
+        for col, values in plan.cluster_columns.items():
+            _small_dataset(cm, col, values)
+
+
+def _write_header(
+    group: h5py.Group, header: _Header, shape: tuple[int, int, int], n_scans: int
+) -> None:
+    x, y, z = shape
+    group.create_dataset("dim", data=np.array([4, x, y, z, n_scans, 1, 1, 1], "<i4"))
+    pixdim = np.array([0.0, *header.pixdim, 0.0, 0.0, 0.0, 0.0], dtype="<f8")
+    group.create_dataset("pixdim", data=pixdim)
+    for fname in L.HEADER_SCALARS:
+        group.create_dataset(fname, data=np.float64(header.qform[fname]), dtype="<f8")
+    if header.srow is not None:
+        for row, fname in enumerate(L.SROWS):
+            group.create_dataset(fname, data=header.srow[row].copy())
+
+
 def _write_full_scan(
-    group: h5py.Group,
-    src: _FullSource,
-    writer: ChunkWriter,
-    caps: Mapping[str, int],
-    filt: Mapping[str, Any],
-    bar: Any,
+    group: h5py.Group, src: _FullSource, writer: ChunkWriter, plan: _Plan, bar: Any
 ) -> None:
     """``cluster_<id>`` datasets of one scan, one cluster in memory at a time."""
+    caps = plan.caps
     # closing(): an error while writing also stops a producer behind the blocks
     with contextlib.closing(src.blocks()) as blocks:
         for cid, block in blocks:
@@ -584,10 +816,84 @@ def _write_full_scan(
                     dtype=L.DATA_DTYPE,
                     chunks=(min(t, caps["time"]), min(nc, caps["voxel"])),
                     maxshape=(None, None),
-                    **filt,
+                    **plan.filters,
                 )
                 writer.write(d, block.T)  # (T, Nc) on disk: hdf5r's reversal
             bar.update(1)
+
+
+def _write_summary(
+    group: h5py.Group, name: str, writer: ChunkWriter, plan: _Plan, bar: Any
+) -> None:
+    """``clusters_summary/summary_data`` (K, T) of one scan."""
+    k = plan.geom.cluster_ids.size
+    summ = plan.summaries[name]
+    summ = np.asarray(summ() if callable(summ) else summ, L.DATA_DTYPE)
+    _check_summary(name, summ, k, plan.sources.get(name))
+    t = summ.shape[1]
+    sg = group.create_group("clusters_summary")
+    if t == 0:
+        sg.create_dataset("summary_data", shape=(k, 0), dtype=L.DATA_DTYPE)
+    else:
+        d = sg.create_dataset(
+            "summary_data",
+            shape=(k, t),
+            dtype=L.DATA_DTYPE,
+            chunks=(min(k, plan.caps["cluster"]), min(t, plan.caps["time"])),
+            maxshape=(None, None),
+            **plan.filters,
+        )
+        writer.write(d, summ)
+    bar.update(1)
+
+
+def _write_scans(f: h5py.File, plan: _Plan, writer: ChunkWriter, bar: Any) -> None:
+    """``/scans/<name>``: class, metadata, cluster datasets and summary."""
+    scans = f.create_group(L.SCANS)
+    if plan.summary_only is not None:
+        _logical_attr(scans, L.ATTR_SUMMARY_ONLY, plan.summary_only)
+    for name in plan.names:
+        g = scans.create_group(name)
+        full = name in plan.sources
+        _str_attr(
+            g,
+            L.ATTR_CLASS,
+            (L.FULL_CLASSES if full else L.SUMMARY_CLASSES)[plan.format],
+        )
+        if plan.scan_metadata[name]:
+            mg = g.create_group("metadata")
+            for key, value in plan.scan_metadata[name].items():
+                _small_dataset(mg, key, value)
+        if full:
+            cg = g.create_group("clusters")
+            _write_full_scan(cg, plan.sources[name], writer, plan, bar)
+        if name in plan.summaries:
+            _write_summary(g, name, writer, plan, bar)
+
+
+def _write_plan(
+    path: str | os.PathLike[str],
+    plan: _Plan,
+    *,
+    overwrite: bool,
+    progress: bool,
+    threads: int | None,
+) -> None:
+    """Write a checked plan to a temporary file renamed into place."""
+    with (
+        atomic_output(path, overwrite=overwrite, suffix=".h5.tmp") as tmp,
+        h5py.File(tmp, "w") as f,
+        ChunkWriter(threads) as writer,
+        tqdm(
+            total=plan.n_blocks,
+            disable=not progress,
+            desc=f"writing {Path(path).name}",
+            unit="block",
+        ) as bar,
+    ):
+        _write_geometry(f, plan)
+        _write_scans(f, plan, writer, bar)
+        writer.flush()
 
 
 def write_experiment(
@@ -710,194 +1016,28 @@ def write_experiment(
     FileExistsError
         If ``path`` exists and ``overwrite`` is False.
     """
-    if format not in L.GENERATIONS:
-        raise ValueError(f"format must be one of {L.GENERATIONS}, got {format!r}")
-    if compression is not None and not (
-        isinstance(compression, int | np.integer) and 0 <= compression <= 9
-    ):
-        raise ValueError(
-            f"compression must be a gzip level 0-9 or None, got {compression!r}"
-        )
-    if non_ascii not in ("error", "utf8"):
-        raise ValueError(f"non_ascii must be 'error' or 'utf8', got {non_ascii!r}")
-    if nonpositive_ids not in ("error", "warn"):
-        raise ValueError(
-            f"nonpositive_ids must be 'error' or 'warn', got {nonpositive_ids!r}"
-        )
-    caps = dict(_DEFAULT_CHUNK_CAPS)
-    if chunks is not None:
-        unknown = set(chunks) - set(caps)
-        if unknown:
-            raise ValueError(
-                f"unknown chunk keys {sorted(unknown)}; use {sorted(caps)}"
-            )
-        caps.update({k: int(v) for k, v in chunks.items()})
-        if min(caps.values()) < 1:
-            raise ValueError(f"chunk caps must be >= 1, got {caps}")
-
-    geom = _geometry(mask, cluster_map, nonpositive_ids)
-    run_list = _normalise_runs(runs)
-    scan_metadata = dict(scan_metadata or {})
-    names = [name for name, _ in run_list]
-    for name in names:
-        _check_name(name, "scan name", non_ascii)
-    unknown_scans = sorted(set(scan_metadata) - set(names))
-    if unknown_scans:
-        raise ValueError(f"scan_metadata for scans {unknown_scans} not in runs")
-
-    # header
-    if affine is not None:
-        qfields, zooms = affine_to_header(affine)
-        if spacing is not None and not np.allclose(np.abs(spacing), zooms):
-            raise ValueError(
-                f"spacing {list(spacing)} disagrees with the affine's {zooms}"
-            )
-        pix = zooms
-    else:
-        pix = tuple(float(s) for s in (spacing if spacing is not None else (1, 1, 1)))  # type: ignore[assignment]
-        if len(pix) != 3 or not all(math.isfinite(s) and s != 0 for s in pix):
-            raise ValueError(
-                f"spacing must be 3 finite non-zero numbers, got {spacing}"
-            )
-        # R: matrixToQuatern(diag(spacing))$qfac, and nothing else survives
-        qfac = -1.0 if np.prod(np.sign(pix)) < 0 else 1.0
-        qfields = dict.fromkeys(L.HEADER_SCALARS, 0.0)
-        qfields["qfac"] = qfac
-
-    # every scan's metadata, typed, before anything is written
-    typed_meta: dict[str, dict[str, np.ndarray]] = {}
-    for name in names:
-        meta = scan_metadata.get(name) or {}
-        typed: dict[str, np.ndarray] = {}
-        for key, value in meta.items():
-            _check_name(key, f"metadata key of scan {name!r}", non_ascii)
-            typed[key] = _r_value(
-                value, f"metadata {key!r} of scan {name!r}", non_ascii
-            )
-        typed_meta[name] = typed
-    meta_cols = (
-        _cluster_metadata_columns(cluster_metadata, geom, allow_missing_rows, non_ascii)
-        if cluster_metadata is not None
-        else {}
+    filters = _check_options(format, compression, non_ascii, nonpositive_ids)
+    caps = _chunk_caps(chunks)
+    geom, names, content = _plan(
+        mask=mask,
+        cluster_map=cluster_map,
+        runs=runs,
+        scan_metadata=scan_metadata,
+        cluster_metadata=cluster_metadata,
+        header=_header(affine, spacing, write_srow),
+        nonpositive_ids=nonpositive_ids,
+        non_ascii=non_ascii,
+        allow_missing_rows=allow_missing_rows,
+        summary_only=summary_only,
     )
-
-    k = geom.cluster_ids.size
-    sources: dict[str, _FullSource] = {}
-    summaries: dict[str, Any] = {}
-    for name, run in run_list:
-        if run.data is not None:
-            sources[name] = _FullSource(name, run.data, geom)
-        if run.summary is not None:
-            summ = run.summary
-            if not callable(summ) or hasattr(summ, "shape"):
-                if not hasattr(summ, "shape"):
-                    summ = np.asarray(summ)
-                _check_summary(name, summ, k, sources.get(name))
-            summaries[name] = summ
-        n_time_meta = typed_meta[name].get(L.ATTR_N_TIME)
-        if n_time_meta is not None:
-            t = (
-                sources[name].n_time
-                if name in sources
-                else getattr(summaries[name], "shape", (0, None))[1]
-            )
-            if t is not None and (n_time_meta.size != 1 or int(n_time_meta) != t):
-                raise ValueError(
-                    f"scan {name!r}: metadata n_time={n_time_meta.tolist()} but the "
-                    f"data have {t} time points (R would use n_time)"
-                )
-
-    all_summary = bool(run_list) and not sources
-    if summary_only == "auto":
-        summary_value: bool | None = True if all_summary else None
-    elif summary_only == "r":
-        summary_value = all_summary
-    elif isinstance(summary_only, bool | np.bool_):
-        summary_value = bool(summary_only)
-    else:
-        raise ValueError(
-            f"summary_only must be 'auto', 'r', True or False, not {summary_only!r}"
-        )
-
-    level = None if compression is None else int(compression)
-    filt: dict[str, Any] = (
-        {} if level is None else {"compression": "gzip", "compression_opts": level}
+    plan = _Plan(
+        geom=geom,
+        names=names,
+        format=format,
+        fmristore_version=fmristore_version or R_FMRISTORE_VERSION,
+        caps=caps,
+        filters=filters,
+        **content,
     )
-    n_blocks = len(sources) * k + len(summaries)
-    x, y, z = geom.shape
-    xi, yi, zi = np.unravel_index(geom.mask_index, geom.shape, order="F")
-    mask_zyx = np.zeros(x * y * z, dtype=np.uint8)
-    mask_zyx[geom.mask_index] = 1
-
-    with (
-        atomic_output(path, overwrite=overwrite, suffix=".h5.tmp") as tmp,
-        h5py.File(tmp, "w") as f,
-        ChunkWriter(threads) as writer,
-        tqdm(
-            total=n_blocks,
-            disable=not progress,
-            desc=f"writing {Path(path).name}",
-            unit="block",
-        ) as bar,
-    ):
-        if format == "2026":
-            _str_attr(f, L.ATTR_ROOT_CLASS, L.EXPERIMENT_CLASSES["2026"])
-            _str_attr(f, L.ATTR_ROOT_VERSION, fmristore_version or R_FMRISTORE_VERSION)
-        f.create_dataset(L.MASK, data=mask_zyx.reshape(z, y, x))
-        f.create_dataset(L.CLUSTER_MAP, data=geom.cluster_map.astype("<i4"))
-        coords = np.stack([xi, yi, zi]).astype("<i4") + 1  # R: 1-based
-        f.create_dataset(L.VOXEL_COORDS, data=coords)
-        header = f.create_group(L.HEADER)
-        dim = np.array([4, x, y, z, len(run_list), 1, 1, 1], dtype="<i4")
-        header.create_dataset("dim", data=dim)
-        pixdim = np.array([0.0, *pix, 0.0, 0.0, 0.0, 0.0], dtype="<f8")
-        header.create_dataset("pixdim", data=pixdim)
-        for fname in L.HEADER_SCALARS:
-            header.create_dataset(fname, data=np.float64(qfields[fname]), dtype="<f8")
-        if affine is not None and write_srow:
-            aff = np.asarray(affine, dtype="<f8")
-            for row, fname in enumerate(L.SROWS):
-                header.create_dataset(fname, data=aff[row].copy())
-        clusters = f.create_group(L.CLUSTERS)
-        ids = geom.cluster_ids.astype("<i4")
-        _small_dataset(clusters, "cluster_ids", ids.reshape(()) if k == 1 else ids)
-        if meta_cols:
-            cm = f.create_group(L.CLUSTER_META)
-            for col, values in meta_cols.items():
-                _small_dataset(cm, col, values)
-        scans = f.create_group(L.SCANS)
-        if summary_value is not None:
-            _logical_attr(scans, L.ATTR_SUMMARY_ONLY, summary_value)
-        for name, _run in run_list:
-            g = scans.create_group(name)
-            cls = (L.FULL_CLASSES if name in sources else L.SUMMARY_CLASSES)[format]
-            _str_attr(g, L.ATTR_CLASS, cls)
-            if typed_meta[name]:
-                mg = g.create_group("metadata")
-                for key, value in typed_meta[name].items():
-                    _small_dataset(mg, key, value)
-            if name in sources:
-                src = sources[name]
-                cg = g.create_group("clusters")
-                _write_full_scan(cg, src, writer, caps, filt, bar)
-            if name in summaries:
-                summ = summaries[name]
-                summ = np.asarray(summ() if callable(summ) else summ, L.DATA_DTYPE)
-                _check_summary(name, summ, k, sources.get(name))
-                t = summ.shape[1]
-                sg = g.create_group("clusters_summary")
-                if t == 0:
-                    sg.create_dataset("summary_data", shape=(k, 0), dtype=L.DATA_DTYPE)
-                else:
-                    d = sg.create_dataset(
-                        "summary_data",
-                        shape=(k, t),
-                        dtype=L.DATA_DTYPE,
-                        chunks=(min(k, caps["cluster"]), min(t, caps["time"])),
-                        maxshape=(None, None),
-                        **filt,
-                    )
-                    writer.write(d, summ)
-                bar.update(1)
-        writer.flush()
+    _write_plan(path, plan, overwrite=overwrite, progress=progress, threads=threads)
     return Path(path)

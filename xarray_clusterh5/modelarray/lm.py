@@ -110,8 +110,9 @@ def lm(
     corr_t = _needs_p(corr_t, terms_v, "var_terms")
     corr_m = _needs_p(corr_m, model_v, "var_model")
     subject_dim = str(next(d for d in var.dims if d != ELEMENT_DIM))
-    pheno = _phenotypes(var, subject_dim, phenotypes, what)
-    design = _design(formula, pheno, str(var.name), what)
+    table = _table_name(phenotypes)
+    pheno = _phenotypes(var, subject_dim, phenotypes, what, table)
+    design = _design(formula, pheno, str(var.name), what, table)
     positions = _positions(element_subset, var.sizes[ELEMENT_DIM], what)
     var = var.isel({ELEMENT_DIM: positions}).transpose(subject_dim, ELEMENT_DIM)
     columns = _Columns(design.names, terms_v, model_v, corr_t, corr_m)
@@ -222,8 +223,20 @@ def _needs_p(methods: list[str], stats: list[str], label: str) -> list[str]:
     return methods
 
 
+def _table_name(phenotypes: pd.DataFrame | None) -> str:
+    """How messages call the phenotypes: with their file when known."""
+    if phenotypes is None:
+        return "the cohort's coordinates"
+    src = phenotypes.attrs.get("source")
+    return f"the phenotypes ({src})" if src else "the phenotypes"
+
+
 def _phenotypes(
-    var: xr.DataArray, subject_dim: str, phenotypes: pd.DataFrame | None, what: str
+    var: xr.DataArray,
+    subject_dim: str,
+    phenotypes: pd.DataFrame | None,
+    what: str,
+    table: str,
 ) -> pd.DataFrame:
     """The phenotype rows in the scalar's source order (ModelArray's checks)."""
     src_name = var.attrs.get(SOURCES_ATTR, "source_file")
@@ -238,19 +251,22 @@ def _phenotypes(
         }
         return pd.DataFrame(cols)
     if "source_file" not in phenotypes.columns:
-        raise ClusterH5Error(what, "the phenotypes have no 'source_file' column")
-    return align_phenotypes(sources, phenotypes, what)
+        raise ClusterH5Error(what, f"{table} have no 'source_file' column")
+    return align_phenotypes(sources, phenotypes, what, table)
 
 
 def align_phenotypes(
-    sources: Sequence[str], phenotypes: pd.DataFrame, what: str
+    sources: Sequence[str],
+    phenotypes: pd.DataFrame,
+    what: str,
+    table: str = "the phenotypes",
 ) -> pd.DataFrame:
     """Reorder ``phenotypes`` to ``sources`` by ``source_file`` or say why not."""
     given = [str(s) for s in phenotypes["source_file"]]
     if len(given) != len(sources):
         raise ClusterH5Error(
             what,
-            f"the phenotypes have {len(given)} rows but the scalar has "
+            f"{table} have {len(given)} rows but the scalar has "
             f"{len(sources)} source files",
         )
     for label, names in (
@@ -269,22 +285,24 @@ def align_phenotypes(
         )
         raise ClusterH5Error(
             what,
-            f"phenotypes' source_file does not match the scalar's sources: row {first} "
+            f"source_file of {table} does not match the scalar's sources: row {first} "
             f"is {given[first]!r} where the file has {sources[first]!r}; "
-            f"{missing[0]!r} is not in the phenotypes",
+            f"{missing[0]!r} is not in {table}",
         )
     order = pd.Index(given).get_indexer(sources)
     return phenotypes.iloc[order].reset_index(drop=True)
 
 
-def _design(formula: str, pheno: pd.DataFrame, scalar: str, what: str) -> Design:
+def _design(
+    formula: str, pheno: pd.DataFrame, scalar: str, what: str, table: str
+) -> Design:
     if scalar in pheno.columns and scalar != "source_file":
         raise ClusterH5Error(
             what,
             f"the phenotypes have a column {scalar!r}, the scalar's name; rename it",
         )
     try:
-        design = design_matrix(formula, pheno)
+        design = design_matrix(formula, pheno, table)
     except FormulaError as err:
         raise ClusterH5Error(what, str(err)) from None
     if design.matrix.shape[0] == 0:

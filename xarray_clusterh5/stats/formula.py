@@ -70,13 +70,16 @@ def split_formula(formula: str) -> tuple[str, str]:
     return lhs, rhs
 
 
-def design_matrix(formula: str, phenotypes: pd.DataFrame) -> Design:
+def design_matrix(
+    formula: str, phenotypes: pd.DataFrame, table: str = "the phenotypes"
+) -> Design:
     """Evaluate ``formula``'s right-hand side on ``phenotypes`` as R's ``lm`` does.
 
     Parameters
     ----------
     formula : R-style formula, e.g. ``"FA ~ age * sex + I(age^2)"``.
     phenotypes : one row per subject.
+    table : how error messages call ``phenotypes``.
 
     Returns
     -------
@@ -91,19 +94,19 @@ def design_matrix(formula: str, phenotypes: pd.DataFrame) -> Design:
 
     response, rhs = split_formula(formula)
     rhs_py = to_formulaic(rhs)
-    table = _r_types(phenotypes.reset_index(drop=True))
+    data = _r_types(phenotypes.reset_index(drop=True))
     try:
         needed = formulaic.Formula(rhs_py).required_variables
     except Exception as err:  # formulaic's parser errors have many types
         raise FormulaError(f"cannot parse formula {formula!r}: {err}") from err
-    missing = sorted(v for v in needed if v not in table.columns)
+    missing = sorted(v for v in needed if v not in data.columns)
     if missing:
         raise FormulaError(
             f"formula {formula!r} uses {', '.join(map(repr, missing))}, not a column "
-            f"of the phenotypes (columns: {', '.join(map(str, table.columns))})"
+            f"of {table} (columns: {', '.join(map(str, data.columns))})"
         )
     try:
-        mm = formulaic.model_matrix(rhs_py, table, na_action="drop")
+        mm = formulaic.model_matrix(rhs_py, data, na_action="drop")
     except Exception as err:
         raise FormulaError(f"cannot evaluate formula {formula!r}: {err}") from err
     state = mm.model_spec.encoder_state
