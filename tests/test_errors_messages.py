@@ -14,8 +14,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import FMRISTORE, MODELARRAY, fmristore_path
 
+from tests._helpers import FMRISTORE, MODELARRAY, fmristore_path
 from xarray_clusterh5 import ClusterH5Error, CorruptFileError, FileLockedError
 from xarray_clusterh5._hdf5.files import named_errors, output_folder
 from xarray_clusterh5.cli import cli_words, main
