@@ -157,7 +157,10 @@ def test_missing_file_names_it(tmp_path):
             r"scalar_name.*missing \['scalar_name'\]",
         ),
         ("scalar_name,source_file\n", "no scalar entries"),
-        ("scalar_name,source_file\nx,a.nii.gz\n", "NIFTI; clusterh5 converts CIFTI"),
+        (
+            "scalar_name,source_file\nx,a.nii.gz\n",
+            "detected NIfTI data but no group mask",
+        ),
         ("scalar_name,source_file\nx,a.dscalar.nii\nx,b.nii\n", "mixes modalities"),
         ("scalar_name,source_file\nx,a.mif\n", "MIF"),
         ("scalar_name,source_file\nx,a.txt\n", "cannot tell the type"),
