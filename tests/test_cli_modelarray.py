@@ -133,8 +133,12 @@ def test_missing_cohort_file_exits_2(cohort_dir, capsys):
     [
         (["--compression", "zstd"], "zstd is TileDB-only"),
         (["--backend", "tiledb"], "--backend tiledb is not supported"),
-        (["--mask", "mask.nii.gz"], "--mask selects NIfTI"),
-        (["--index-file", "i.nii"], "MIF fixel"),
+        # modality flags must fit the cohort (ModelArrayIO ignores them silently)
+        (["--mask", "cohort_thickness.csv"], "a group mask is for NIfTI cohorts"),
+        (
+            ["--index-file", "cohort_thickness.csv"],
+            "are for MIF cohorts; this is cifti",
+        ),
     ],
 )
 def test_unsupported_paths_are_refused_before_any_work(
@@ -277,7 +281,7 @@ def test_export_flag_errors(cohort_dir, tmp_path, capsys):
     assert err.value.code == 2
     capsys.readouterr()
     assert _run(*base) == 1
-    assert "Provide --cohort-file or --example-file" in capsys.readouterr().err
+    assert "or --cohort-file/--example-file (CIFTI)" in capsys.readouterr().err
     assert (
         _run(*base[:4], "nope", *base[5:], "--cohort-file", "cohort_thickness.csv") == 1
     )

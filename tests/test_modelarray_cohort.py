@@ -157,7 +157,10 @@ def test_missing_file_names_it(tmp_path):
             r"scalar_name.*missing \['scalar_name'\]",
         ),
         ("scalar_name,source_file\n", "no scalar entries"),
-        ("scalar_name,source_file\nx,a.nii.gz\n", "NIFTI; clusterh5 converts CIFTI"),
+        (
+            "scalar_name,source_file\nx,a.nii.gz\n",
+            "detected NIfTI data but no group mask",
+        ),
         ("scalar_name,source_file\nx,a.dscalar.nii\nx,b.nii\n", "mixes modalities"),
         ("scalar_name,source_file\nx,a.mif\n", "MIF"),
         ("scalar_name,source_file\nx,a.txt\n", "cannot tell the type"),
@@ -360,6 +363,7 @@ def test_to_cifti_hostile_names_stay_inside(in_cohort, tmp_path):
         attrs={"modelarray_group": "results"},
     )  # fmt: skip
     out_dir = tmp_path / "a" / "b"
+    out_dir.parent.mkdir()  # the output folder is made, not its parents
     out = cohort.to_cifti(ds, out_dir, analysis="../up")
     assert sorted(p.name for p in out) == sorted(
         [

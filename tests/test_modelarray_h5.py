@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from tests._helpers import LM_NAMES, MODELARRAY, assert_same_file
 from xarray_clusterh5.errors import ClusterH5Error
+from xarray_clusterh5.modelarray import convert
 from xarray_clusterh5.modelarray import h5 as modelarray_io
 from xarray_clusterh5.modelarray.store import is_modelarray_file
 
@@ -76,7 +77,7 @@ def test_compression_rules():
 def test_cohort_to_h5_equals_modelarrayio(tmp_path, monkeypatch, csv, scalar_columns,
                                           outputs):  # fmt: skip
     monkeypatch.chdir(COHORT)  # relative paths resolve as ModelArrayIO's do
-    written = modelarray_io.cohort_to_h5(
+    written = convert.cohort_to_h5(
         csv, tmp_path / "out.h5", scalar_columns=scalar_columns
     )
     assert sorted(p.name for p in written) == sorted(outputs)
@@ -101,7 +102,7 @@ def test_cohort_to_h5_equals_modelarrayio(tmp_path, monkeypatch, csv, scalar_col
 def test_options_keep_values(tmp_path, monkeypatch, options):
     monkeypatch.chdir(COHORT)
     out = tmp_path / "x.h5"
-    modelarray_io.cohort_to_h5("cohort_long_two_scalars.csv", out, **options)
+    convert.cohort_to_h5("cohort_long_two_scalars.csv", out, **options)
     with (
         h5py.File(out, "r") as f,
         h5py.File(MODELARRAY / "modelarrayio" / "two_scalars.h5", "r") as g,
