@@ -44,6 +44,7 @@ from xarray_clusterh5._hdf5.chunk_write import (
     encode_chunk,
     filter_spec,
 )
+from xarray_clusterh5._hdf5.deflate import deflate
 from xarray_clusterh5._hdf5.files import (
     ClusterH5Error,
     atomic_output,
@@ -294,9 +295,10 @@ def _fill_values(
     pending: collections.deque[tuple[tuple[int, int], Future[bytes]]] = (
         collections.deque()
     )
-    # the chunks of one stripe compress while the next stripe is read: at most
-    # two stripes (and their compressed chunks) are alive at any time
-    max_pending = max(2 * n_threads, width // cw)
+    # chunks compress while later ones are cut and the next stripe is read; at
+    # most about STRIPE_BYTES of chunks wait, so a stripe as large as the whole
+    # matrix (NIfTI/MIF cohorts) does not also hold all its compressed chunks
+    max_pending = max(2 * n_threads, STRIPE_BYTES // max(per_chunk, 1))
 
     def drain(limit: int) -> None:
         while len(pending) > limit:
@@ -321,10 +323,10 @@ def _fill_values(
                         part = block[:, c0 - start : min(c0 + cw, stop) - start]
                         fut = pool.submit(
                             encode_chunk, part, chunks, level=spec.level,
-                            shuffle=spec.shuffle, fill=0,
+                            shuffle=spec.shuffle, fill=0, compress=deflate,
                         )  # fmt: skip
                         pending.append(((0, c0), fut))
-                    drain(max_pending)
+                        drain(max_pending)
                 if progress is not None:
                     progress(stop - start)
             drain(0)

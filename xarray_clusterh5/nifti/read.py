@@ -20,6 +20,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from xarray_clusterh5._hdf5.deflate import inflate_gzip
 from xarray_clusterh5.errors import ClusterH5Error
 
 
@@ -39,7 +40,7 @@ def _file_bytes(path: str) -> bytes:
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
-        return zlib.decompress(raw, wbits=31)
+        return inflate_gzip(raw)
     except zlib.error as err:
         raise ClusterH5Error(path, f"corrupt gzip stream: {err}") from err
 

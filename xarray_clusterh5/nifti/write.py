@@ -11,7 +11,6 @@ written in parallel). No h5py or xarray here.
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from xarray_clusterh5._hdf5.deflate import deflate
 from xarray_clusterh5._hdf5.files import atomic_output
 
 #: nibabel's gzip level (``Opener.default_compresslevel``), as ModelArrayIO writes
@@ -76,8 +76,7 @@ def write_volume(
     raw = volume_bytes(t, values)
     gz = target.name.endswith(".gz")
     if gz:
-        c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-        raw = c.compress(raw) + c.flush()
+        raw = deflate(raw, GZIP_LEVEL, gzip=True)
     suffix = ".nii.gz" if gz else ".nii"
     with atomic_output(target, overwrite=overwrite, suffix=suffix) as tmp:
         tmp.write_bytes(raw)
