@@ -12,6 +12,7 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
+_isal: Any
 try:  # optional: the fast extra
     from isal import isal_zlib as _isal
 except ImportError:  # pragma: no cover - depends on the environment
@@ -44,6 +45,6 @@ def inflate_gzip(raw: bytes) -> bytes:
     if _isal is not None:
         try:
             return bytes(_isal.decompress(raw, wbits=31))
-        except _isal.error as err:
+        except Exception as err:  # isal_zlib.error: one type for callers
             raise zlib.error(str(err)) from err
     return zlib.decompress(raw, wbits=31)

@@ -33,11 +33,10 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import pandas as pd
 
 from xarray_clusterh5._hdf5.chunk_write import (
     default_threads,
@@ -56,6 +55,9 @@ from xarray_clusterh5._hdf5.files import (
 from xarray_clusterh5._hdf5.names import check_hdf5_name
 from xarray_clusterh5.cifti import read as cifti
 from xarray_clusterh5.modelarray import layout
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: bytes of one stripe held in memory while writing (several chunks wide)
 STRIPE_BYTES = 8 * 1024 * 1024
@@ -588,6 +590,8 @@ def read_cohort(
     surrounding whitespace and otherwise kept verbatim (path columns are read as
     text, so ``001.nii`` stays ``001.nii``). Other columns are kept.
     """
+    import pandas as pd
+
     path = os.fspath(cohort_csv)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: cohort file does not exist")
@@ -813,14 +817,16 @@ def check_cohort_files(
     ClusterH5Error
         Naming the first file that is not CIFTI-2, of another type or brain model.
     """
-    with named_errors(paths[0], "reading the CIFTI header", catch=cifti.NIBABEL_ERRORS):
+    with named_errors(
+        paths[0], "reading the CIFTI header", catch=cifti.nibabel_errors()
+    ):
         ref, first = cifti.read_reference(paths[0], map_index=map_index)
     rest = paths[1:]
     n_threads = threads or default_threads()
     blocks = [first]
 
     def check(p: str) -> cifti.DataBlock:
-        with named_errors(p, "checking the CIFTI header", catch=cifti.NIBABEL_ERRORS):
+        with named_errors(p, "checking the CIFTI header", catch=cifti.nibabel_errors()):
             return cifti.check_file(p, ref, map_index=map_index)
 
     with ThreadPoolExecutor(max(1, n_threads)) as pool:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
 from xarray_clusterh5._hdf5.deflate import deflate
@@ -43,6 +42,8 @@ def volume_template(
 ) -> VolumeTemplate:
     """What nibabel writes for ``Nifti1Image(data, mask.affine, mask.header)``
     with the header's data type set to float32 (ModelArrayIO's export)."""
+    import nibabel as nib
+
     mask: Any = nib.load(os.fspath(mask_path))
     header = mask.header.copy()
     header.set_data_dtype(np.float32)
