@@ -243,7 +243,7 @@ def read_header(path: str | os.PathLike[str]) -> MifHeader:
 
 
 def format_header(h: MifHeader, dtype: np.dtype, *, scaling: bool = False) -> bytes:
-    """Header bytes for ``h``'s geometry with ``dtype`` data, ``file: . OFFSET``.
+    """Header bytes for ``h``'s geometry, ``dtype`` data and a ``file:`` line.
 
     Lines in ModelArrayIO's order (dim, vox, layout, datatype, transform,
     [scaling], the other keys verbatim, file); the offset is the first multiple

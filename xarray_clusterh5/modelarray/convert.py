@@ -55,8 +55,8 @@ def cohort_to_h5(
     index_file, directions_file : MIF only (both required).
     allow_affine_mismatch : NIfTI: accept images whose affine differs from the
         group mask's (with a warning) instead of refusing them.
-    dtype, compression, compression_level, shuffle, chunk_voxels,
-        target_chunk_mb : storage (``h5.StorageOptions``).
+    dtype, compression, compression_level, shuffle, chunk_voxels, target_chunk_mb :
+        storage (``h5.StorageOptions``).
     overwrite, progress, threads : replace outputs, progress bars, threads.
 
     Returns
