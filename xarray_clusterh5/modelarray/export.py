@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xarray_clusterh5._hdf5.chunk_write import default_threads
-from xarray_clusterh5._hdf5.files import atomic_output
+from xarray_clusterh5._hdf5.files import atomic_output, output_folder
 from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.modelarray import h5 as modelarray_io
 from xarray_clusterh5.modelarray.layout import export_file_names
@@ -79,12 +79,13 @@ def write_result_files(
     overwrite: bool = False,
     progress: bool = False,
     threads: int = 1,
+    parents: bool = False,
 ) -> list[Path]:
     """Write ModelArrayIO's export files for one analysis.
 
     Parameters
     ----------
-    output_dir : folder (created with parents).
+    output_dir : folder, made if its parent exists (or with ``parents``).
     analysis : analysis name; files are ``<analysis>_<stat><suffix>``.
     stats : statistic names, one per row of ``matrix``.
     matrix : (n_stats, n_elements) results.
@@ -93,6 +94,7 @@ def write_result_files(
     overwrite : replace existing files; otherwise refuse before writing anything.
     progress : progress bar on stderr.
     threads : files written at once (compression releases the GIL).
+    parents : make missing parent folders too (``mkdir -p``).
 
     Returns
     -------
@@ -104,7 +106,7 @@ def write_result_files(
             f"{len(stats)} statistic names for a results matrix of shape {matrix.shape}"
         )
     plan = export_plan(output_dir, analysis, stats, suffix, overwrite=overwrite)
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    output_folder(output_dir, create=True, parents=parents)
     items: Iterable[tuple[int, Path, bool]] = plan
     if progress:
         from tqdm.auto import tqdm
@@ -141,6 +143,7 @@ def write_cifti_results(
     *,
     overwrite: bool = False,
     progress: bool = False,
+    parents: bool = False,
 ) -> list[Path]:
     """:func:`write_result_files` as ``<analysis>_<stat>.<kind>.nii`` CIFTI files."""
     from xarray_clusterh5.cifti import write as cifti_write
@@ -157,6 +160,7 @@ def write_cifti_results(
         write_row,
         overwrite=overwrite,
         progress=progress,
+        parents=parents,
     )
 
 
@@ -222,6 +226,7 @@ def write_nifti_results(
     overwrite: bool = False,
     progress: bool = False,
     threads: int | None = None,
+    parents: bool = False,
 ) -> list[Path]:
     """:func:`write_result_files` as ``<analysis>_<stat>.nii[.gz]`` volumes.
 
@@ -241,7 +246,7 @@ def write_nifti_results(
     return write_result_files(
         output_dir, analysis, stats, matrix, ".nii.gz" if compress else ".nii",
         write_row, overwrite=overwrite, progress=progress,
-        threads=threads or default_threads(),
+        threads=threads or default_threads(), parents=parents,
     )  # fmt: skip
 
 
@@ -256,6 +261,7 @@ def write_mif_results(
     overwrite: bool = False,
     progress: bool = False,
     threads: int | None = None,
+    parents: bool = False,
 ) -> list[Path]:
     """:func:`write_result_files` as ``<analysis>_<stat>.mif[.gz]`` fixel files.
 
@@ -275,7 +281,7 @@ def write_mif_results(
     return write_result_files(
         output_dir, analysis, stats, matrix, ".mif.gz" if compress else ".mif",
         write_row, overwrite=overwrite, progress=progress,
-        threads=threads or default_threads(),
+        threads=threads or default_threads(), parents=parents,
     )  # fmt: skip
 
 
@@ -336,6 +342,7 @@ def export_results(
     overwrite: bool = False,
     progress: bool = False,
     threads: int | None = None,
+    parents: bool = False,
 ) -> list[Path]:
     """``modelarrayio export-results``, straight from the HDF5 file.
 
@@ -350,7 +357,9 @@ def export_results(
     -------
     The files written (for MIF, the copied index and directions files last).
     """
-    kw: dict[str, Any] = {"overwrite": overwrite, "progress": progress}
+    kw: dict[str, Any] = {
+        "overwrite": overwrite, "progress": progress, "parents": parents,
+    }  # fmt: skip
     if mask is not None:
         names, matrix = modelarray_io.read_results(in_file, analysis)
         return write_nifti_results(
