@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import gc
-import json
 import os
-from pathlib import Path
 
 import pytest
 import xarray as xr
 from hypothesis import settings
 
-DATA = Path(__file__).parent / "data"
-FMRISTORE = DATA / "fmristore"
-MODELARRAY = DATA / "modelarray"
-
-#: every R-written fmristore fixture, by stem
-FMRISTORE_FIXTURES = ("vignette", "vignette_head", "irregular", "irregular_head")
+from tests._helpers import FMRISTORE_FIXTURES
 
 settings.register_profile("ci", deadline=None, print_blob=True, max_examples=60)
 settings.register_profile("dev", deadline=None, max_examples=30)
@@ -42,13 +35,3 @@ def _collect_garbage():
 def fixture_name(request: pytest.FixtureRequest) -> str:
     """The stem of each R-written fmristore fixture in turn."""
     return request.param
-
-
-def fmristore_path(stem: str) -> Path:
-    """Path of an R-written fixture."""
-    return FMRISTORE / f"{stem}.h5"
-
-
-def fmristore_expected(stem: str) -> dict:
-    """What R fmristore read back from the fixture (its ``.expected.json``)."""
-    return json.loads((FMRISTORE / f"{stem}.expected.json").read_text())

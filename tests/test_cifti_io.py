@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import h5py
@@ -14,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nibabel.cifti2 import cifti2_axes as ca
 
-from tests.conftest import MODELARRAY
+from tests._helpers import MODELARRAY, assert_same_export
 from xarray_clusterh5._hdf5.names import safe_output_name
 from xarray_clusterh5.cifti import read as cifti
 from xarray_clusterh5.cifti import write as cifti_write
@@ -323,19 +322,6 @@ def test_fast_xml_parse_equals_nibabel(tmp_path_factory, axis):
 # --------------------------------------------------------------------------
 
 
-def _assert_same_export(ours: Path, theirs: Path) -> None:
-    names = sorted(os.listdir(theirs))
-    assert sorted(os.listdir(ours)) == names
-    for n in names:
-        a, b = nib.load(ours / n), nib.load(theirs / n)
-        assert a.get_data_dtype() == b.get_data_dtype(), n
-        assert a.header.get_axis(0) == b.header.get_axis(0), n
-        assert a.header.get_axis(1) == b.header.get_axis(1), n
-        np.testing.assert_array_equal(
-            np.asarray(a.dataobj), np.asarray(b.dataobj), err_msg=n
-        )
-
-
 @pytest.mark.parametrize("analysis", sorted(ANALYSES))
 def test_export_equals_modelarrayio(tmp_path, analysis):
     out = export.export_results(
@@ -345,7 +331,7 @@ def test_export_equals_modelarrayio(tmp_path, analysis):
         example_file=THICK[0],
     )
     assert len(out) == ANALYSES[analysis]
-    _assert_same_export(tmp_path / analysis, MODELARRAY / "export" / analysis)
+    assert_same_export(tmp_path / analysis, MODELARRAY / "export" / analysis)
     # a nibabel-written template: ModelArrayIO's files are byte for byte ours
     for p in out:
         assert (

@@ -12,9 +12,7 @@ import pytest
 import xarray as xr
 from nibabel.cifti2 import cifti2_axes as ca
 
-from tests.conftest import MODELARRAY
-from tests.test_cifti_io import _assert_same_export
-from tests.test_modelarray_h5 import assert_same_file
+from tests._helpers import MODELARRAY, assert_same_export, assert_same_file
 from xarray_clusterh5.cli import main
 from xarray_clusterh5.modelarray.cohort import to_modelarray
 
@@ -135,8 +133,12 @@ def test_missing_cohort_file_exits_2(cohort_dir, capsys):
     [
         (["--compression", "zstd"], "zstd is TileDB-only"),
         (["--backend", "tiledb"], "--backend tiledb is not supported"),
-        (["--mask", "mask.nii.gz"], "--mask selects NIfTI"),
-        (["--index-file", "i.nii"], "MIF fixel"),
+        # modality flags must fit the cohort (ModelArrayIO ignores them silently)
+        (["--mask", "cohort_thickness.csv"], "a group mask is for NIfTI cohorts"),
+        (
+            ["--index-file", "cohort_thickness.csv"],
+            "are for MIF cohorts; this is cifti",
+        ),
     ],
 )
 def test_unsupported_paths_are_refused_before_any_work(
@@ -251,7 +253,7 @@ def test_export_results_equals_modelarrayio(cohort_dir, tmp_path, analysis, temp
     argv = ["export-results", "--input-hdf5", str(RESULTS), "--analysis_name",
             analysis, "--output-dir", str(out), template, value]  # fmt: skip
     assert _run(*argv) == 0
-    _assert_same_export(out, MODELARRAY / "export" / analysis)
+    assert_same_export(out, MODELARRAY / "export" / analysis)
 
 
 def test_export_into_an_existing_folder_overwrites_like_modelarrayio(
@@ -267,7 +269,7 @@ def test_export_into_an_existing_folder_overwrites_like_modelarrayio(
     assert _run(*argv) == 0
     assert (out / "unrelated.txt").read_text() == "kept"
     (out / "unrelated.txt").unlink()
-    _assert_same_export(out, MODELARRAY / "export" / "lm_stream")
+    assert_same_export(out, MODELARRAY / "export" / "lm_stream")
 
 
 def test_export_flag_errors(cohort_dir, tmp_path, capsys):
@@ -279,7 +281,7 @@ def test_export_flag_errors(cohort_dir, tmp_path, capsys):
     assert err.value.code == 2
     capsys.readouterr()
     assert _run(*base) == 1
-    assert "Provide --cohort-file or --example-file" in capsys.readouterr().err
+    assert "or --cohort-file/--example-file (CIFTI)" in capsys.readouterr().err
     assert (
         _run(*base[:4], "nope", *base[5:], "--cohort-file", "cohort_thickness.csv") == 1
     )

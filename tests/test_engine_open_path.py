@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from tests.conftest import MODELARRAY, fmristore_path
+from tests._helpers import MODELARRAY, fmristore_path
 from xarray_clusterh5 import _engine
 
 MA_FILE = MODELARRAY / "results" / "thickness_with_results.h5"

@@ -10,9 +10,9 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import fmristore_path
 
 import xarray_clusterh5
+from tests._helpers import fmristore_path
 from xarray_clusterh5.backend import ClusterH5BackendEntrypoint
 
 

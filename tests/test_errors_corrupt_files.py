@@ -1,3 +1,4 @@
+
 """Damaged files give a ClusterH5Error naming the file, never a crash or a hang.
 
 Copies of the fixtures are damaged in many deterministic ways: bytes flipped
@@ -26,7 +27,8 @@ import h5py
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import FMRISTORE, MODELARRAY
+
+from tests._helpers import FMRISTORE, MODELARRAY
 
 CHILD = Path(__file__).with_name("_corrupt_child.py")
 #: seconds one child process may take for its whole batch

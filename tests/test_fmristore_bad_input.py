@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import fmristore_path
 
+from tests._helpers import fmristore_path
 from xarray_clusterh5 import ClusterH5Error
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import h5py
 import numpy as np
 import xarray as xr
-from conftest import FMRISTORE, fmristore_expected, fmristore_path
 
 import xarray_clusterh5  # noqa: F401
+from tests._helpers import FMRISTORE, fmristore_expected, fmristore_path
 
 
 def _copy(tmp_path: Path, stem: str) -> Path:

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
-from conftest import FMRISTORE, fmristore_expected, fmristore_path
 
 import xarray_clusterh5  # noqa: F401  (accessor)
+from tests._helpers import FMRISTORE, fmristore_expected, fmristore_path
 
 
 def _csv(stem: str, kind: str) -> np.ndarray:

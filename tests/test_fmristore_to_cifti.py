@@ -8,9 +8,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import fmristore_path
 
 import xarray_clusterh5  # noqa: F401
+from tests._helpers import fmristore_path
 
 
 def test_full_and_summary_runs_to_cifti(tmp_path: Path) -> None:

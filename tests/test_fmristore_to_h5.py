@@ -9,9 +9,8 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
-from _fmristore_listing import listing
-from conftest import FMRISTORE, fmristore_path
 
+from tests._helpers import FMRISTORE, fmristore_path, h5ls_listing
 from xarray_clusterh5.fmristore.to_h5 import to_fmristore
 from xarray_clusterh5.fmristore.write import Run, write_experiment
 
@@ -33,7 +32,7 @@ def test_padded_round_trip(tmp_path: Path, fixture_name: str) -> None:
         e["path"]: e
         for e in json.loads((FMRISTORE / f"{fixture_name}.h5ls.json").read_text())
     }
-    ours = listing(out)
+    ours = h5ls_listing(out)
     assert sorted(ours) == sorted(ref)
     for p, entry in ref.items():
         for key in ("shape_h5py", "dtype", "chunks", "filters", "layout"):

@@ -11,12 +11,18 @@ import h5py
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
-from _fmristore_listing import fixture_content, listing
-from conftest import FMRISTORE, FMRISTORE_FIXTURES, fmristore_expected, fmristore_path
 from hypothesis import given
 from hypothesis import strategies as st
 from nibabel.quaternions import quat2mat
 
+from tests._helpers import (
+    FMRISTORE,
+    FMRISTORE_FIXTURES,
+    fixture_content,
+    fmristore_expected,
+    fmristore_path,
+    h5ls_listing,
+)
 from xarray_clusterh5.fmristore.write import Run, affine_to_header, write_experiment
 
 QFIELDS = ("qoffset_x", "qoffset_y", "qoffset_z", "quatern_b", "quatern_c", "quatern_d")
@@ -46,10 +52,10 @@ def _compare_with_reference(ours: dict[str, dict], ref: dict[str, dict]) -> None
 def test_fixture_layout_matches_r_listing(tmp_path: Path, fixture_name: str) -> None:
     kw = fixture_content(fmristore_path(fixture_name))
     out = write_experiment(tmp_path / "ours.h5", summary_only="r", **kw)
-    ours = listing(out)
+    ours = h5ls_listing(out)
     _compare_with_reference(ours, _reference(fixture_name))
     # what the published listing does not record: maxshape, and every value
-    r_side = listing(fmristore_path(fixture_name))
+    r_side = h5ls_listing(fmristore_path(fixture_name))
     for p, entry in r_side.items():
         assert ours[p].get("maxshape") == entry.get("maxshape"), p
     with h5py.File(out) as a, h5py.File(fmristore_path(fixture_name)) as b:
@@ -67,11 +73,11 @@ def test_both_generations_from_one_content(tmp_path: Path, legacy: str) -> None:
     kw = fixture_content(fmristore_path(legacy))
     kw.update(format="2026", fmristore_version="0.1.0.9000")
     out = write_experiment(tmp_path / "head.h5", summary_only="r", **kw)
-    _compare_with_reference(listing(out), _reference(HEAD_OF[legacy]))
+    _compare_with_reference(h5ls_listing(out), _reference(HEAD_OF[legacy]))
     kw = fixture_content(fmristore_path(HEAD_OF[legacy]))
     kw.update(format="2025", fmristore_version=None)
     out = write_experiment(tmp_path / "old.h5", summary_only="r", **kw)
-    _compare_with_reference(listing(out), _reference(legacy))
+    _compare_with_reference(h5ls_listing(out), _reference(legacy))
 
 
 def test_default_summary_only_rule(tmp_path: Path) -> None:
@@ -91,7 +97,7 @@ def test_default_summary_only_rule(tmp_path: Path) -> None:
     out = write_experiment(
         tmp_path / "summ.h5", **{**kw, "runs": summ, "scan_metadata": None}
     )
-    attr = listing(out)["/scans"]["attrs"]["summary_only"]
+    attr = h5ls_listing(out)["/scans"]["attrs"]["summary_only"]
     assert attr == {
         "value": [1],
         "dtype": {"numpy": "uint8", "h5_class": "ENUM", "size": 1},
@@ -106,7 +112,7 @@ def test_default_summary_only_rule(tmp_path: Path) -> None:
         assert members == {"FALSE": 0, "TRUE": 1, "NA": 2}
         assert tid.get_super().get_precision() == 2
     out = write_experiment(tmp_path / "forced.h5", summary_only=False, **kw)
-    assert listing(out)["/scans"]["attrs"]["summary_only"]["value"] == [0]
+    assert h5ls_listing(out)["/scans"]["attrs"]["summary_only"]["value"] == [0]
 
 
 def test_values_as_r_reads_them(tmp_path: Path) -> None:

@@ -442,3 +442,117 @@ def test_decoder_releases_helpers_when_fetching_fails() -> None:
         # the pool is free again: a later parallel read completes
         got = _chunkread.read_window_parallel(d, (slice(None), slice(None)))
         np.testing.assert_array_equal(got, data)
+
+
+class _CountingSource(_chunkread.FileRanges):
+    """FileRanges that records the spans it reads."""
+
+    def __init__(self, fd: int, *, max_gap: int, batch_bytes: int) -> None:
+        super().__init__(fd)
+        self.max_gap = max_gap
+        self.batch_bytes = batch_bytes
+        self.spans: list[tuple[int, int]] = []
+
+    def read(self, spans: list[tuple[int, int]]) -> list[bytes]:
+        self.spans.extend(spans)
+        return super().read(spans)
+
+
+def _write_many(path: Path, n: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """``n`` small gzip datasets (R's chunking), some shuffled, one float64."""
+    arrays = []
+    with h5py.File(path, "w") as f:
+        for i in range(n):
+            nc = int(rng.integers(1, 60))
+            dtype = "<f8" if i == 3 else "<f4"
+            data = (rng.standard_normal((300, nc)) * 10).astype(dtype)
+            f.create_dataset(
+                f"c{i}",
+                data=data,
+                chunks=(128, nc),
+                compression="gzip",
+                compression_opts=4,
+                shuffle=i % 3 == 0,
+            )
+            arrays.append(data)
+    return arrays
+
+
+@pytest.mark.parametrize(("max_gap", "batch_bytes"), [(-1, 1), (1 << 20, 1 << 30)])
+def test_located_windows_read_in_batches_equal_h5py(
+    tmp_path: Path, max_gap: int, batch_bytes: int
+) -> None:
+    # the engine's many-small-clusters path: chunks located under the lock,
+    # read from the file (neighbours together) and inflated in batches
+    rng = np.random.default_rng(11)
+    path = tmp_path / "many.h5"
+    arrays = _write_many(path, 40, rng)
+    windows = [(slice(None), slice(None)), (slice(100, 290), slice(0, 1))]
+    with h5py.File(path, "r") as f, pytest.MonkeyPatch.context() as mp:
+        mp.setattr(_chunkread, "MIN_PARALLEL_BYTES", 0)
+        fd = f.id.get_vfd_handle()
+        for sel in windows:
+            src = _CountingSource(fd, max_gap=max_gap, batch_bytes=batch_bytes)
+            with _chunkread.Decoder(src) as dec:
+                assert dec.has_source
+                for i in range(len(arrays)):
+                    win = _chunkread.fetch_window(f[f"c{i}"].id, sel, locate=True)
+                    assert win is not None
+                    assert all(c.raw is None for c in win.chunks)
+                    dec.add(win)
+                got = dec.finish()
+            for data, block in zip(arrays, got, strict=True):
+                np.testing.assert_array_equal(block, data[sel].astype(np.float32))
+            n_chunks = 3 * len(arrays)  # both windows touch all 3 row chunks
+            if max_gap < 0:  # not even adjacent chunks merge: one read each
+                assert len(src.spans) == n_chunks
+            else:  # everything in a single span
+                assert len(src.spans) == 1
+        assert src._fd == -1  # the duplicate descriptor is closed
+
+
+def test_located_path_declines_and_isolates_failures(tmp_path: Path) -> None:
+    path = tmp_path / "bad.h5"
+    data = np.arange(600, dtype=np.float32).reshape(300, 2)
+    with h5py.File(path, "w") as f:
+        for name in ("good", "bad"):
+            f.create_dataset(name, data=data, chunks=(128, 2), compression="gzip")
+        f.create_dataset(
+            "sparse", shape=(300, 2), dtype="f4", chunks=(128, 2), compression="gzip"
+        )
+        f["sparse"][:10] = 1.0  # chunks 2 and 3 stay unallocated
+    with h5py.File(path, "r") as f:
+        offset = f["bad"].id.get_chunk_info_by_coord((128, 0)).byte_offset
+    with open(path, "r+b") as fh:  # corrupt the stored bytes of one chunk
+        fh.seek(offset)
+        fh.write(b"\xff" * 16)
+    sel = (slice(None), slice(None))
+    with h5py.File(path, "r") as f:
+        assert _chunkread.fetch_window(f["sparse"], sel, locate=True) is None
+        with _chunkread.Decoder(_chunkread.FileRanges.of(f)) as dec:
+            dec.add(_chunkread.fetch_window(f["bad"].id, sel, locate=True))
+            dec.add(_chunkread.fetch_window(f["good"].id, sel, locate=True))
+            got = dec.finish()
+        assert got[0] is None  # h5py reads it and reports the problem
+        np.testing.assert_array_equal(got[1], data)
+        # a located window needs something to read it with
+        with _chunkread.Decoder() as dec, pytest.raises(ValueError, match="source"):
+            dec.add(_chunkread.fetch_window(f["good"], sel, locate=True))
+
+    class ShortSource(_chunkread.ByteSource):
+        def read(self, spans: list[tuple[int, int]]) -> list[bytes]:
+            return [b"\x00" * (size // 2) for _, size in spans]
+
+    with h5py.File(path, "r") as f, _chunkread.Decoder(ShortSource()) as dec:
+        dec.add(_chunkread.fetch_window(f["good"], sel, locate=True))
+        assert dec.finish() == [None]
+
+
+def test_file_ranges_only_for_plain_local_files(tmp_path: Path) -> None:
+    with memfile() as f:
+        assert _chunkread.FileRanges.of(f) is None  # core driver: no offsets
+    path = tmp_path / "ub.h5"
+    with h5py.File(path, "w", userblock_size=512) as f:
+        f["x"] = np.ones(3)
+    with h5py.File(path, "r") as f:
+        assert _chunkread.FileRanges.of(f) is None  # addresses shifted

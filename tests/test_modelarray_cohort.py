@@ -17,9 +17,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from nibabel.cifti2 import cifti2_axes as ca
 
-from tests.conftest import MODELARRAY
-from tests.test_cifti_io import _assert_same_export
-from tests.test_modelarray_h5 import LM_NAMES, assert_same_file
+from tests._helpers import LM_NAMES, MODELARRAY, assert_same_export, assert_same_file
 from xarray_clusterh5.cifti import read as cifti
 from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.modelarray import cohort
@@ -159,7 +157,10 @@ def test_missing_file_names_it(tmp_path):
             r"scalar_name.*missing \['scalar_name'\]",
         ),
         ("scalar_name,source_file\n", "no scalar entries"),
-        ("scalar_name,source_file\nx,a.nii.gz\n", "NIFTI; clusterh5 converts CIFTI"),
+        (
+            "scalar_name,source_file\nx,a.nii.gz\n",
+            "detected NIfTI data but no group mask",
+        ),
         ("scalar_name,source_file\nx,a.dscalar.nii\nx,b.nii\n", "mixes modalities"),
         ("scalar_name,source_file\nx,a.mif\n", "MIF"),
         ("scalar_name,source_file\nx,a.txt\n", "cannot tell the type"),
@@ -314,7 +315,7 @@ def test_to_cifti_equals_modelarrayio(in_cohort, tmp_path, analysis):
             cohort_file="cohort_thickness.csv",
         )
     assert all(p.parent == tmp_path / analysis for p in out)
-    _assert_same_export(tmp_path / analysis, MODELARRAY / "export" / analysis)
+    assert_same_export(tmp_path / analysis, MODELARRAY / "export" / analysis)
 
 
 def test_to_cifti_from_a_computed_dataset(in_cohort, tmp_path):
@@ -325,7 +326,7 @@ def test_to_cifti_from_a_computed_dataset(in_cohort, tmp_path):
     ds["lm"] = lm.drop_vars(["element", "structure"])
     ds["lm"].attrs["modelarray_group"] = "results"
     out = cohort.to_cifti(ds, tmp_path, analysis="lm")
-    _assert_same_export(tmp_path, MODELARRAY / "export" / "lm")
+    assert_same_export(tmp_path, MODELARRAY / "export" / "lm")
     assert len(out) == 19
 
 
@@ -338,7 +339,7 @@ def test_accessor_to_cifti_dispatches_results_to_modelarrayio_exports(
         out = ds.clusterh5.to_cifti(
             tmp_path, analysis="lm", cohort_file="cohort_thickness.csv"
         )
-    _assert_same_export(tmp_path, MODELARRAY / "export" / "lm")
+    assert_same_export(tmp_path, MODELARRAY / "export" / "lm")
     assert len(out) == 19
 
 

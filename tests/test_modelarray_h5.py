@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import h5py
 import numpy as np
@@ -12,79 +11,15 @@ import xarray as xr
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.conftest import MODELARRAY
+from tests._helpers import LM_NAMES, MODELARRAY, assert_same_file
 from xarray_clusterh5.errors import ClusterH5Error
+from xarray_clusterh5.modelarray import convert
 from xarray_clusterh5.modelarray import h5 as modelarray_io
 from xarray_clusterh5.modelarray.store import is_modelarray_file
 
 COHORT = MODELARRAY / "cohort"
 RESULTS = MODELARRAY / "results" / "thickness_with_results.h5"
-LM_NAMES = [
-    "element_id",
-    "Intercept.estimate",
-    "Intercept.statistic",
-    "Intercept.p.value",
-    "age.estimate",
-    "age.statistic",
-    "age.p.value",
-    "model.adj.r.squared",
-    "model.p.value",
-    "model.nobs",
-    "Intercept.p.value.fdr",
-    "age.p.value.fdr",
-    "model.p.value.fdr",
-]
 NAN_ELEMENTS = [30, 41, 42, 51, 52]
-
-
-def listing(path: Path) -> dict[str, dict[str, Any]]:
-    """Every object: dtype (and string type), shape, chunks, filters, attrs, values."""
-    out: dict[str, dict[str, Any]] = {}
-    with h5py.File(path, "r") as f:
-
-        def visit(name: str, obj: Any) -> None:
-            attrs = {}
-            for k, v in obj.attrs.items():
-                attrs[k] = (np.asarray(v).tolist(), repr(h5py.check_string_dtype(
-                    obj.attrs.get_id(k).dtype)))  # fmt: skip
-            if isinstance(obj, h5py.Dataset):
-                out[name] = {
-                    "dtype": obj.dtype.str if obj.dtype.kind != "O" else "O",
-                    "string": repr(h5py.check_string_dtype(obj.dtype)),
-                    "shape": obj.shape,
-                    "chunks": obj.chunks,
-                    "maxshape": obj.maxshape,
-                    "compression": obj.compression,
-                    "opts": obj.compression_opts,
-                    "shuffle": obj.shuffle,
-                    "fletcher32": obj.fletcher32,
-                    "fillvalue": repr(obj.fillvalue),
-                    "attrs": attrs,
-                    "values": obj[()],
-                }
-            else:
-                out[name] = {"group": True, "attrs": attrs}
-
-        f.visititems(visit)
-    return out
-
-
-def assert_same_file(ours: Path, theirs: Path) -> None:
-    """Our file equals ModelArrayIO's entry by entry."""
-    a, b = listing(ours), listing(theirs)
-    assert sorted(a) == sorted(b)
-    for name in b:
-        for key, want in b[name].items():
-            got = a[name][key]
-            if key == "values":
-                got, want = np.asarray(got), np.asarray(want)
-                assert got.dtype == want.dtype, name
-                if want.dtype.kind == "f":
-                    np.testing.assert_array_equal(got, want, err_msg=name)
-                else:
-                    assert got.tolist() == want.tolist(), name
-            else:
-                assert got == want, (name, key)
 
 
 def _fill_from(values: np.ndarray):
@@ -142,7 +77,7 @@ def test_compression_rules():
 def test_cohort_to_h5_equals_modelarrayio(tmp_path, monkeypatch, csv, scalar_columns,
                                           outputs):  # fmt: skip
     monkeypatch.chdir(COHORT)  # relative paths resolve as ModelArrayIO's do
-    written = modelarray_io.cohort_to_h5(
+    written = convert.cohort_to_h5(
         csv, tmp_path / "out.h5", scalar_columns=scalar_columns
     )
     assert sorted(p.name for p in written) == sorted(outputs)
@@ -167,7 +102,7 @@ def test_cohort_to_h5_equals_modelarrayio(tmp_path, monkeypatch, csv, scalar_col
 def test_options_keep_values(tmp_path, monkeypatch, options):
     monkeypatch.chdir(COHORT)
     out = tmp_path / "x.h5"
-    modelarray_io.cohort_to_h5("cohort_long_two_scalars.csv", out, **options)
+    convert.cohort_to_h5("cohort_long_two_scalars.csv", out, **options)
     with (
         h5py.File(out, "r") as f,
         h5py.File(MODELARRAY / "modelarrayio" / "two_scalars.h5", "r") as g,

@@ -166,6 +166,21 @@ class ClusterH5DatasetAccessor:
 
         return to_modelarray(self._obj, path, **kwargs)
 
+    def export_results(self, output_dir: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """Results as ``modelarrayio export-results`` writes them: CIFTI, NIfTI
+        volumes (``mask=``) or MIF fixel files (``index_file=``,
+        ``directions_file=``); see ``modelarray.to_images.export_results``."""
+        from xarray_clusterh5.modelarray.to_images import export_results
+
+        return export_results(self._obj, output_dir, **kwargs)
+
+    def to_nifti_4d(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
+        """A voxel-wise scalar as one 4-D NIfTI (a volume per subject); see
+        ``modelarray.to_images.to_nifti_4d``."""
+        from xarray_clusterh5.modelarray.to_images import to_nifti_4d
+
+        return to_nifti_4d(self._obj, path, **kwargs)
+
     def lm(self, formula: str, phenotypes: Any = None, **kwargs: Any) -> xr.DataArray:
         """R ``ModelArray.lm`` at every element (see ``modelarray.lm.lm``)."""
         from xarray_clusterh5.modelarray.lm import lm

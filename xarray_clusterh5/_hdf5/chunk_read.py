@@ -40,6 +40,7 @@ import threading
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import h5py
 import numpy as np
@@ -47,7 +48,9 @@ import numpy as np
 __all__ = [
     "MIN_PARALLEL_BYTES",
     "MIN_PARALLEL_CHUNKS",
+    "ByteSource",
     "Decoder",
+    "FileRanges",
     "RawWindow",
     "decode_windows",
     "fetch_window",
@@ -113,11 +116,24 @@ class _Pipeline:
     dtype: np.dtype
 
 
-def _pipeline(dset: h5py.Dataset) -> _Pipeline | None:
-    """The dataset's filters if we can undo all of them, else None."""
-    if dset.ndim != 2 or dset.chunks is None or dset.dtype not in _SUPPORTED:
+def _pipeline(
+    dset: h5py.Dataset | h5py.h5d.DatasetID,
+    plist: h5py.h5p.PropDCID | None = None,
+) -> _Pipeline | None:
+    """The dataset's filters if we can undo all of them, else None.
+
+    Works on the low-level ``DatasetID`` (and its creation property list, if
+    the caller already has it): per dataset this costs a few microseconds
+    where the high-level properties cost tens, which matters with thousands
+    of small cluster datasets.
+    """
+    dsid = dset.id if isinstance(dset, h5py.Dataset) else dset
+    if dsid.rank != 2 or dsid.dtype not in _SUPPORTED:
         return None
-    plist = dset.id.get_create_plist()
+    if plist is None:
+        plist = dsid.get_create_plist()
+    if plist.get_layout() != h5py.h5d.CHUNKED:
+        return None
     filters = []
     for i in range(plist.get_nfilters()):
         code = plist.get_filter(i)[0]
@@ -126,9 +142,8 @@ def _pipeline(dset: h5py.Dataset) -> _Pipeline | None:
         filters.append((i, int(code)))
     if not any(code == _DEFLATE for _, code in filters):
         return None  # nothing to decompress: h5py reads raw chunks as fast
-    return _Pipeline(
-        tuple(filters), (int(dset.chunks[0]), int(dset.chunks[1])), dset.dtype
-    )
+    rows, cols = plist.get_chunk()
+    return _Pipeline(tuple(filters), (int(rows), int(cols)), dsid.dtype)
 
 
 def _bounds(sel: object, n: int) -> tuple[int, int] | None:
@@ -143,12 +158,22 @@ def _bounds(sel: object, n: int) -> tuple[int, int] | None:
 
 @dataclass
 class _Chunk:
-    """One stored chunk and where its part of the window goes."""
+    """One stored chunk and where its part of the window goes.
 
-    raw: bytes
+    ``raw`` is None for a chunk only located so far (``fetch_window(...,
+    locate=True)``): ``at`` then gives its ``(byte offset, stored size)`` in
+    the file, for a ``ByteSource`` to read together with its neighbours.
+    """
+
+    raw: bytes | memoryview | None
     filter_mask: int
     src: tuple[slice, slice]  # inside the chunk
     dst: tuple[slice, slice]  # inside the window
+    at: tuple[int, int] = (0, 0)
+
+    @property
+    def stored(self) -> int:
+        return self.at[1] if self.raw is None else len(self.raw)
 
 
 @dataclass
@@ -171,7 +196,7 @@ class RawWindow:
     @property
     def nbytes(self) -> int:
         """Stored (compressed) bytes of those chunks."""
-        return sum(len(c.raw) for c in self.chunks)
+        return sum(c.stored for c in self.chunks)
 
     def decode(self, *, parallel: bool | None = None) -> np.ndarray | None:
         """Undo the filters and assemble the window as float32.
@@ -208,15 +233,16 @@ class RawWindow:
 
 def _decode_into(pipe: _Pipeline, chunk: _Chunk, out: np.ndarray) -> None:
     """Undo the chunk's filters (last applied first) and copy its part to ``out``."""
-    data: bytes | np.ndarray = chunk.raw
+    if chunk.raw is None:
+        raise ValueError("chunk located but not read")
+    data: Any = chunk.raw
     itemsize = pipe.dtype.itemsize
     nbytes = pipe.chunks[0] * pipe.chunks[1] * itemsize
     for pos, code in reversed(pipe.filters):
         if chunk.filter_mask & (1 << pos):
             continue  # this filter was skipped when the chunk was written
         if code == _DEFLATE:
-            # ndarray is a buffer; numpy stubs do not say so before Python 3.12
-            data = zlib.decompress(data, bufsize=nbytes)  # type: ignore[arg-type]
+            data = zlib.decompress(data, bufsize=nbytes)
         else:  # shuffle: byte b of every element is stored contiguously
             buf = np.frombuffer(data, dtype=np.uint8)
             n = buf.size // itemsize
@@ -300,7 +326,7 @@ def decode_windows(windows: list[RawWindow | None]) -> list[np.ndarray | None]:
         outs.append(out)
         jobs.extend((w.pipeline, chunk, out) for chunk in w.chunks)
     try:
-        if _worth_parallel(len(jobs), sum(len(job[1].raw) for job in jobs)):
+        if _worth_parallel(len(jobs), sum(job[1].stored for job in jobs)):
             _drain_all(jobs)
         else:
             for job in jobs:
@@ -311,32 +337,121 @@ def decode_windows(windows: list[RawWindow | None]) -> list[np.ndarray | None]:
     return outs
 
 
-class Decoder:
-    """Decode windows on the pool while the caller goes on fetching more.
+class ByteSource:
+    """Reads byte ranges of an open file, for chunks located but not read.
 
-    ``add`` queues a fetched window's chunks (helpers start decoding at
-    once); ``finish`` decodes what is left in the calling thread too, waits,
-    and returns the windows. Use it as a context manager so helpers are
-    released even when fetching fails::
-
-        with Decoder() as dec:
-            with lock:
-                for dset, sel, dst in work:
-                    dec.add(fetch_window(dset, sel), out=dst)
-            blocks = dec.finish()
-
-    Fetching (under an HDF5 lock) then overlaps decoding, and no window waits
-    for another's last chunk. Needs no h5py object.
+    Subclasses say how (``read``) and how to group ranges: ranges closer
+    than ``max_gap`` bytes are read as one span, and a ``Decoder`` hands
+    its pool about ``batch_bytes`` of stored data at a time, so a batch of
+    many small chunks costs one hand-off and a few reads.
     """
 
-    def __init__(self) -> None:
-        self._queue: queue.SimpleQueue[tuple[int, _Pipeline, _Chunk] | None] = (
-            queue.SimpleQueue()
-        )
+    max_gap = 64 * 1024
+    batch_bytes = 512 * 1024
+
+    def read(self, spans: list[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each ``(offset, size)`` span (short at end of file)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what ``read`` needs."""
+
+    def fetch(self, chunks: list[_Chunk]) -> None:
+        """Fill ``raw`` of every located chunk, neighbours read together."""
+        todo = sorted((c for c in chunks if c.raw is None), key=lambda c: c.at[0])
+        spans: list[tuple[int, int]] = []
+        members: list[list[_Chunk]] = []
+        for c in todo:
+            off, size = c.at
+            if spans and off - (spans[-1][0] + spans[-1][1]) <= self.max_gap:
+                start = spans[-1][0]
+                spans[-1] = (start, max(spans[-1][1], off + size - start))
+                members[-1].append(c)
+            else:
+                spans.append((off, size))
+                members.append([c])
+        for (start, _), data, group in zip(
+            spans, self.read(spans), members, strict=True
+        ):
+            view = memoryview(data)
+            for c in group:
+                c.raw = view[c.at[0] - start : c.at[0] - start + c.at[1]]
+
+
+class FileRanges(ByteSource):
+    """``pread`` on a duplicate of h5py's own descriptor of a local file.
+
+    The duplicate stays valid if the file manager closes the h5py file while
+    a batch is still being read; ``pread`` releases the GIL and needs no
+    HDF5 lock, so pool threads read and inflate at once.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = os.dup(fd)
+
+    @classmethod
+    def of(cls, f: h5py.File) -> FileRanges | None:
+        """For a file on the default driver without a user block, else None.
+
+        Chunk addresses are then plain offsets into the file.
+        """
+        if f.driver != "sec2" or f.userblock_size:
+            return None
+        try:
+            return cls(f.id.get_vfd_handle())
+        except (OSError, ValueError, TypeError):  # pragma: no cover - defensive
+            return None
+
+    def read(self, spans: list[tuple[int, int]]) -> list[bytes]:
+        return [os.pread(self._fd, size, off) for off, size in spans]
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+
+_Job = tuple[int, _Pipeline, _Chunk]
+
+
+class Decoder:
+    """Read and decode windows on the pool while the caller locates more.
+
+    ``add`` collects a fetched or located window's chunks into batches of
+    about ``source.batch_bytes`` stored bytes; each full batch goes to the
+    pool at once (helpers start when the work is worth it), where located
+    chunks are read from ``source`` (neighbours in one read) and every chunk
+    is inflated straight into its window. ``finish`` does what is left in
+    the calling thread too, waits, and returns the windows. Use it as a
+    context manager so helpers and the source are released even when
+    fetching fails::
+
+        with Decoder(FileRanges.of(f)) as dec:
+            with lock:
+                for dset, sel, dst in work:
+                    dec.add(fetch_window(dset, sel, locate=True), out=dst)
+            blocks = dec.finish()
+
+    Locating (under an HDF5 lock) then overlaps reading and decoding, a
+    batch of many small windows costs one thread hand-off, and no window
+    waits for another's last chunk. Needs no h5py object.
+
+    Parameters
+    ----------
+    source : ByteSource, optional
+        Reads located chunks; required to ``add`` windows from
+        ``fetch_window(..., locate=True)``. Closed by ``finish`` / on exit.
+    """
+
+    def __init__(self, source: ByteSource | None = None) -> None:
+        self._source = source
+        self._batch_bytes = (source or ByteSource).batch_bytes
+        self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self._outs: list[np.ndarray | None] = []
-        self._windows: list[RawWindow | None] = []
         self._failed: set[int] = set()
         self._helpers: list[Future[None]] = []
+        self._batch: list[_Job] = []
+        self._batch_stored = 0
         self._queued = 0
         self._queued_bytes = 0
         self._done = False
@@ -344,8 +459,17 @@ class Decoder:
     def __enter__(self) -> Decoder:
         return self
 
+    @property
+    def has_source(self) -> bool:
+        """Whether located (not yet read) windows may be added."""
+        return self._source is not None
+
     def __exit__(self, *exc: object) -> None:
-        self._stop_helpers()
+        try:
+            self._stop_helpers()
+        finally:
+            if self._source is not None:
+                self._source.close()
 
     def add(self, window: RawWindow | None, out: np.ndarray | None = None) -> int:
         """Queue ``window`` (None is kept as None); return its position.
@@ -357,7 +481,6 @@ class Decoder:
         if self._done:
             raise RuntimeError("Decoder.add after finish")
         idx = len(self._outs)
-        self._windows.append(window)
         if window is None:
             self._outs.append(None)
             return idx
@@ -368,25 +491,46 @@ class Decoder:
                 f"out has shape {out.shape} and dtype {out.dtype}, "
                 f"expected {window.shape} float32"
             )
+        if self._source is None and any(c.raw is None for c in window.chunks):
+            raise ValueError("a located window needs a Decoder with a source")
         self._outs.append(out)
         for chunk in window.chunks:
-            self._queue.put((idx, window.pipeline, chunk))
-            self._queued += 1
-            self._queued_bytes += len(chunk.raw)
+            self._batch.append((idx, window.pipeline, chunk))
+            self._batch_stored += chunk.stored
+        if self._batch_stored >= self._batch_bytes:
+            self._seal()
+        return idx
+
+    def _seal(self) -> None:
+        """Hand the current batch to the pool (helpers start if worth it)."""
+        if not self._batch:
+            return
+        self._queue.put(self._batch)
+        self._queued += len(self._batch)
+        self._queued_bytes += self._batch_stored
+        self._batch, self._batch_stored = [], 0
         if not self._helpers and _worth_parallel(self._queued, self._queued_bytes):
             pool, size = _get_pool()
             self._helpers = [pool.submit(self._drain, True) for _ in range(size - 1)]
-        return idx
 
     def _drain(self, wait: bool) -> None:
         while True:
             try:
-                job = self._queue.get() if wait else self._queue.get_nowait()
+                batch = self._queue.get() if wait else self._queue.get_nowait()
             except queue.Empty:
                 return
-            if job is None:
+            if batch is None:
                 return
-            idx, pipe, chunk = job
+            self._run(batch)
+
+    def _run(self, batch: list[_Job]) -> None:
+        if self._source is not None:
+            try:
+                self._source.fetch([chunk for _, _, chunk in batch])
+            except (OSError, ValueError):
+                self._failed.update(idx for idx, _, _ in batch)
+                return
+        for idx, pipe, chunk in batch:
             out = self._outs[idx]
             if idx in self._failed or out is None:
                 continue
@@ -394,6 +538,7 @@ class Decoder:
                 _decode_into(pipe, chunk, out)
             except (zlib.error, ValueError):
                 self._failed.add(idx)
+            chunk.raw = None if chunk.at[1] else chunk.raw  # free read bytes
 
     def _stop_helpers(self) -> None:
         helpers, self._helpers = self._helpers, []
@@ -410,10 +555,11 @@ class Decoder:
         -------
         list of numpy.ndarray or None
             In the order added; None for a None window or one with a chunk
-            that does not decode (read that one with h5py).
+            that does not decode or read (read that one with h5py).
         """
         self._done = True
         try:
+            self._seal()
             self._drain(False)
         finally:
             self._stop_helpers()
@@ -421,19 +567,29 @@ class Decoder:
 
 
 def fetch_window(
-    dset: h5py.Dataset, selection: tuple[slice, slice]
+    dset: h5py.Dataset | h5py.h5d.DatasetID,
+    selection: tuple[slice, slice],
+    *,
+    locate: bool = False,
+    plist: h5py.h5p.PropDCID | None = None,
 ) -> RawWindow | None:
-    """Read the stored bytes of the chunks covering ``dset[selection]``.
+    """Read (or only locate) the stored chunks covering ``dset[selection]``.
 
     Needs the file open (and, in the engine, the HDF5 lock); decoding the
     result does not.
 
     Parameters
     ----------
-    dset : h5py.Dataset
-        A 2-D dataset.
+    dset : h5py.Dataset or h5py.h5d.DatasetID
+        A 2-D dataset (the low-level id saves per-dataset overhead).
     selection : tuple of two slices
         Step-1 slices (``None`` steps allowed).
+    locate : bool
+        Only look up each chunk's byte offset and size (``H5Dget_chunk_info``)
+        instead of reading it; a ``Decoder`` with a ``ByteSource`` then reads
+        neighbouring chunks of many windows in one go.
+    plist : h5py.h5p.PropDCID, optional
+        The dataset's creation property list, if the caller has it.
 
     Returns
     -------
@@ -442,11 +598,13 @@ def fetch_window(
     """
     if not (isinstance(selection, tuple) and len(selection) == 2):
         return None
-    pipe = _pipeline(dset)
+    dsid = dset.id if isinstance(dset, h5py.Dataset) else dset
+    pipe = _pipeline(dsid, plist)
     if pipe is None:
         return None
-    b0 = _bounds(selection[0], dset.shape[0])
-    b1 = _bounds(selection[1], dset.shape[1])
+    shape = dsid.shape
+    b0 = _bounds(selection[0], shape[0])
+    b1 = _bounds(selection[1], shape[1])
     if b0 is None or b1 is None:
         return None
     (r0, r1), (c0, c1) = b0, b1
@@ -454,24 +612,40 @@ def fetch_window(
         return None
     cr, cc = pipe.chunks
     chunks: list[_Chunk] = []
-    read = dset.id.read_direct_chunk
     for orow in range(r0 - r0 % cr, r1, cr):
         rs, re = max(r0, orow), min(r1, orow + cr)
         for ocol in range(c0 - c0 % cc, c1, cc):
             cs, ce = max(c0, ocol), min(c1, ocol + cc)
-            try:
-                mask, raw = read((orow, ocol))
-            except (RuntimeError, OSError, KeyError, ValueError):
+            stored = _stored_chunk(dsid, (orow, ocol), locate)
+            if stored is None:
                 return None  # unallocated chunk (fill value): let h5py do it
+            raw, mask, at = stored
             chunks.append(
                 _Chunk(
                     raw,
-                    int(mask),
+                    mask,
                     (slice(rs - orow, re - orow), slice(cs - ocol, ce - ocol)),
                     (slice(rs - r0, re - r0), slice(cs - c0, ce - c0)),
+                    at,
                 )
             )
     return RawWindow((r1 - r0, c1 - c0), pipe, chunks)
+
+
+def _stored_chunk(
+    dsid: h5py.h5d.DatasetID, offset: tuple[int, int], locate: bool
+) -> tuple[bytes | None, int, tuple[int, int]] | None:
+    """``(bytes or None, filter mask, (byte offset, size))`` of one chunk."""
+    try:
+        if not locate:
+            mask, raw = dsid.read_direct_chunk(offset)
+            return raw, int(mask), (0, 0)
+        info = dsid.get_chunk_info_by_coord(offset)
+    except (RuntimeError, OSError, KeyError, ValueError):
+        return None
+    if info.byte_offset is None or info.size <= 0:
+        return None
+    return None, int(info.filter_mask), (int(info.byte_offset), int(info.size))
 
 
 def read_window_parallel(

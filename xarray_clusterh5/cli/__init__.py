@@ -46,7 +46,7 @@ class HelpFormatter(argparse.HelpFormatter):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The full ``clusterh5`` parser with every subcommand that is installed."""
+    """The full ``clusterh5`` parser with every subcommand."""
     from xarray_clusterh5 import __version__
 
     parser = argparse.ArgumentParser(
@@ -56,13 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-V", "--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
     for module_name, func_name in _COMMANDS:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as err:
-            if err.name == module_name:
-                continue  # subcommand not built yet
-            raise
-        getattr(module, func_name)(sub)
+        getattr(importlib.import_module(module_name), func_name)(sub)
     for subparser in sub.choices.values():  # one help style for every subcommand
         subparser.formatter_class = HelpFormatter
     return parser

@@ -1,9 +1,10 @@
 """``clusterh5 to-modelarray`` and ``clusterh5 export-results``: ModelArrayIO's CLI.
 
 Drop-in replacements for ``modelarrayio to-modelarray`` and ``modelarrayio
-export-results`` (26.0.0) on the CIFTI path (dscalar, pscalar and pconn
-cohorts and templates): the same flags, underscore aliases, defaults and mutual
-exclusions, and the same files. Differences, all on purpose:
+export-results`` (26.0.0) for its three modalities: CIFTI (dscalar, pscalar and
+pconn cohorts and templates), NIfTI voxel-wise (``--mask``) and MIF fixel-wise
+(``--index-file``/``--directions-file``): the same flags, underscore aliases,
+defaults and mutual exclusions, and the same files. Differences, all on purpose:
 
 * outputs are written to a temporary file and renamed into place, so a failed
   run leaves nothing partial; like ModelArrayIO, existing outputs are replaced;
@@ -11,9 +12,15 @@ exclusions, and the same files. Differences, all on purpose:
   structure names), and errors name the file;
 * ``.dtseries.nii``/``.dlabel.nii`` inputs are recognised as CIFTI; they and
   multi-map dscalar files need ``--cifti-map N`` to pick a map;
-* NIfTI (``--mask``), MIF (``--index-file``/``--directions-file``), TileDB
-  (``--backend tiledb``) and ``--compression zstd`` are refused up front with a
-  clear message instead of after loading the cohort;
+* NIfTI images and subject masks whose affine differs from the group mask's
+  are refused by name (``--allow-affine-mismatch`` accepts them with a
+  warning); MIF subjects must hold exactly the index's fixel count, and the
+  index and directions must agree (ModelArrayIO checks neither);
+* MIF exports store float32 values without the template's ``scaling:`` line
+  and replace existing result files (ModelArrayIO copies the line, so its own
+  reader misreads the values, and keeps stale files);
+* TileDB (``--backend tiledb``) and ``--compression zstd`` are refused up front
+  with a clear message instead of after loading the cohort;
 * relative ``source_file`` paths resolve against the working directory, as
   ModelArrayIO does; when a file is not there the cohort file's folder is tried,
   with a warning.
@@ -56,28 +63,33 @@ def _add_log_level(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_unsupported(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("NIfTI and MIF arguments (not supported: CIFTI only)")
+def _add_nifti_args(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group(f"NIfTI arguments (required for NIfTI {what})")
     g.add_argument(
-        "--mask", dest="group_mask_file", default=None, help=argparse.SUPPRESS
-    )
-    g.add_argument("--index-file", "--index_file", default=None, help=argparse.SUPPRESS)
-    g.add_argument(
-        "--directions-file", "--directions_file", default=None, help=argparse.SUPPRESS
+        "--mask",
+        dest="group_mask_file",
+        type=_existing_file(p),
+        default=None,
+        help="the binary group mask NIfTI file: its voxels > 0 are the elements",
     )
 
 
-def _refuse_other_modalities(args: argparse.Namespace) -> None:
-    if args.group_mask_file is not None:
-        raise ValueError(
-            "--mask selects NIfTI data, which clusterh5 does not convert (CIFTI only); "
-            "use modelarrayio for NIfTI"
-        )
-    if args.index_file is not None or args.directions_file is not None:
-        raise ValueError(
-            "--index-file/--directions-file select MIF fixel data, which clusterh5 "
-            "does not convert (CIFTI only); use modelarrayio for MIF"
-        )
+def _add_mif_args(p: argparse.ArgumentParser, what: str) -> None:
+    g = p.add_argument_group(f"MIF/fixel arguments (required for MIF/fixel {what})")
+    g.add_argument(
+        "--index-file",
+        "--index_file",
+        type=_existing_file(p),
+        default=None,
+        help="the fixel index image (index.mif)",
+    )
+    g.add_argument(
+        "--directions-file",
+        "--directions_file",
+        type=_existing_file(p),
+        default=None,
+        help="the fixel directions image (directions.mif)",
+    )
 
 
 def _setup_logging(level: str) -> bool:
@@ -97,9 +109,10 @@ def add_parsers(subparsers: Any) -> None:
 def _add_to_modelarray(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "to-modelarray",
-        help="CIFTI cohort CSV to a ModelArray HDF5 file (modelarrayio-compatible)",
+        help="CIFTI, NIfTI or MIF cohort to a ModelArray HDF5 file (as modelarrayio)",
         description=(
-            "Convert a cohort of CIFTI dscalar files to a ModelArray HDF5 file, "
+            "Convert a cohort of CIFTI, NIfTI (--mask) or MIF fixel (--index-file, "
+            "--directions-file) files to a ModelArray HDF5 file, "
             "as `modelarrayio to-modelarray` does (same flags and files)."
         ),
     )
@@ -142,7 +155,15 @@ def _add_to_modelarray(subparsers: Any) -> None:
         default=None,
         help="take this map (0-based) of multi-map dscalar, dtseries or dlabel files",
     )
-    _add_unsupported(p)
+    _add_nifti_args(p, "data")
+    p.add_argument(
+        "--allow-affine-mismatch",
+        "--allow_affine_mismatch",
+        action="store_true",
+        help="NIfTI: accept images whose affine differs from the group mask's "
+        "(with a warning); refused by default (ModelArrayIO compares shapes only)",
+    )
+    _add_mif_args(p, "data")
     _add_log_level(p)
     p.set_defaults(func=run_to_modelarray)
 
@@ -226,10 +247,11 @@ def _add_chunk_args(p: argparse.ArgumentParser) -> None:
 def _add_export_results(subparsers: Any) -> None:
     e = subparsers.add_parser(
         "export-results",
-        help="ModelArray results to CIFTI dscalar files (modelarrayio-compatible)",
+        help="ModelArray results to CIFTI, NIfTI or MIF files (as modelarrayio)",
         description=(
-            "Write results/<analysis>/results_matrix as <analysis>_<stat>.dscalar.nii "
-            "files, as `modelarrayio export-results` does (same flags and files)."
+            "Write results/<analysis>/results_matrix as <analysis>_<stat> CIFTI, "
+            "NIfTI (--mask) or MIF (--index-file, --directions-file) files, "
+            "as `modelarrayio export-results` does (same flags and files)."
         ),
     )
     e.add_argument(
@@ -250,23 +272,26 @@ def _add_export_results(subparsers: Any) -> None:
         "--output-dir",
         "--output_dir",
         required=True,
-        help="folder for the <analysis>_<stat>.dscalar.nii files (made if missing)",
+        help="folder for the <analysis>_<stat> files (made if missing)",
     )
-    _add_unsupported(e)
+    _add_nifti_args(e, "results")
+    _add_mif_args(e, "results")
     _add_template_args(e)
     e.add_argument(
         "--no-compress",
         dest="compress",
         action="store_false",
         default=True,
-        help="accepted for compatibility; has no effect on CIFTI outputs",
+        help="write .nii / .mif instead of .nii.gz / .mif.gz (no effect on CIFTI)",
     )
     _add_log_level(e)
     e.set_defaults(func=run_export_results)
 
 
 def _add_template_args(e: argparse.ArgumentParser) -> None:
-    tg = e.add_argument_group("Template arguments (required for CIFTI)")
+    tg = e.add_argument_group(
+        "Template arguments (required for CIFTI and MIF/fixel results)"
+    )
     template = tg.add_mutually_exclusive_group()
     template.add_argument(
         "--cohort-file",
@@ -280,7 +305,7 @@ def _add_template_args(e: argparse.ArgumentParser) -> None:
         "--example_file",
         type=_existing_file(e),
         default=None,
-        help="a CIFTI file whose header is the template",
+        help="a CIFTI or MIF file whose header is the template",
     )
 
 
@@ -295,10 +320,10 @@ def run_to_modelarray(args: argparse.Namespace) -> int:
 def _to_modelarray(args: argparse.Namespace) -> int:
     # the direct path: no xarray or dask to import, same files as
     # cohort.to_modelarray(cohort.from_cohort(...))
-    from xarray_clusterh5.modelarray.h5 import cohort_to_h5, resolve_compression
+    from xarray_clusterh5.modelarray.convert import cohort_to_h5
+    from xarray_clusterh5.modelarray.h5 import resolve_compression
 
     progress = _setup_logging(args.log_level)
-    _refuse_other_modalities(args)
     if args.backend != "hdf5":
         raise ValueError(
             "--backend tiledb is not supported; clusterh5 writes HDF5 only"
@@ -314,6 +339,10 @@ def _to_modelarray(args: argparse.Namespace) -> int:
         scalar_columns=args.scalar_columns,
         split_files=split,
         map_index=args.cifti_map,
+        mask=args.group_mask_file,
+        index_file=args.index_file,
+        directions_file=args.directions_file,
+        allow_affine_mismatch=args.allow_affine_mismatch,
         dtype=args.storage_dtype,
         compression=args.compression,
         compression_level=args.compression_level,
@@ -339,11 +368,17 @@ def _export_results(args: argparse.Namespace) -> int:
     from xarray_clusterh5.modelarray.export import export_results
 
     progress = _setup_logging(args.log_level)
-    _refuse_other_modalities(args)
-    if args.cohort_file is None and args.example_file is None:
+    has_mif = args.index_file is not None or args.directions_file is not None
+    has_template = args.cohort_file is not None or args.example_file is not None
+    if args.group_mask_file is None and not has_mif and not has_template:
         raise ValueError(
-            "Cannot determine modality. Provide --cohort-file or --example-file "
-            "(CIFTI template); NIfTI (--mask) and MIF are not supported"
+            "Cannot determine modality. Provide --mask (NIfTI), "
+            "--index-file/--directions-file (MIF), or --cohort-file/--example-file "
+            "(CIFTI)."
+        )
+    if args.group_mask_file is None and has_mif and not has_template:
+        raise ValueError(
+            "One of --cohort-file or --example-file is required for MIF results."
         )
     out_dir = Path(args.output_dir)
     if out_dir.exists():
@@ -352,8 +387,12 @@ def _export_results(args: argparse.Namespace) -> int:
         args.in_file,
         args.analysis_name,
         out_dir,
+        mask=args.group_mask_file,
+        index_file=args.index_file,
+        directions_file=args.directions_file,
         example_file=args.example_file,
         cohort_file=args.cohort_file,
+        compress=args.compress,
         overwrite=True,
         progress=progress,
     )

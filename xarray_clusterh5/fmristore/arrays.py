@@ -37,6 +37,16 @@ class _Job:
     v_idx: np.ndarray
     t_idx: np.ndarray
     dest: np.ndarray  # (len(v_idx), len(t_idx)) view of the result
+    # known step-1 runs (a part of indices checked once for the whole request)
+    v_contiguous: bool = False
+    t_contiguous: bool = False
+
+    def windows(self) -> tuple[tuple[slice, np.ndarray | None], ...]:
+        """Covering slices and local picks of the voxel and time indices."""
+        return (
+            _window(self.v_idx, known=self.v_contiguous),
+            _window(self.t_idx, known=self.t_contiguous),
+        )
 
 
 def _axis(key: Any, size: int) -> tuple[np.ndarray, bool]:
@@ -49,13 +59,23 @@ def _axis(key: Any, size: int) -> tuple[np.ndarray, bool]:
     return np.asarray(key, dtype=np.int64).reshape(-1), True
 
 
-def _window(idx: np.ndarray) -> tuple[slice, np.ndarray | None]:
-    """Covering slice of sorted indices, and the local picks if not contiguous."""
+def _window(idx: np.ndarray, *, known: bool = False) -> tuple[slice, np.ndarray | None]:
+    """Covering slice of sorted indices, and the local picks if not contiguous.
+
+    ``known``: the caller has checked that the indices are a step-1 run.
+    """
     lo, hi = int(idx[0]), int(idx[-1]) + 1
+    if known:
+        return slice(lo, hi), None
     # xarray passes non-decreasing indices as they are, duplicates included
     if hi - lo == len(idx) and (len(idx) < 2 or bool(np.all(np.diff(idx) == 1))):
         return slice(lo, hi), None
     return slice(lo, hi), idx - lo
+
+
+def _is_run(idx: np.ndarray) -> bool:
+    """Whether indices go up by exactly one (so does every part of them)."""
+    return len(idx) < 2 or bool(np.all(np.diff(idx) == 1))
 
 
 def _finish(out: np.ndarray, keep: list[bool]) -> np.ndarray:
@@ -90,20 +110,24 @@ class _ClusterArray(BackendArray):
     def _read_blocks(self, jobs: list[_Job]) -> None:
         """Fill each job's destination with its window of one cluster dataset.
 
-        Raw chunks are fetched under the lock; they are inflated on the thread
-        pool while later ones are fetched, and the last ones after the lock is
-        released. Whatever we do not decode ourselves, h5py reads.
+        Under the lock, every window's chunks are only located (a few
+        low-level HDF5 calls per dataset); batches of neighbouring chunks are
+        then read and inflated on the thread pool while later ones are
+        located, the last ones after the lock is released. Whatever we do not
+        decode ourselves, h5py reads.
         """
         pending = []
-        with _chunkread.Decoder() as dec:
+        with contextlib.ExitStack() as stack:
             with self._file() as f:
+                # one window reads its few chunks directly; batching pays
+                # from two on (and costs a driver check and a dup)
+                source = _chunkread.FileRanges.of(f) if len(jobs) > 1 else None
+                dec = stack.enter_context(_chunkread.Decoder(source))
                 groups: dict[str, h5py.Group | None] = {}
                 for job in jobs:
-                    v_sl, v_pick = _window(job.v_idx)
-                    t_sl, t_pick = _window(job.t_idx)
+                    (v_sl, v_pick), (t_sl, t_pick) = job.windows()
                     with self._errors(job):
-                        dset = self._dataset(f, groups, job)
-                        raw = _chunkread.fetch_window(dset, (t_sl, v_sl))
+                        raw = self._fetch(f, groups, job, (t_sl, v_sl), dec.has_source)
                     direct = raw is not None and v_pick is None and t_pick is None
                     dec.add(raw, out=job.dest.T if direct else None)
                     pending.append((job, (t_sl, v_sl), v_pick, t_pick, direct))
@@ -123,6 +147,29 @@ class _ClusterArray(BackendArray):
             if t_pick is not None:
                 block = block[:, t_pick]
             job.dest[...] = block
+
+    def _fetch(
+        self,
+        f: h5py.File,
+        groups: dict[str, h5py.Group | None],
+        job: _Job,
+        sel: tuple[slice, slice],
+        locate: bool,
+    ) -> _chunkread.RawWindow | None:
+        """Locate (or read) the window's chunks; the low-level lookup first."""
+        if job.scan not in groups:
+            groups[job.scan] = reader.clusters_group_of(f, self.path, job.scan)
+        group = groups[job.scan]
+        found = None
+        if group is not None:
+            found = reader.cluster_dataset_id(
+                group, job.cluster_id, job.n_voxels, job.n_time
+            )
+        if found is not None:
+            dsid, plist = found
+            return _chunkread.fetch_window(dsid, sel, locate=locate, plist=plist)
+        dset = self._dataset(f, groups, job)  # raises what is wrong, or h5py reads
+        return _chunkread.fetch_window(dset, sel, locate=locate)
 
     def _errors(self, job: _Job) -> contextlib.AbstractContextManager[None]:
         """Errors reading one cluster dataset name the file and the dataset."""
@@ -175,6 +222,7 @@ class RunVoxelArray(_ClusterArray):
         pos = np.searchsorted(self.offsets, v_idx, side="right") - 1
         starts = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1]])
         stops = np.r_[starts[1:], len(pos)]
+        v_run, t_run = _is_run(v_idx), _is_run(t_idx)
         jobs = []
         for a, b in zip(starts, stops, strict=True):
             c = int(pos[a])
@@ -187,6 +235,8 @@ class RunVoxelArray(_ClusterArray):
                     v_idx[a:b] - self.offsets[c],
                     t_idx,
                     out[a:b],
+                    v_run,
+                    t_run,
                 )
             )
         self._read_blocks(jobs)
@@ -229,6 +279,7 @@ class PaddedVoxelArray(_ClusterArray):
         (r_idx, _), (c_idx, _), (v_idx, _), (t_idx, _) = axes
         keep = [k for _, k in axes]
         out = np.full((len(r_idx), len(c_idx), len(v_idx), len(t_idx)), np.nan, _F32)
+        v_run, t_run = _is_run(v_idx), _is_run(t_idx)
         jobs = []
         for a, r in enumerate(r_idx):
             if not self.has_data[r]:
@@ -250,6 +301,8 @@ class PaddedVoxelArray(_ClusterArray):
                     v_idx[:nv],
                     t_idx[:nt],
                     out[a, b, :nv, :nt],
+                    v_run,
+                    t_run,
                 )
                 for a, r, b, c, nv, nt in jobs
             ]

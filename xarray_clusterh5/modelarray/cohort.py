@@ -5,7 +5,7 @@ Dataset; ``to_modelarray`` writes a Dataset in ModelArray's layout exactly as
 ``modelarrayio to-modelarray`` does; ``to_cifti`` writes results as
 ``<analysis>_<stat>.dscalar.nii`` files exactly as ``modelarrayio
 export-results`` does. The CLI uses the xarray-free equivalents
-(``modelarray.h5.cohort_to_h5``, ``modelarray.export.export_results``), which
+(``modelarray.convert.cohort_to_h5``, ``modelarray.export.export_results``), which
 write the same files through the same loops.
 
 The Dataset model (shared with the ModelArray reader in ``modelarray.store``):
@@ -43,8 +43,9 @@ from dask.base import tokenize
 
 from xarray_clusterh5._hdf5.names import check_hdf5_name
 from xarray_clusterh5.cifti import read as cifti
-from xarray_clusterh5.modelarray import export
+from xarray_clusterh5.modelarray import export, layout, voxels
 from xarray_clusterh5.modelarray import h5 as modelarray_io
+from xarray_clusterh5.modelarray.sources import open_cohort
 from xarray_clusterh5.modelarray.store import (
     ELEMENT_DIM,
     GROUP_ATTR,
@@ -54,6 +55,8 @@ from xarray_clusterh5.modelarray.store import (
 )
 
 DEFAULT_BATCH = 64
+#: dims of the voxel grid's 4x4 ``affine`` coordinate (NIfTI cohorts)
+AFFINE_DIMS = ("affine_row", "affine_col")
 
 
 def _subject_columns(long: pd.DataFrame) -> list[str]:
@@ -71,14 +74,25 @@ def from_cohort(
     batch_size: int = DEFAULT_BATCH,
     relative_to: str | os.PathLike[str] | None = None,
     map_index: int | None = None,
+    mask: str | os.PathLike[str] | None = None,
+    index_file: str | os.PathLike[str] | None = None,
+    directions_file: str | os.PathLike[str] | None = None,
+    allow_affine_mismatch: bool = False,
     progress: bool = False,
     threads: int | None = None,
 ) -> xr.Dataset:
-    """Open a ModelArrayIO cohort of CIFTI files as a lazy Dataset.
+    """Open a ModelArrayIO cohort (CIFTI, NIfTI or MIF) as a lazy Dataset.
 
-    dscalar cohorts are the main case; pscalar and pconn cohorts are read as
+    The modality comes from the file names, as in ModelArrayIO. CIFTI dscalar
+    cohorts are the main CIFTI case; pscalar and pconn cohorts are read as
     ModelArrayIO reads them (pconn matrices flattened row-major) with parcel
-    names along ``element`` instead of the brain model.
+    names along ``element`` instead of the brain model. NIfTI (voxel-wise)
+    cohorts need ``mask`` (the group mask; elements are its voxels in C order,
+    with ``i, j, k`` along ``element`` and the 4x4 ``affine`` coordinate;
+    ``source_mask_file`` gives NaN outside each subject's mask). MIF
+    (fixel-wise) cohorts need ``index_file`` and ``directions_file`` (elements
+    are fixels, with ``voxel_id``, direction ``x, y, z`` and the voxel's
+    ``voxel_i/j/k`` along ``element``).
 
     Parameters
     ----------
@@ -90,8 +104,12 @@ def from_cohort(
     relative_to : base of relative paths; None = ModelArrayIO's rule (working
         directory) with a warned fallback to the CSV's folder; ``"cwd"``,
         ``"csv"`` or a folder to use only that (see :func:`resolve_sources`).
-    map_index : take this map of multi-map files (and allow dtseries/dlabel
-        inputs); None requires single-map dscalar files.
+    map_index : CIFTI: take this map of multi-map files (and allow
+        dtseries/dlabel inputs); None requires single-map dscalar files.
+    mask : NIfTI: the group mask (required).
+    index_file, directions_file : MIF: the fixel index and directions (required).
+    allow_affine_mismatch : NIfTI: accept images whose affine differs from the
+        group mask's, with a warning (refused by default).
     progress : show a progress bar while checking headers.
     threads : threads reading headers (default up to 4).
 
@@ -121,25 +139,33 @@ def from_cohort(
     """
     csv = os.fspath(cohort_csv)
     long = modelarray_io.read_cohort(csv, scalar_columns)
-    sources = long["source_file"].tolist()
-    modelarray_io.check_modality(csv, sources)
+    kind = modelarray_io.check_modality(csv, long["source_file"].tolist())
     rows = modelarray_io.scalar_rows(long)
-    resolved = modelarray_io.resolve_sources(csv, sources, relative_to)
-    ref, blocks = modelarray_io.check_cohort_files(
-        resolved, map_index, progress, threads
-    )
-    arrays = {
-        s: modelarray_io.CohortArray([blocks[i] for i in r], ref.n_elements)
-        for s, r in rows.items()
-    }
-    ds = cohort_dataset(csv, long, rows, arrays, batch_size)
-    ds = ds.assign_coords(_cifti_element_coords(ref))
+    src = open_cohort(
+        csv, long, rows, kind, relative_to=relative_to, map_index=map_index,
+        mask=mask, index_file=index_file, directions_file=directions_file,
+        allow_affine_mismatch=allow_affine_mismatch, progress=progress,
+        threads=threads,
+    )  # fmt: skip
+    ds = cohort_dataset(csv, long, rows, src.arrays, batch_size)
+    ds = ds.assign_coords(element_coords(src.coords, src.attrs.get("affine")))
     ds.attrs.update(
         cohort_file=str(Path(csv).resolve()),
         cohort_format="wide" if scalar_columns else "long",
-        cifti_template=resolved[0],
+        modelarray_modality=kind,
+        **{k: v for k, v in src.attrs.items() if k != "affine"},
     )
     return ds
+
+
+def element_coords(
+    coords: dict[str, np.ndarray], affine: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Element coordinates (and the voxel grid's affine, as a 4x4 coordinate)."""
+    out: dict[str, Any] = {k: (ELEMENT_DIM, v) for k, v in coords.items()}
+    if affine is not None:
+        out["affine"] = (AFFINE_DIMS, np.asarray(affine, dtype=np.float64))
+    return out
 
 
 def _subject_coords(
@@ -205,23 +231,6 @@ def cohort_dataset(
     return xr.Dataset(data_vars, coords=coords)
 
 
-def _cifti_element_coords(
-    ref: cifti.BrainModel | cifti.ParcelModel,
-) -> dict[str, tuple[str, np.ndarray]]:
-    if isinstance(ref, cifti.ParcelModel):
-        return {
-            k: (ELEMENT_DIM, v.astype(object)) for k, v in ref.element_names().items()
-        }
-    voxel = ref.voxel
-    return {
-        "structure": (ELEMENT_DIM, ref.structure.astype(object)),
-        "vertex": (ELEMENT_DIM, ref.vertex),
-        "voxel_i": (ELEMENT_DIM, voxel[:, 0]),
-        "voxel_j": (ELEMENT_DIM, voxel[:, 1]),
-        "voxel_k": (ELEMENT_DIM, voxel[:, 2]),
-    }
-
-
 # --------------------------------------------------------------------------
 # writing ModelArray HDF5
 # --------------------------------------------------------------------------
@@ -257,10 +266,40 @@ def _sources_of(ds: xr.Dataset, name: str) -> list[str]:
     )
 
 
+def _values(ds: xr.Dataset, *names: str) -> list[np.ndarray]:
+    return [np.asarray(ds[n].values) for n in names]
+
+
+def _fixel_writer(ds: xr.Dataset) -> Any:
+    """``/fixels`` from ``element``, ``voxel_id``, ``x, y, z``; ``/voxels`` from
+    each voxel's ``voxel_i/j/k``."""
+    fixel_id, voxel_id, x, y, z = _values(ds, ELEMENT_DIM, "voxel_id", "x", "y", "z")
+    table = np.vstack([fixel_id, voxel_id, x, y, z]).astype(np.float64)
+    vids, first = np.unique(voxel_id.astype(np.int64), return_index=True)
+    ijk = np.column_stack(_values(ds, "voxel_i", "voxel_j", "voxel_k"))[first]
+    if not np.array_equal(vids, np.arange(vids.size)):
+        raise ValueError(
+            "voxel_id must number the voxels 0..n-1 for ModelArray's /voxels table"
+        )
+
+    def write(f: Any) -> None:
+        dset = f.create_dataset(layout.FIXELS.lstrip("/"), data=table)
+        dset.attrs["column_names"] = list(layout.FIXEL_COLUMNS)
+        voxels.write_voxels(f, ijk)
+
+    return write
+
+
 def _element_writer(ds: xr.Dataset) -> Any:
-    """Writes ``/greyordinates`` (from ``structure``) or ``/parcels`` (from
-    ``parcel`` or ``parcel_from``/``parcel_to``) for the Dataset's elements."""
+    """Writes ``/greyordinates`` (from ``structure``), ``/parcels`` (from
+    ``parcel`` or ``parcel_from``/``parcel_to``), ``/voxels`` (from ``i, j,
+    k``) or ``/fixels`` + ``/voxels`` (from ``voxel_id``, ``x, y, z``)."""
     coords = ds.coords
+    if {"voxel_id", "x", "y", "z", "voxel_i"} <= set(coords):
+        return _fixel_writer(ds)
+    if {"i", "j", "k"} <= set(coords) and "structure" not in coords:
+        ijk = np.column_stack(_values(ds, "i", "j", "k"))
+        return lambda f: voxels.write_voxels(f, ijk)
     if "structure" in coords:
         codes, names = cifti.factorize_structures(
             np.asarray(ds["structure"].values, dtype=str)
@@ -427,6 +466,27 @@ def to_cifti(
     spaces and control characters to ``_``), so nothing is written outside
     ``output_dir``.
     """
+    name, stats, matrix = results_matrix(ds, analysis)
+    template = export.pick_template(ds.attrs, example_file, cohort_file)
+    return export.write_cifti_results(
+        output_dir,
+        name,
+        stats,
+        matrix,
+        template,
+        overwrite=overwrite,
+        progress=progress,
+    )
+
+
+def results_matrix(
+    ds: xr.Dataset, analysis: str | None = None
+) -> tuple[str, list[str], np.ndarray]:
+    """``(analysis name, statistic names, (n_stats, n_elements) values)``.
+
+    ``analysis`` names a results variable (or its ``modelarray_name``);
+    default the only results variable of ``ds``.
+    """
     candidates = results_variables(ds)
     if analysis is None:
         if len(candidates) != 1:
@@ -450,14 +510,5 @@ def to_cifti(
         if stat_dim in ds.coords
         else [f"component{i + 1:03d}" for i in range(var.shape[0])]
     )
-    template = export.pick_template(ds.attrs, example_file, cohort_file)
     name = str(var.attrs.get(NAME_ATTR, var_name))
-    return export.write_cifti_results(
-        output_dir,
-        name,
-        stats,
-        np.asarray(var.values),
-        template,
-        overwrite=overwrite,
-        progress=progress,
-    )
+    return name, stats, np.asarray(var.values)

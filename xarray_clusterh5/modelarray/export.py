@@ -9,13 +9,17 @@ function writing one row. No xarray here.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from xarray_clusterh5._hdf5.chunk_write import default_threads
+from xarray_clusterh5._hdf5.files import atomic_output
 from xarray_clusterh5.cifti import read as cifti_read
 from xarray_clusterh5.cifti import write as cifti_write
 from xarray_clusterh5.errors import ClusterH5Error
@@ -73,6 +77,7 @@ def write_result_files(
     *,
     overwrite: bool = False,
     progress: bool = False,
+    threads: int = 1,
 ) -> list[Path]:
     """Write ModelArrayIO's export files for one analysis.
 
@@ -86,6 +91,7 @@ def write_result_files(
     write_row : ``write_row(path, row, overwrite=...)`` writes one file atomically.
     overwrite : replace existing files; otherwise refuse before writing anything.
     progress : progress bar on stderr.
+    threads : files written at once (compression releases the GIL).
 
     Returns
     -------
@@ -103,13 +109,26 @@ def write_result_files(
         from tqdm.auto import tqdm
 
         items = tqdm(plan, desc=f"export {analysis}", unit="file", file=sys.stderr)
-    written = []
-    for row, target, one_minus in items:
+
+    def one(item: tuple[int, Path, bool]) -> Path:
+        row, target, one_minus = item
         data = matrix[row]
         if one_minus:
             data = 1 - data
-        written.append(write_row(target, data, overwrite=overwrite))
-    return written
+        return write_row(target, data, overwrite=overwrite)
+
+    existed = {target for _, target, _ in plan if target.exists()}
+    try:
+        if threads <= 1:
+            return [one(item) for item in items]
+        with ThreadPoolExecutor(threads) as pool:
+            return list(pool.map(one, items))
+    except BaseException:
+        # a failed export leaves no new files behind (each file is atomic)
+        for _, target, _ in plan:
+            if target not in existed:
+                target.unlink(missing_ok=True)
+        raise
 
 
 def write_cifti_results(
@@ -174,9 +193,128 @@ def pick_template(
     kind = cifti_read.cifti_kind_from_name(tpath)
     if kind is None and tpath.endswith(modelarray_io.NIFTI_SUFFIXES):
         raise ClusterH5Error(
-            tpath, "template is NIfTI, not CIFTI; NIfTI export is not supported"
+            tpath,
+            "the template appears to be NIfTI; for NIfTI results give the group "
+            "mask (--mask / mask=) instead",
+        )
+    if kind is None and tpath.endswith(modelarray_io.MIF_SUFFIXES):
+        raise ClusterH5Error(
+            tpath,
+            "the template appears to be MIF; for fixel results give the index and "
+            "directions files (--index-file / --directions-file) too",
         )
     return cifti_write.load_template(tpath)
+
+
+def write_nifti_results(
+    output_dir: str | os.PathLike[str],
+    analysis: str,
+    stats: Sequence[str],
+    matrix: np.ndarray,
+    mask: str | os.PathLike[str],
+    *,
+    compress: bool = True,
+    overwrite: bool = False,
+    progress: bool = False,
+    threads: int | None = None,
+) -> list[Path]:
+    """:func:`write_result_files` as ``<analysis>_<stat>.nii[.gz]`` volumes.
+
+    ModelArrayIO's NIfTI export: the group mask's header with float32 data,
+    values at the mask's voxels (C order), 0 outside, NaN kept.
+    """
+    from xarray_clusterh5.modelarray.voxels import load_group_mask
+    from xarray_clusterh5.nifti.write import volume_template, write_volume
+
+    grid = load_group_mask(os.fspath(mask))
+    template = volume_template(grid.path, grid.flat_index)
+    _check_width(grid.path, template.n_elements, matrix)
+
+    def write_row(path: Path, row: np.ndarray, *, overwrite: bool) -> Path:
+        return write_volume(path, template, row, overwrite=overwrite)
+
+    return write_result_files(
+        output_dir, analysis, stats, matrix, ".nii.gz" if compress else ".nii",
+        write_row, overwrite=overwrite, progress=progress,
+        threads=threads or default_threads(),
+    )  # fmt: skip
+
+
+def write_mif_results(
+    output_dir: str | os.PathLike[str],
+    analysis: str,
+    stats: Sequence[str],
+    matrix: np.ndarray,
+    template_file: str | os.PathLike[str],
+    *,
+    compress: bool = True,
+    overwrite: bool = False,
+    progress: bool = False,
+    threads: int | None = None,
+) -> list[Path]:
+    """:func:`write_result_files` as ``<analysis>_<stat>.mif[.gz]`` fixel files.
+
+    The template's geometry, layout and other header lines, float32 data.
+    Unlike ModelArrayIO, a template's ``scaling:`` line is not copied (the
+    values are stored unscaled) and existing files are not silently kept.
+    """
+    from xarray_clusterh5.mif.header import read_header
+    from xarray_clusterh5.mif.write import write_mif
+
+    header = read_header(template_file)
+    _check_width(header.path, header.n_values, matrix)
+
+    def write_row(path: Path, row: np.ndarray, *, overwrite: bool) -> Path:
+        return write_mif(path, header, row, overwrite=overwrite)
+
+    return write_result_files(
+        output_dir, analysis, stats, matrix, ".mif.gz" if compress else ".mif",
+        write_row, overwrite=overwrite, progress=progress,
+        threads=threads or default_threads(),
+    )  # fmt: skip
+
+
+def _check_width(template: str, n_elements: int, matrix: np.ndarray) -> None:
+    width = np.shape(matrix)[-1]
+    if width != n_elements:
+        raise ClusterH5Error(
+            template, f"the template has {n_elements} elements, the results {width}"
+        )
+
+
+def copy_fixel_files(
+    output_dir: str | os.PathLike[str],
+    index_file: str | os.PathLike[str],
+    directions_file: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+) -> list[Path]:
+    """Copy ``index.mif`` and ``directions.mif`` next to fixel results
+    (ModelArrayIO's export does; MRtrix needs them to read the results)."""
+    out = []
+    for src in (index_file, directions_file):
+        target = Path(output_dir) / Path(src).name
+        with atomic_output(target, overwrite=overwrite, suffix=".mif") as tmp:
+            shutil.copyfile(src, tmp)
+        out.append(target)
+    return out
+
+
+def template_source(
+    example_file: str | os.PathLike[str] | None,
+    cohort_file: str | os.PathLike[str] | None,
+) -> str:
+    """The template file: ``example_file`` or the cohort's first ``source_file``."""
+    if example_file is not None and cohort_file is not None:
+        raise ValueError("give example_file or cohort_file, not both")
+    if example_file is not None:
+        tpath = os.fspath(example_file)
+        if not os.path.exists(tpath):
+            raise FileNotFoundError(f"{tpath}: template file does not exist")
+        return tpath
+    if cohort_file is None:
+        raise ValueError("a template is needed: give example_file or cohort_file")
+    return template_from_cohort(cohort_file)
 
 
 def export_results(
@@ -184,25 +322,51 @@ def export_results(
     analysis: str,
     output_dir: str | os.PathLike[str],
     *,
+    mask: str | os.PathLike[str] | None = None,
+    index_file: str | os.PathLike[str] | None = None,
+    directions_file: str | os.PathLike[str] | None = None,
     example_file: str | os.PathLike[str] | None = None,
     cohort_file: str | os.PathLike[str] | None = None,
+    compress: bool = True,
     overwrite: bool = False,
     progress: bool = False,
+    threads: int | None = None,
 ) -> list[Path]:
-    """``modelarrayio export-results`` for CIFTI, straight from the HDF5 file.
+    """``modelarrayio export-results``, straight from the HDF5 file.
 
-    Reads ``results/<analysis>/results_matrix`` once (not row by row) with its
-    statistic names (:func:`~xarray_clusterh5.modelarray.h5.read_results`) and
-    writes the files as :func:`~xarray_clusterh5.modelarray.cohort.to_cifti` does.
+    The modality comes from the arguments, as in ModelArrayIO: ``mask`` =
+    NIfTI volumes; ``index_file`` and ``directions_file`` = MIF fixel files
+    (template: ``example_file`` or the cohort's first file; the index and
+    directions files are copied to ``output_dir``); else CIFTI (template as
+    for MIF). Reads ``results/<analysis>/results_matrix`` once with its
+    statistic names (:func:`~xarray_clusterh5.modelarray.h5.read_results`).
+
+    Returns
+    -------
+    The files written (for MIF, the copied index and directions files last).
     """
+    kw: dict[str, Any] = {"overwrite": overwrite, "progress": progress}
+    if mask is not None:
+        names, matrix = modelarray_io.read_results(in_file, analysis)
+        return write_nifti_results(
+            output_dir, analysis, names, matrix, mask, compress=compress,
+            threads=threads, **kw,
+        )  # fmt: skip
+    if index_file is not None or directions_file is not None:
+        if index_file is None or directions_file is None:
+            raise ValueError(
+                "both index_file and directions_file are needed for MIF results"
+            )
+        tpath = template_source(example_file, cohort_file)
+        names, matrix = modelarray_io.read_results(in_file, analysis)
+        written = write_mif_results(
+            output_dir, analysis, names, matrix, tpath, compress=compress,
+            threads=threads, **kw,
+        )  # fmt: skip
+        copies = copy_fixel_files(
+            output_dir, index_file, directions_file, overwrite=overwrite
+        )
+        return written + copies
     template = pick_template(None, example_file, cohort_file)
     names, matrix = modelarray_io.read_results(in_file, analysis)
-    return write_cifti_results(
-        output_dir,
-        analysis,
-        names,
-        matrix,
-        template,
-        overwrite=overwrite,
-        progress=progress,
-    )
+    return write_cifti_results(output_dir, analysis, names, matrix, template, **kw)

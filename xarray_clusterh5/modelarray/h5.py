@@ -500,6 +500,33 @@ def read_greyordinates(path: str, f: h5py.File) -> tuple[np.ndarray, np.ndarray]
     return table[vi].astype(np.int64), structure
 
 
+def read_table(
+    path: str, f: h5py.File, name: str, columns: Sequence[str]
+) -> dict[str, np.ndarray] | None:
+    """A ModelArrayIO element table (``/voxels``, ``/fixels``) by column, or None.
+
+    Tables are stored transposed, ``(n_columns, n_rows)``, with the column
+    names in the ``column_names`` attribute; every name in ``columns`` must be
+    there.
+    """
+    dset = get_link(path, f, name)
+    if not isinstance(dset, h5py.Dataset):
+        return None
+    cols = [
+        decode_str(c)
+        for c in np.asarray(dset.attrs.get("column_names", []), dtype=object)
+    ]
+    table = dset[()]
+    if table.ndim != 2 or table.shape[0] != len(cols):
+        raise ClusterH5Error(
+            path, f"{name} has shape {table.shape} but column names {cols}"
+        )
+    missing = [c for c in columns if c not in cols]
+    if missing:
+        raise ClusterH5Error(path, f"{name} lacks columns {missing} (has {cols})")
+    return {c: table[cols.index(c)] for c in columns}
+
+
 def read_parcels(path: str, f: h5py.File) -> dict[str, np.ndarray] | None:
     """The ``/parcels`` string datasets of a pscalar/pconn file, or None."""
     grp = get_link(path, f, layout.PARCELS)
@@ -615,7 +642,13 @@ def read_cohort(
     return long.reset_index(drop=True)
 
 
-def check_modality(csv: str, sources: Sequence[str]) -> None:
+def check_modality(csv: str, sources: Sequence[str]) -> str:
+    """The cohort's modality from file names: ``cifti``, ``nifti`` or ``mif``.
+
+    As ModelArrayIO decides it (CIFTI: ``.dscalar/.pscalar/.pconn.nii``, here
+    also ``.dtseries``/``.dlabel``; MIF: ``.mif[.gz]``; NIfTI: ``.nii[.gz]``);
+    mixed cohorts and unknown names are refused naming the CSV.
+    """
     kinds: dict[str, str] = {}
     for s in sources:
         if cifti.cifti_kind_from_name(s):
@@ -627,20 +660,14 @@ def check_modality(csv: str, sources: Sequence[str]) -> None:
         else:
             raise ClusterH5Error(
                 csv,
-                f"cannot tell the type of {s!r}: expected a CIFTI file such as "
-                ".dscalar.nii",
+                f"cannot tell the type of {s!r}: expected .mif, .nii, .nii.gz or a "
+                "CIFTI file such as .dscalar.nii",
             )
     if len(kinds) > 1:
         raise ClusterH5Error(
             csv, f"cohort mixes modalities ({', '.join(sorted(kinds))}); e.g. {kinds}"
         )
-    if "cifti" not in kinds:
-        kind = next(iter(kinds))
-        raise ClusterH5Error(
-            csv,
-            f"{kinds[kind]!r} is {kind.upper()}; clusterh5 converts CIFTI cohorts only "
-            "(use ModelArrayIO for NIfTI and MIF data)",
-        )
+    return next(iter(kinds))
 
 
 def resolve_sources(
@@ -862,6 +889,9 @@ class ScalarStream:
     name: str
     column_names: list[str]
     read_stripe: Callable[[int, int], np.ndarray]
+    #: stripe size: small for cheap column reads (CIFTI), large when every
+    #: stripe reads whole files (compressed NIfTI, MIF)
+    stripe_bytes: int = STRIPE_BYTES
 
 
 def check_outputs(plan: Sequence[tuple[Path, list[str]]], overwrite: bool) -> None:
@@ -938,72 +968,9 @@ def _write_stream(
         stream.read_stripe, dtype=options.dtype, compression=options.compression,
         compression_level=options.compression_level, shuffle=options.shuffle,
         chunk_voxels=options.chunk_voxels, target_chunk_mb=options.target_chunk_mb,
-        threads=options.n_threads(),
+        threads=options.n_threads(), stripe_bytes=stream.stripe_bytes,
         progress=bar.update if bar is not None else None,
     )  # fmt: skip
-
-
-def cohort_to_h5(
-    cohort_csv: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    *,
-    scalar_columns: Sequence[str] | None = None,
-    split_files: bool | None = None,
-    relative_to: str | os.PathLike[str] | None = None,
-    map_index: int | None = None,
-    dtype: Any = "float32",
-    compression: str | None = "gzip",
-    compression_level: int = 4,
-    shuffle: bool = True,
-    chunk_voxels: int = 0,
-    target_chunk_mb: float = 2.0,
-    overwrite: bool = False,
-    progress: bool = False,
-    threads: int | None = None,
-) -> list[Path]:
-    """``modelarrayio to-modelarray`` for CIFTI, without xarray (the CLI's path).
-
-    Same files as ``cohort.to_modelarray(cohort.from_cohort(...))`` (both use
-    :func:`write_modelarray`): the CSV is normalised as ModelArrayIO does, every
-    header checked against the first file's brain model, then each scalar
-    streamed in column stripes straight from the files' data blocks into
-    compressed chunks. Memory is a few stripes (``STRIPE_BYTES``), whatever the
-    number of subjects. Outputs are written atomically; ``split_files=None``
-    splits wide cohorts only.
-    """
-    csv = os.fspath(cohort_csv)
-    long = read_cohort(csv, scalar_columns)
-    sources = long["source_file"].tolist()
-    check_modality(csv, sources)
-    options = StorageOptions(
-        dtype, compression, compression_level, shuffle, chunk_voxels,
-        target_chunk_mb, threads,
-    )  # fmt: skip
-    options.check()  # refuse bad options before reading any file
-    rows = scalar_rows(long)
-    if split_files is None:
-        split_files = bool(scalar_columns)
-    plan = output_plan(output, list(rows), split_files)
-    check_outputs(plan, overwrite)
-    resolved = resolve_sources(csv, sources, relative_to)
-    ref, blocks = check_cohort_files(resolved, map_index, progress, threads)
-    n_el = ref.n_elements
-    n_threads = options.n_threads()
-    with ThreadPoolExecutor(n_threads, thread_name_prefix="cifti-read") as pool:
-        streams = {
-            s: ScalarStream(
-                s,
-                [sources[i] for i in r],
-                stripe_reader(
-                    CohortArray([blocks[i] for i in r], n_el), pool, n_threads
-                ),
-            )
-            for s, r in rows.items()
-        }
-        return write_modelarray(
-            plan, element_writer(ref), streams, n_el, options,
-            overwrite=overwrite, progress=progress,
-        )  # fmt: skip
 
 
 def scalar_rows(long: pd.DataFrame) -> dict[str, np.ndarray]:

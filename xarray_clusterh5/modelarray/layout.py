@@ -63,3 +63,11 @@ def export_file_names(analysis: str, stats: list[str]) -> list[tuple[int, str, b
 def split_output_name(scalar: str, output_name: str) -> str:
     """ModelArrayIO's split-file name ``<scalar>_<output name>`` (sanitised)."""
     return f"{safe_output_name(scalar, 'scalar name')}_{output_name}"
+
+
+#: int64 (4, n_voxels): voxel_id, i, j, k (voxel-wise and fixel-wise cohorts)
+VOXELS: Final = "/voxels"
+VOXEL_COLUMNS: Final = ("voxel_id", "i", "j", "k")
+#: float64 (5, n_fixels): fixel_id, voxel_id, x, y, z (fixel-wise cohorts)
+FIXELS: Final = "/fixels"
+FIXEL_COLUMNS: Final = ("fixel_id", "voxel_id", "x", "y", "z")

@@ -431,7 +431,8 @@ def fit_block(
     """The uncorrected columns (+ an "aliased" flag row) of one element chunk."""
     Y = np.asarray(Y, dtype=np.float64)
     fit_mask = np.isfinite(Y).sum(axis=0) > threshold
-    res = ols.fit(X, Y[rows], intercept=intercept, fit_mask=fit_mask)
+    Yr = Y if rows.size == Y.shape[0] else Y[rows]
+    res = ols.fit(X, Yr, intercept=intercept, fit_mask=fit_mask)
     out = [ids.reshape(-1)]
     for j in range(len(columns.terms)):
         out += [res.terms[s][:, j] for s in columns.terms_v]

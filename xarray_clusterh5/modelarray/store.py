@@ -246,6 +246,37 @@ def _element_coords(path: str, f: h5py.File, n_el: int | None) -> dict[str, Any]
     if parcels is not None and n_el is not None:
         for k, v in modelarray_io.parcel_element_names(path, parcels, n_el).items():
             coords[k] = (ELEMENT_DIM, v.astype(object))
+        return coords
+    return _voxel_fixel_coords(path, f, n_el)
+
+
+def _voxel_fixel_coords(path: str, f: h5py.File, n_el: int | None) -> dict[str, Any]:
+    """``/fixels`` (+ ``/voxels``): fixel id, voxel id, x, y, z and the voxel's
+    i, j, k; ``/voxels`` alone: voxel id and i, j, k (as ``from_cohort`` gives)."""
+    voxels = modelarray_io.read_table(path, f, layout.VOXELS, layout.VOXEL_COLUMNS)
+    fixels = modelarray_io.read_table(path, f, layout.FIXELS, layout.FIXEL_COLUMNS)
+    table = fixels if fixels is not None else voxels
+    if table is None:
+        return {}
+    element = table["fixel_id" if fixels is not None else "voxel_id"].astype(np.int64)
+    if n_el is not None and element.size != n_el:
+        what = layout.FIXELS if fixels is not None else layout.VOXELS
+        raise ClusterH5Error(path, f"{what} has {element.size} rows, data has {n_el}")
+    coords: dict[str, Any] = {ELEMENT_DIM: (ELEMENT_DIM, element)}
+    if fixels is None:
+        assert voxels is not None
+        for c in "ijk":
+            coords[c] = (ELEMENT_DIM, voxels[c].astype(np.int64))
+        return coords
+    voxel_id = fixels["voxel_id"].astype(np.int64)
+    coords["voxel_id"] = (ELEMENT_DIM, voxel_id)
+    for c in "xyz":  # directions are float32, widened by ModelArrayIO
+        coords[c] = (ELEMENT_DIM, fixels[c].astype(np.float32))
+    if voxels is not None:
+        if voxel_id.size and (voxel_id.min() < 0 or voxel_id.max() >= voxels["i"].size):
+            raise ClusterH5Error(path, "/fixels voxel_id outside /voxels")
+        for c in "ijk":
+            coords[f"voxel_{c}"] = (ELEMENT_DIM, voxels[c].astype(np.int64)[voxel_id])
     return coords
 
 

@@ -52,6 +52,9 @@ MODEL_STATS: tuple[str, ...] = (
 )
 
 
+_FIELDS = ("beta", "se_unit", "rss", "mss", "nobs", "rank")
+
+
 @dataclass
 class _Fit:
     """Raw fit of k elements: what every statistic is derived from."""
@@ -68,8 +71,11 @@ class _Fit:
         nan = np.full((k, p), np.nan)
         return cls(nan, nan.copy(), *(np.full(k, np.nan) for _ in range(4)))
 
+    def take(self, rows: np.ndarray) -> _Fit:
+        return _Fit(*(getattr(self, n)[rows] for n in _FIELDS))
+
     def put(self, where: np.ndarray, other: _Fit) -> None:
-        for name in ("beta", "se_unit", "rss", "mss", "nobs", "rank"):
+        for name in _FIELDS:
             getattr(self, name)[where] = getattr(other, name)
 
 
@@ -131,6 +137,16 @@ def _fit_groups(
     out: _Fit,
 ) -> None:
     """Solve each shared pattern with one QR, the others as a masked stack."""
+    complete = finite[:, cols].all(axis=0)
+    if complete.any():  # the common case, without sorting patterns
+        members = cols[complete]
+        if members.size > Y.shape[1] // 2:  # fit all: cheaper than copying Y
+            out.put(members, _fit_shared(X, Y, intercept).take(members))
+        else:
+            out.put(members, _fit_shared(X, Y[:, members], intercept))
+    cols = cols[~complete]
+    if not cols.size:
+        return
     packed = np.packbits(finite[:, cols].T, axis=1)
     _, inverse, counts = np.unique(
         packed, axis=0, return_inverse=True, return_counts=True
@@ -174,14 +190,19 @@ def _fit_shared(X: np.ndarray, Y: np.ndarray, intercept: bool) -> _Fit:
     Xk = X[:, keep]
     Q, R = np.linalg.qr(Xk)
     Rinv = np.linalg.inv(R)
-    beta = Rinv @ (Q.T @ Y)  # (pk, k)
-    resid = Y - Xk @ beta
-    fitted = Y - resid
+    # einsum, not BLAS: threaded BLAS on these thin products is 10-50x slower
+    # on a busy machine, and dask already runs one chunk per core
+    beta = np.einsum("ij,jk->ik", Rinv, np.einsum("ni,nk->ik", Q, Y))  # (pk, k)
     res.beta[:, keep] = beta.T
     res.se_unit[:, keep] = np.sqrt(np.sum(Rinv**2, axis=1))[None, :]
-    res.rss[:] = np.sum(resid**2, axis=0)
-    centre = fitted.mean(axis=0) if intercept else 0.0
-    res.mss[:] = np.sum((fitted - centre) ** 2, axis=0)
+    # one (n, k) work array: large temporaries cost more than the arithmetic
+    work = np.empty_like(Y)
+    # fitted minus its mean = the centred design times beta
+    np.einsum("ni,ik->nk", Xk - Xk.mean(axis=0) if intercept else Xk, beta, out=work)
+    res.mss[:] = np.einsum("ij,ij->j", work, work)
+    np.einsum("ni,ik->nk", Xk, beta, out=work)
+    np.subtract(Y, work, out=work)  # residuals
+    res.rss[:] = np.einsum("ij,ij->j", work, work)
     res.nobs[:] = n
     res.rank[:] = keep.sum()
     _exact_fits(Xk, Y, keep, intercept, res)
@@ -236,7 +257,7 @@ def _exact_fits(
     offset: int = 0,
 ) -> None:
     """Make fits whose residuals are rounding noise exact (see module docs)."""
-    tol = _exact_tol(Y.shape[0], np.linalg.norm(Y, axis=0))
+    tol = _exact_tol(Y.shape[0], np.sqrt(np.einsum("ij,ij->j", Y, Y)))
     exact = np.flatnonzero(np.sqrt(res.rss[offset : offset + Y.shape[1]]) <= tol)
     norms = np.linalg.norm(Xk, axis=0)
     for j in exact:

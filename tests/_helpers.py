@@ -1,19 +1,41 @@
-"""h5py listings in the format of the fixtures' ``.h5ls.json``, and a way to
-take an R-written fixture's content back out with plain h5py.
+"""Helpers shared by the tests (the one module tests import besides conftest).
 
-Both are test helpers: the listing is compared entry by entry with the one
-made from the R-written file (by the fixtures' author, not by our code).
+* where the fixtures are, and what R read back from them;
+* h5py listings in the format of the fixtures' ``.h5ls.json`` and a way to take
+  an R-written fixture's content back out with plain h5py (compared entry by
+  entry with listings made from the R-written files by the fixtures' author);
+* comparisons with ModelArrayIO's files and exports.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 from typing import Any
 
 import h5py
+import nibabel as nib
 import numpy as np
 
 from xarray_clusterh5.fmristore.write import Run
+
+DATA = Path(__file__).parent / "data"
+FMRISTORE = DATA / "fmristore"
+MODELARRAY = DATA / "modelarray"
+
+#: every R-written fmristore fixture, by stem
+FMRISTORE_FIXTURES = ("vignette", "vignette_head", "irregular", "irregular_head")
+
+
+def fmristore_path(stem: str) -> Path:
+    """Path of an R-written fixture."""
+    return FMRISTORE / f"{stem}.h5"
+
+
+def fmristore_expected(stem: str) -> dict:
+    """What R fmristore read back from the fixture (its ``.expected.json``)."""
+    return json.loads((FMRISTORE / f"{stem}.expected.json").read_text())
 
 
 def _dtype_entry(tid: h5py.h5t.TypeID, dtype: np.dtype) -> dict[str, Any]:
@@ -60,7 +82,7 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def listing(path: str | Path) -> dict[str, dict[str, Any]]:
+def h5ls_listing(path: str | Path) -> dict[str, dict[str, Any]]:
     """Path -> entry, with the keys of the fixtures' ``.h5ls.json``."""
     out: dict[str, dict[str, Any]] = {}
     with h5py.File(path, "r") as f:
@@ -176,3 +198,86 @@ def fixture_content(path: str | Path) -> dict[str, Any]:
         "format": fmt,
         "fmristore_version": version,
     }
+
+
+# -- ModelArray and ModelArrayIO -------------------------------------------
+
+LM_NAMES = [
+    "element_id",
+    "Intercept.estimate",
+    "Intercept.statistic",
+    "Intercept.p.value",
+    "age.estimate",
+    "age.statistic",
+    "age.p.value",
+    "model.adj.r.squared",
+    "model.p.value",
+    "model.nobs",
+    "Intercept.p.value.fdr",
+    "age.p.value.fdr",
+    "model.p.value.fdr",
+]
+
+
+def modelarray_listing(path: Path) -> dict[str, dict[str, Any]]:
+    """Every object: dtype (and string type), shape, chunks, filters, attrs, values."""
+    out: dict[str, dict[str, Any]] = {}
+    with h5py.File(path, "r") as f:
+
+        def visit(name: str, obj: Any) -> None:
+            attrs = {}
+            for k, v in obj.attrs.items():
+                attrs[k] = (np.asarray(v).tolist(), repr(h5py.check_string_dtype(
+                    obj.attrs.get_id(k).dtype)))  # fmt: skip
+            if isinstance(obj, h5py.Dataset):
+                out[name] = {
+                    "dtype": obj.dtype.str if obj.dtype.kind != "O" else "O",
+                    "string": repr(h5py.check_string_dtype(obj.dtype)),
+                    "shape": obj.shape,
+                    "chunks": obj.chunks,
+                    "maxshape": obj.maxshape,
+                    "compression": obj.compression,
+                    "opts": obj.compression_opts,
+                    "shuffle": obj.shuffle,
+                    "fletcher32": obj.fletcher32,
+                    "fillvalue": repr(obj.fillvalue),
+                    "attrs": attrs,
+                    "values": obj[()],
+                }
+            else:
+                out[name] = {"group": True, "attrs": attrs}
+
+        f.visititems(visit)
+    return out
+
+
+def assert_same_file(ours: Path, theirs: Path) -> None:
+    """Our file equals ModelArrayIO's entry by entry."""
+    a, b = modelarray_listing(ours), modelarray_listing(theirs)
+    assert sorted(a) == sorted(b)
+    for name in b:
+        for key, want in b[name].items():
+            got = a[name][key]
+            if key == "values":
+                got, want = np.asarray(got), np.asarray(want)
+                assert got.dtype == want.dtype, name
+                if want.dtype.kind == "f":
+                    np.testing.assert_array_equal(got, want, err_msg=name)
+                else:
+                    assert got.tolist() == want.tolist(), name
+            else:
+                assert got == want, (name, key)
+
+
+def assert_same_export(ours: Path, theirs: Path) -> None:
+    """Our CIFTI exports equal ModelArrayIO's: names, dtypes, axes, values."""
+    names = sorted(os.listdir(theirs))
+    assert sorted(os.listdir(ours)) == names
+    for n in names:
+        a, b = nib.load(ours / n), nib.load(theirs / n)
+        assert a.get_data_dtype() == b.get_data_dtype(), n
+        assert a.header.get_axis(0) == b.header.get_axis(0), n
+        assert a.header.get_axis(1) == b.header.get_axis(1), n
+        np.testing.assert_array_equal(
+            np.asarray(a.dataobj), np.asarray(b.dataobj), err_msg=n
+        )

@@ -1,0 +1,386 @@
+"""Mutation testing: how many plausible one-line bugs do the tests catch?
+
+Each mutant changes one expression of one core module, the kind of slip a
+person makes: a comparison turned (``<`` into ``<=``, ``==`` into ``!=``), an
+arithmetic operator swapped (``+``/``-``, ``*``/``/``), an integer off by one,
+``and``/``or`` swapped, a ``not`` dropped, a sign flipped, ``True``/``False``
+swapped, or a check removed (``if bad: raise ...`` never raising). Each mutant
+is run against the test files that cover its module (``MODULE_TESTS``, not
+the whole suite), in a scratch copy of the repository, with ``pytest -x``; a
+mutant is *killed* if the tests fail or time out and *survives* if they pass.
+
+The mutants are a deterministic random sample (``--seed``) of every possible
+site, stratified by module in proportion to its number of sites. Not in CI:
+it is CPU-heavy. Run from the repository root::
+
+    python benchmarks/mutation_test.py --sample 150 --workers 2 --budget 1200
+
+It prints each survivor (module, line, the mutated line) and the kill rate,
+and writes them to ``benchmarks/_work/mutation_results.json``. Survivors
+must be read: some are equivalent (the mutant behaves like the original, e.g.
+a changed default that every caller overrides) and no test can kill them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = "xarray_clusterh5"
+
+#: core module -> the test files that exercise it
+MODULE_TESTS: dict[str, tuple[str, ...]] = {
+    "fmristore/layout.py": ("test_fmristore_read_fixtures", "test_fmristore_write"),
+    "fmristore/read.py": (
+        "test_fmristore_read_fixtures",
+        "test_fmristore_layout_variants",
+        "test_fmristore_bad_input",
+    ),
+    "fmristore/write.py": ("test_fmristore_write",),
+    "fmristore/arrays.py": (
+        "test_fmristore_arrays_property",
+        "test_fmristore_read_fixtures",
+    ),
+    "fmristore/views.py": ("test_fmristore_read_fixtures", "test_engine_xarray"),
+    "fmristore/index.py": ("test_engine_xarray", "test_fmristore_read_fixtures"),
+    "fmristore/ops.py": (
+        "test_fmristore_read_fixtures",
+        "test_engine_xarray",
+        "test_fmristore_to_h5",
+    ),
+    "fmristore/from_nifti.py": ("test_fmristore_from_nifti",),
+    "fmristore/to_h5.py": ("test_fmristore_to_h5",),
+    "_hdf5/chunk_read.py": ("test_hdf5_chunk_read",),
+    "_hdf5/chunk_write.py": ("test_hdf5_chunk_write",),
+    "modelarray/h5.py": ("test_modelarray_h5",),
+    "modelarray/cohort.py": ("test_modelarray_cohort",),
+    "cifti/read.py": ("test_cifti_io",),
+    "cifti/write.py": ("test_cifti_io",),
+    "mif/header.py": ("test_mif_io",),
+    "mif/read.py": ("test_mif_io",),
+    "mif/write.py": ("test_mif_io",),
+    "modelarray/voxels.py": ("test_modelarray_voxels",),
+    "modelarray/fixels.py": ("test_modelarray_fixels",),
+    "modelarray/lm.py": ("test_modelarray_lm",),
+    "stats/formula.py": ("test_stats_formula",),
+    "stats/ols.py": ("test_stats_ols",),
+    "stats/padjust.py": ("test_stats_padjust",),
+}
+
+SWAP_CMP = {
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+}
+SWAP_BIN = {
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Div,
+    ast.Div: ast.Mult,
+    ast.FloorDiv: ast.Mult,
+    ast.Mod: ast.FloorDiv,
+}
+
+
+@dataclass
+class Mutant:
+    """One mutation: the ``index``-th site of ``module``."""
+
+    module: str
+    index: int
+    line: int
+    kind: str
+    before: str = ""
+    after: str = ""
+    status: str = ""  # killed / survived / timeout / error
+    seconds: float = 0.0
+
+
+QUIET_CALLS = {"warn", "debug", "info", "print", "tqdm", "set_postfix"}
+
+
+def _unmutated(tree: ast.Module) -> set[int]:
+    """ids of nodes not worth mutating: annotations, f-strings, log/warn calls."""
+    roots: list[ast.AST] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.arg | ast.AnnAssign) and node.annotation is not None:
+            roots.append(node.annotation)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and node.returns:
+            roots.append(node.returns)
+        elif isinstance(node, ast.JoinedStr):
+            roots.append(node)
+        elif isinstance(node, ast.Call):
+            f = node.func
+            name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+            if name in QUIET_CALLS:
+                roots.append(node)
+    return {id(n) for root in roots for n in ast.walk(root)}
+
+
+class _Sites(ast.NodeTransformer):
+    """Counts mutation sites; mutates the ``target``-th one if given."""
+
+    def __init__(self, skip: set[int], target: int = -1) -> None:
+        self.skip = skip
+        self.target = target
+        self.count = 0
+        self.found: list[tuple[int, str]] = []
+
+    def _site(self, node: ast.AST, kind: str) -> bool:
+        if id(node) in self.skip:
+            return False
+        hit = self.count == self.target
+        self.found.append((getattr(node, "lineno", 0), kind))
+        self.count += 1
+        return hit
+
+    def visit_Compare(self, node: ast.Compare) -> ast.AST:
+        self.generic_visit(node)
+        if len(node.ops) == 1 and type(node.ops[0]) in SWAP_CMP:
+            op = type(node.ops[0])
+            if self._site(node, f"compare {op.__name__}"):
+                node.ops = [SWAP_CMP[op]()]
+        return node
+
+    def visit_BinOp(self, node: ast.BinOp) -> ast.AST:
+        self.generic_visit(node)
+        op = type(node.op)
+        if op in SWAP_BIN and self._site(node, f"binop {op.__name__}"):
+            node.op = SWAP_BIN[op]()
+        return node
+
+    def visit_BoolOp(self, node: ast.BoolOp) -> ast.AST:
+        self.generic_visit(node)
+        if self._site(node, f"boolop {type(node.op).__name__}"):
+            node.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+        return node
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> ast.AST:
+        self.generic_visit(node)
+        if isinstance(node.op, ast.Not | ast.USub) and self._site(
+            node, f"drop {type(node.op).__name__}"
+        ):
+            return node.operand
+        return node
+
+    def visit_Constant(self, node: ast.Constant) -> ast.AST:
+        value = node.value
+        if isinstance(value, bool):
+            if self._site(node, "swap bool"):
+                return ast.copy_location(ast.Constant(not value), node)
+        elif isinstance(value, int) and 0 <= value <= 16 and self._site(node, "int +1"):
+            return ast.copy_location(ast.Constant(value + 1), node)
+        return node
+
+    def visit_If(self, node: ast.If) -> ast.AST:
+        self.generic_visit(node)
+        raises = bool(node.body) and isinstance(node.body[0], ast.Raise)
+        if raises and self._site(node, "remove check"):
+            node.test = ast.copy_location(ast.Constant(False), node.test)
+        return node
+
+
+def _parse(path: Path) -> tuple[ast.Module, set[int]]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return tree, _unmutated(tree)
+
+
+def sites(path: Path) -> list[tuple[int, str]]:
+    """(line, kind) of every mutation site of a module, in visiting order."""
+    tree, skip = _parse(path)
+    finder = _Sites(skip)
+    finder.visit(tree)
+    return finder.found
+
+
+def mutated_source(path: Path, index: int) -> str:
+    """The module's source with its ``index``-th site mutated."""
+    tree, skip = _parse(path)
+    _Sites(skip, index).visit(tree)
+    return ast.unparse(ast.fix_missing_locations(tree))
+
+
+def sample(n: int, seed: int) -> list[Mutant]:
+    """``n`` mutants over MODULE_TESTS' modules, proportional to their sites."""
+    per_module = {m: sites(ROOT / PACKAGE / m) for m in MODULE_TESTS}
+    total = sum(len(s) for s in per_module.values())
+    rng = random.Random(seed)
+    chosen: list[Mutant] = []
+    for module, found in per_module.items():
+        k = max(1, round(n * len(found) / total))
+        for i in sorted(rng.sample(range(len(found)), min(k, len(found)))):
+            chosen.append(Mutant(module, i, found[i][0], found[i][1]))
+    return chosen
+
+
+def _scratch_copies(n: int) -> Iterator[Path]:
+    for _ in range(n):
+        d = Path(tempfile.mkdtemp(prefix="clusterh5_mut_"))
+        shutil.copytree(ROOT / PACKAGE, d / PACKAGE)
+        shutil.copytree(ROOT / "tests", d / "tests")
+        shutil.copy(ROOT / "pyproject.toml", d / "pyproject.toml")
+        yield d
+
+
+def run_tests(copy: Path, module: str, timeout: float) -> tuple[str, float]:
+    """Run the module's tests in ``copy``; 'killed', 'survived' or 'timeout'."""
+    files = [f"tests/{t}.py" for t in MODULE_TESTS[module]]
+    env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
+    # slow tests (distributed clusters, large files) would triple the run time
+    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
+    cmd += ["-m", "not slow"]
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(
+            [*cmd, *files],
+            cwd=copy,
+            env=env,
+            capture_output=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return "timeout", time.perf_counter() - start
+    status = "survived" if done.returncode == 0 else "killed"
+    if done.returncode not in (0, 1):  # collection error, crash: the mutant broke it
+        status = "killed"
+    return status, time.perf_counter() - start
+
+
+def run_mutant(copy: Path, m: Mutant, timeout: float) -> Mutant:
+    """Mutate the copy's module, run its tests, restore it."""
+    target = copy / PACKAGE / m.module
+    original = target.read_text(encoding="utf-8")
+    original_lines = ast.unparse(ast.parse(original)).splitlines()
+    mutated = mutated_source(ROOT / PACKAGE / m.module, m.index)
+    changed = [
+        (a, b)
+        for a, b in zip(original_lines, mutated.splitlines(), strict=False)
+        if a != b
+    ]
+    if changed:
+        m.before, m.after = changed[0][0].strip(), changed[0][1].strip()
+    try:
+        target.write_text(mutated, encoding="utf-8")
+        m.status, m.seconds = run_tests(copy, m.module, timeout)
+    finally:
+        target.write_text(original, encoding="utf-8")
+    return m
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sample", type=int, default=150, help="number of mutants")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the sample")
+    ap.add_argument("--workers", type=int, default=2, help="mutants run at once")
+    ap.add_argument(
+        "--timeout", type=float, default=300, help="seconds per mutant (then killed)"
+    )
+    ap.add_argument(
+        "--budget", type=float, default=1200, help="stop starting mutants after this"
+    )
+    ap.add_argument("--only", nargs="*", help="restrict to these modules")
+    ap.add_argument(
+        "--baseline",
+        action="store_true",
+        help="only run each module's tests unmutated (they must pass) and time them",
+    )
+    args = ap.parse_args()
+    if args.baseline:
+        return baseline(args.timeout)
+
+    mutants = sample(args.sample, args.seed)
+    if args.only:
+        mutants = [m for m in mutants if m.module in args.only]
+    print(f"{len(mutants)} mutants over {len({m.module for m in mutants})} modules")
+    copies = list(_scratch_copies(args.workers))
+    free = list(copies)
+    start = time.perf_counter()
+    results: list[Mutant] = []
+
+    def work(m: Mutant) -> Mutant | None:
+        if time.perf_counter() - start > args.budget:
+            return None
+        copy = free.pop()
+        try:
+            return run_mutant(copy, m, args.timeout)
+        finally:
+            free.append(copy)
+
+    try:
+        with ThreadPoolExecutor(args.workers) as pool:
+            for done in pool.map(work, mutants):
+                if done is None:
+                    continue
+                results.append(done)
+                mark = "." if done.status != "survived" else "S"
+                print(mark, end="", flush=True)
+    finally:
+        for c in copies:
+            shutil.rmtree(c, ignore_errors=True)
+    report(results, time.perf_counter() - start)
+    return 0
+
+
+def baseline(timeout: float) -> int:
+    """Each module's tests on the unmutated code: all must pass."""
+    (copy,) = _scratch_copies(1)
+    failed = 0
+    try:
+        for module in MODULE_TESTS:
+            status, seconds = run_tests(copy, module, timeout)
+            failed += status != "survived"
+            print(
+                f"{module:28s} {'pass' if status == 'survived' else status:8s}"
+                f" {seconds:6.1f} s"
+            )
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+    return int(failed > 0)
+
+
+def report(results: list[Mutant], seconds: float) -> None:
+    """Print the kill rate and each survivor; save everything as JSON."""
+    killed = [m for m in results if m.status in ("killed", "timeout")]
+    survivors = [m for m in results if m.status == "survived"]
+    rate = 100 * len(killed) / max(len(results), 1)
+    print(
+        f"\n{len(killed)}/{len(results)} killed ({rate:.1f}%) in {seconds / 60:.1f} min"
+    )
+    by_module: dict[str, list[int]] = {}
+    for m in results:
+        by_module.setdefault(m.module, [0, 0])
+        by_module[m.module][0] += m.status != "survived"
+        by_module[m.module][1] += 1
+    for module, (k, n) in sorted(by_module.items()):
+        print(f"  {module:28s} {k}/{n}")
+    for m in survivors:
+        print(
+            f"SURVIVED {m.module}:{m.line} [{m.kind}]\n   - {m.before}\n   + {m.after}"
+        )
+    out = ROOT / "benchmarks" / "_work" / "mutation_results.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps([asdict(m) for m in results], indent=1))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,217 @@
+"""Our ``.mif`` reader and writer: MRtrix-written fixtures, layouts, types, errors."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+import subprocess
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests._helpers import DATA
+from xarray_clusterh5.errors import ClusterH5Error
+from xarray_clusterh5.mif.header import (
+    MifHeader,
+    dtype_name,
+    format_header,
+    parse_header,
+    read_header,
+)
+from xarray_clusterh5.mif.read import read_mif, read_values
+from xarray_clusterh5.mif.write import mif_bytes, write_mif
+
+MIF = DATA / "modelarray_modalities" / "mif"
+INPUTS = MIF / "inputs"
+SUBJECTS = sorted(INPUTS.glob("sub-*"))
+
+
+def _modelarrayio_rows() -> np.ndarray:
+    # checks.txt: these rows equal what MRtrix's mrconvert reads from each file
+    with h5py.File(MIF / "out" / "modelarray_float64_nocomp.h5", "r") as f:
+        return f["scalars/FD/values"][()]
+
+
+@pytest.mark.parametrize("row", range(8))
+def test_every_fixture_subject_reads_to_mrtrix_values(row):
+    path = SUBJECTS[row]
+    h, data = read_mif(path)
+    assert h.dim == (300, 1, 1)
+    expected = _modelarrayio_rows()[row]
+    np.testing.assert_array_equal(data.reshape(-1).astype(np.float32), expected)
+    np.testing.assert_array_equal(read_values(str(path)), expected)
+
+
+def test_fixture_headers():
+    types = {p.name: read_header(p).dtype.str for p in SUBJECTS}
+    assert types == {
+        "sub-01_FD.mif": "<f4", "sub-02_FD.mif.gz": "<f4",
+        "sub-03_FD_float64.mif": "<f8", "sub-04_FD_int16scaled.mif": "<i2",
+        "sub-05_FD_revstrides.mif": "<f4", "sub-06_FD_float32be.mif": ">f4",
+        "sub-07_FD.mif": "<f4", "sub-08_FD.mif": "<f4",
+    }  # fmt: skip
+    rev = read_header(INPUTS / "sub-05_FD_revstrides.mif")
+    assert rev.reversed_axes == (True, False, False)
+    assert read_header(INPUTS / "sub-04_FD_int16scaled.mif").scaling == (0.25, 0.001)
+    idx = read_header(INPUTS / "index.mif")
+    assert (idx.dim, idx.order, idx.reversed_axes) == (
+        (6, 6, 5, 2), (0, 1, 2, 3), (True, False, False, False)
+    )  # fmt: skip
+    np.testing.assert_array_equal(idx.transform[:, 3], [-6.25, -7.5, -5])
+    assert idx.affine()[0, 0] == 2.5
+    assert [k for k, _ in idx.keyvals] == ["command_history", "mrtrix_version"]
+
+
+def test_scaling_is_applied_in_float64():
+    _h, raw = read_mif(INPUTS / "sub-04_FD_int16scaled.mif", scaled=False)
+    _, scaled = read_mif(INPUTS / "sub-04_FD_int16scaled.mif")
+    assert raw.dtype == np.int16
+    assert scaled.dtype == np.float64
+    np.testing.assert_array_equal(scaled, 0.25 + 0.001 * raw.astype(np.float64))
+
+
+def test_reversed_strides_equal_the_plain_file():
+    # sub-05 was converted with -strides -1,2,3: on disk reversed, logically not
+    raw = (INPUTS / "sub-05_FD_revstrides.mif").read_bytes()
+    h = parse_header("x", raw)
+    disk = np.frombuffer(raw, "<f4", count=300, offset=h.data_offset)
+    _, data = read_mif(INPUTS / "sub-05_FD_revstrides.mif")
+    np.testing.assert_array_equal(data.reshape(-1), disk[::-1])
+
+
+_DTYPES = ["i1", "u1", "<i2", ">i2", "<u2", ">u2", "<i4", ">i4", "<u4", ">u4",
+           "<i8", ">u8", "<f4", ">f4", "<f8", ">f8"]  # fmt: skip
+
+
+@given(
+    shape=st.lists(st.integers(1, 4), min_size=1, max_size=4),
+    perm_seed=st.integers(0, 10_000),
+    dtype=st.sampled_from(_DTYPES),
+    gz=st.booleans(),
+)
+def test_written_files_read_back(tmp_path_factory, shape, perm_seed, dtype, gz):
+    rng = np.random.default_rng(perm_seed)
+    order = tuple(int(v) for v in rng.permutation(len(shape)))
+    rev = tuple(bool(v) for v in rng.integers(0, 2, len(shape)))
+    dt = np.dtype(dtype)
+    data = rng.integers(0, 100, size=shape).astype(dt)
+    h = MifHeader("t", tuple(shape), (1.5,) * len(shape), order, rev, dt,
+                  np.eye(3, 4), None, [("comment", "made by a test")])  # fmt: skip
+    path = tmp_path_factory.mktemp("m") / ("x.mif.gz" if gz else "x.mif")
+    write_mif(path, h, data, dtype=dt)
+    back_h, back = read_mif(path)
+    np.testing.assert_array_equal(back, data)
+    assert back_h.dtype == dt
+    assert back_h.order == order
+    assert back_h.reversed_axes == rev
+    assert back_h.keyvals == [("comment", "made by a test")]
+    raw = gzip.decompress(path.read_bytes()) if gz else path.read_bytes()
+    _assert_mrtrix_header_rules(raw, back_h)
+
+
+def _assert_mrtrix_header_rules(raw: bytes, h: MifHeader) -> None:
+    assert raw.startswith(b"mrtrix image\n")
+    head = raw[: raw.index(b"\nEND\n") + 5].decode("latin-1")
+    assert head.splitlines()[-2] == f"file: . {h.data_offset}"
+    assert h.data_offset % 4 == 0
+    assert h.data_offset >= len(head)
+    assert set(raw[len(head) : h.data_offset]) <= {0}
+    assert len(raw) == h.data_offset + h.n_values * h.dtype.itemsize
+
+
+def test_dtype_names_follow_mrtrix():
+    assert dtype_name(np.dtype("<f4")) == "Float32LE"
+    assert dtype_name(np.dtype(">u2")) == "UInt16BE"
+    assert dtype_name(np.dtype("u1")) == "UInt8"
+    with pytest.raises(ValueError, match="cannot be stored"):
+        dtype_name(np.dtype("U3"))
+
+
+def test_header_formatting_is_modelarrayios(tmp_path):
+    # ModelArrayIO's writer (and MRtrix's reader) on the fixture template
+    h = read_header(INPUTS / "sub-01_FD.mif")
+    text = format_header(h, np.dtype("<f4")).decode("latin-1")
+    assert text.startswith("mrtrix image\ndim: 300,1,1\nvox: 1.0,1.0,1.0\n")
+    assert "layout: +0,+1,+2\ndatatype: Float32LE\ntransform: 1.0, 0.0, 0.0, 0.0\n" in (
+        text
+    )
+    assert "scaling" not in text
+
+
+def _header_text(**over: str) -> str:
+    lines = {"dim": "2,1,1", "vox": "1,1,1", "layout": "+0,+1,+2",
+             "datatype": "Float32LE", "file": ". 200"}  # fmt: skip
+    lines.update(over)
+    body = "".join(f"{k}: {v}\n" for k, v in lines.items() if v)
+    return "mrtrix image\n" + body + "END\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        (_header_text(file="fd.dat 0"), "separate file"),
+        (_header_text(datatype="Bit"), "Bit"),
+        (_header_text(datatype="Float16LE"), "unknown MIF datatype"),
+        (_header_text(layout="+0,+0,+2"), "not a permutation"),
+        (_header_text(layout="+0,+1"), "2 axes, dim 3"),
+        (_header_text(dim="2,0,1"), "empty axis"),
+        (_header_text(dim=""), "no 'dim:' line"),
+        (_header_text(file=""), "0 'file:' entries"),
+        (_header_text(file=". 8"), "inside the header"),
+        (_header_text(file=". 200").replace("END\n", ""), "no END"),
+        ("nifti\n", "not a MIF file"),
+        (_header_text(file=". 200"), "truncated"),
+    ],
+)
+def test_bad_files_are_named(tmp_path, text, match):
+    path = tmp_path / "bad.mif"
+    path.write_bytes(
+        text.encode().ljust(200, b"\0") if "END" in text else text.encode()
+    )
+    with pytest.raises(ClusterH5Error, match=match) as err:
+        read_mif(path)
+    assert str(path) in str(err.value)
+
+
+def test_gzipped_and_plain_files_agree(tmp_path):
+    plain = tmp_path / "a.mif"
+    shutil.copy(INPUTS / "sub-01_FD.mif", plain)
+    packed = tmp_path / "a.mif.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    np.testing.assert_array_equal(read_mif(plain)[1], read_mif(packed)[1])
+
+
+def test_writer_keeps_template_geometry_and_refuses_overwrite(tmp_path):
+    h = read_header(INPUTS / "index.mif")
+    data = np.arange(h.n_values, dtype=np.float32).reshape(h.dim)
+    out = write_mif(tmp_path / "i.mif", h, data)
+    back_h, back = read_mif(out)
+    np.testing.assert_array_equal(back, data)
+    assert back_h.reversed_axes == h.reversed_axes
+    np.testing.assert_array_equal(back_h.affine(), h.affine())
+    with pytest.raises(FileExistsError):
+        write_mif(out, h, data)
+    with pytest.raises(ValueError, match="template has 360 values"):
+        mif_bytes(h, data[:1])
+
+
+@pytest.mark.skipif(shutil.which("mrinfo") is None, reason="MRtrix not installed")
+def test_mrtrix_reads_our_files(tmp_path):
+    h = read_header(INPUTS / "sub-05_FD_revstrides.mif")
+    data = np.linspace(0, 1, 300, dtype=np.float32)
+    out = write_mif(tmp_path / "r.mif.gz", h, data)
+    dump = subprocess.run(
+        ["mrdump", str(out)], capture_output=True, text=True, check=True
+    ).stdout.split()
+    np.testing.assert_allclose(np.array(dump, float), data, rtol=1e-6)
+
+
+def test_path_objects_and_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        read_mif(Path(tmp_path / "none.mif"))
+    with pytest.raises(FileNotFoundError):
+        read_header(tmp_path / "none.mif")

@@ -1,0 +1,1 @@
+"""MRtrix image format (``.mif``, ``.mif.gz``): header, reading, writing."""

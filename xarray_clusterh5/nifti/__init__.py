@@ -1,0 +1,1 @@
+"""NIfTI volumes for ModelArray voxel cohorts: fast masked reads, result volumes."""
