@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import fmristore_path
+from tests._helpers import fmristore_path
 
 from xarray_clusterh5.cli import main
 from xarray_clusterh5.fmristore.from_nifti import from_nifti

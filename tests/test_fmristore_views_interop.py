@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import fmristore_expected, fmristore_path
+from tests._helpers import fmristore_expected, fmristore_path
 from nibabel.eulerangles import euler2mat
 from nibabel.quaternions import fillpositive, quat2mat
 
