@@ -9,8 +9,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 import xarray as xr
-from tests._helpers import fmristore_path
 
+from tests._helpers import fmristore_path
 from xarray_clusterh5.cli import main
 from xarray_clusterh5.fmristore.from_nifti import from_nifti
 from xarray_clusterh5.fmristore.to_h5 import to_fmristore

@@ -9,10 +9,10 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
-from tests._helpers import fmristore_expected, fmristore_path
 from nibabel.eulerangles import euler2mat
 from nibabel.quaternions import fillpositive, quat2mat
 
+from tests._helpers import fmristore_expected, fmristore_path
 from xarray_clusterh5.fmristore.to_h5 import to_fmristore
 from xarray_clusterh5.fmristore.write import write_experiment
 
