@@ -33,6 +33,24 @@ def _link_notebooks() -> None:
 
 _link_notebooks()
 
+
+def _write_cli_help() -> None:
+    # the CLI page shows exactly what `clusterh5 ... --help` prints, regenerated
+    # at every build from the parser (user-guide/cli.md includes this file)
+    from xarray_clusterh5.cli import build_parser
+
+    os.environ["COLUMNS"] = "88"  # argparse wraps to the terminal width
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.choices and a.dest == "command")
+    parts = ["```text", parser.format_help().rstrip(), "```"]
+    for name, subparser in sub.choices.items():
+        parts += ["", f"## `clusterh5 {name}`", "", "```text"]
+        parts += [subparser.format_help().rstrip(), "```"]
+    (DOCS / "user-guide" / "_cli_help.md").write_text("\n".join(parts) + "\n")
+
+
+_write_cli_help()
+
 project = "xarray_clusterh5"
 author = "the xarray_clusterh5 developers"
 copyright = "2026, the xarray_clusterh5 developers"  # noqa: A001
@@ -45,7 +63,6 @@ extensions = [
     "sphinx.ext.napoleon",
     "sphinx.ext.intersphinx",
     "sphinx.ext.viewcode",
-    "sphinxarg.ext",
     "myst_nb",
 ]
 

@@ -243,21 +243,54 @@ def read_strings(path: str | os.PathLike[str], dset: h5py.Dataset) -> np.ndarray
     return out.astype(str) if out.size else np.array([], dtype=str)
 
 
+def output_folder(
+    folder: str | os.PathLike[str], *, create: bool = False, parents: bool = False
+) -> Path:
+    """The folder outputs go into, checked (and made) before anything is written.
+
+    A missing folder is refused as ``open()`` would refuse it, with a
+    ``ClusterH5Error`` naming the first folder that does not exist, unless
+    ``parents`` (make every missing folder, as ``mkdir -p``) or ``create``
+    (make the folder itself when its parent exists: an output folder).
+    """
+    path = Path(folder)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ClusterH5Error(path, "is not a folder; cannot write files into it")
+    if parents or (create and path.parent.is_dir()):
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    top = path
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    raise ClusterH5Error(
+        path,
+        f"no such folder: {top} does not exist; create it first, or pass "
+        "parents=True to make missing folders",
+    )
+
+
 @contextlib.contextmanager
 def atomic_output(
-    path: str | os.PathLike[str], *, overwrite: bool = False, suffix: str = ".tmp"
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    suffix: str = ".tmp",
+    parents: bool = False,
 ) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it into place on success.
 
     Nothing is overwritten unless ``overwrite=True``; on any exception the
-    temporary file is removed and an existing target is left untouched.
+    temporary file is removed and an existing target is left untouched. The
+    folder must exist unless ``parents=True`` (see :func:`output_folder`).
     """
     target = Path(path)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target}: exists; pass overwrite=True to replace it")
     if target.is_dir():
         raise IsADirectoryError(f"{target}: is a directory")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(target.parent, parents=parents)
     fd, tmp_name = tempfile.mkstemp(
         prefix=f".{target.name}.", suffix=suffix, dir=target.parent
     )

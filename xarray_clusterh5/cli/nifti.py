@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Any
 
 
@@ -58,6 +59,12 @@ def add_parser(subparsers: Any) -> None:
         "--overwrite", action="store_true", help="replace --output if it exists"
     )
     p.add_argument(
+        "--parents",
+        action="store_true",
+        help="make --output's folder and its parents if they do not exist "
+        "(as mkdir -p); without it a missing folder is an error",
+    )
+    p.add_argument(
         "--no-progress", action="store_true", help="do not show a progress bar"
     )
     p.add_argument("--output", "-o", required=True, help="the .h5 file to write")
@@ -66,6 +73,7 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build with :func:`from_nifti` and write with :func:`to_fmristore`."""
+    from xarray_clusterh5._hdf5.files import output_folder
     from xarray_clusterh5.fmristore.from_nifti import from_nifti
     from xarray_clusterh5.fmristore.to_h5 import to_fmristore
 
@@ -73,6 +81,8 @@ def run(args: argparse.Namespace) -> int:
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"--run names must be unique; repeated: {dup}")
+    # before reading any run: a missing folder fails at once
+    output_folder(os.path.dirname(os.path.abspath(args.output)), parents=args.parents)
     ds = from_nifti(
         args.runs,
         atlas=args.atlas,

@@ -50,6 +50,7 @@ from xarray_clusterh5._hdf5.files import (
     decode_str,
     get_link,
     named_errors,
+    output_folder,
     read_strings,
 )
 from xarray_clusterh5._hdf5.names import check_hdf5_name
@@ -440,6 +441,28 @@ def results_orientation(path: str, shape: tuple[int, ...], n_names: int | None) 
     )
 
 
+def check_results_file(path: str, f: h5py.File) -> None:
+    """Refuse a file that is not a ModelArray file with ``/results``, by kind."""
+    with named_errors(path, "recognising the file's format"):
+        names = set(f.keys())
+    if {"scans", "cluster_map"} <= names:
+        raise ClusterH5Error(
+            path,
+            "is an fmristore clustered experiment (/scans, /cluster_map), not a "
+            "ModelArray file; results are exported from ModelArray files "
+            "(/results/<analysis>/results_matrix)",
+        )
+    if "results" not in names:
+        kind = (
+            "a ModelArray file without results"
+            if "scalars" in names
+            else ("not a ModelArray file")
+        )
+        raise ClusterH5Error(
+            path, f"is {kind}: it has no /results group (fit a model first)"
+        )
+
+
 def read_results(
     path: str | os.PathLike[str], analysis: str, f: h5py.File | None = None
 ) -> tuple[list[str], np.ndarray]:
@@ -454,6 +477,7 @@ def read_results(
     if f is None:
         with open_h5(path) as fh:
             return read_results(path, analysis, fh)
+    check_results_file(path, f)
     where = layout.results_matrix_path(analysis)
     with named_errors(path, "reading the statistic names", f"/results/{analysis}"):
         names = result_names(path, f, analysis)
@@ -894,11 +918,15 @@ class ScalarStream:
     stripe_bytes: int = STRIPE_BYTES
 
 
-def check_outputs(plan: Sequence[tuple[Path, list[str]]], overwrite: bool) -> None:
-    """Refuse existing outputs unless ``overwrite`` (before anything is read)."""
+def check_outputs(
+    plan: Sequence[tuple[Path, list[str]]], overwrite: bool, parents: bool = False
+) -> None:
+    """Refuse existing outputs unless ``overwrite``, and missing folders unless
+    ``parents`` (before anything is read)."""
     for out, _ in plan:
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out}: exists; pass overwrite=True to replace it")
+        output_folder(out.parent, parents=parents)
 
 
 def write_modelarray(
@@ -910,6 +938,7 @@ def write_modelarray(
     *,
     overwrite: bool = False,
     progress: bool = False,
+    parents: bool = False,
 ) -> list[Path]:
     """Write ModelArray files: the one loop of ``to_modelarray`` and the CLI.
 
@@ -923,13 +952,14 @@ def write_modelarray(
     options : storage (dtype, filters, chunks, threads).
     overwrite : replace existing files.
     progress : progress bar on stderr.
+    parents : make missing folders (ModelArrayIO does); else they are refused.
 
     Returns
     -------
     The files written. Each is written to a temporary name and renamed into
     place, so a failure leaves no partial file.
     """
-    check_outputs(plan, overwrite)
+    check_outputs(plan, overwrite, parents)
     bar = None
     if progress:
         from tqdm.auto import tqdm
