@@ -417,6 +417,7 @@ def test_export_with_integer_template_goes_through_nibabel(tmp_path):
 )
 def test_export_names_never_leave_the_folder(tmp_path, analysis, stat):
     folder = tmp_path / "deep" / "out"
+    folder.parent.mkdir()  # the output folder is made, not its parents
     template = cifti_write.load_template(THICK[0])
     out = export.write_cifti_results(
         folder, analysis, [stat], np.zeros((1, 100)), template

@@ -363,6 +363,7 @@ def test_to_cifti_hostile_names_stay_inside(in_cohort, tmp_path):
         attrs={"modelarray_group": "results"},
     )  # fmt: skip
     out_dir = tmp_path / "a" / "b"
+    out_dir.parent.mkdir()  # the output folder is made, not its parents
     out = cohort.to_cifti(ds, out_dir, analysis="../up")
     assert sorted(p.name for p in out) == sorted(
         [

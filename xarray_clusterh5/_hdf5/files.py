@@ -90,18 +90,30 @@ def has_hdf5_signature(path: str | os.PathLike[str]) -> bool:
 
 
 def open_h5(
-    path: str | os.PathLike[str],
+    path: Any,
     mode: str = "r",
     *,
     locking: bool | None = None,
     rdcc_nbytes: int | None = None,
+    storage_options: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> h5py.File:
     """Open an HDF5 file, turning h5py's low-level errors into ClusterH5Error.
 
-    This is the opener given to xarray's ``CachingFileManager``: a module-level
-    function, so it pickles by reference into dask workers.
+    The one file-opening function for every source: a local path, an fsspec
+    URL (read-only, through a block cache; ``storage_options`` go to fsspec)
+    or an open binary file object. This is the opener given to xarray's
+    ``CachingFileManager``: a module-level function, so it pickles by
+    reference into dask workers.
     """
+    from xarray_clusterh5._hdf5 import remote
+
+    if locking is not None:
+        kwargs["locking"] = locking
+    if rdcc_nbytes is not None:
+        kwargs["rdcc_nbytes"] = rdcc_nbytes
+    if remote.is_url(path) or remote.is_file_like(path):
+        return _open_file_object(path, mode, storage_options, kwargs)
     path = os.fspath(path)
     if mode == "r":
         if not os.path.exists(path):
@@ -110,10 +122,6 @@ def open_h5(
             raise ClusterH5Error(path, "is a directory, not an HDF5 file")
         if not has_hdf5_signature(path):
             raise ClusterH5Error(path, "not an HDF5 file (no HDF5 signature)")
-    if locking is not None:
-        kwargs["locking"] = locking
-    if rdcc_nbytes is not None:
-        kwargs["rdcc_nbytes"] = rdcc_nbytes
     try:
         return h5py.File(path, mode, **kwargs)
     except OSError as err:
@@ -128,6 +136,54 @@ def open_h5(
         raise CorruptFileError(
             path, f"cannot be opened as HDF5 (truncated or corrupt?): {err}"
         ) from err
+
+
+class _OwningFile(h5py.File):
+    """An h5py file on a file object it opened, and closes with itself."""
+
+    _clusterh5_fileobj: Any = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._clusterh5_fileobj is not None:
+                self._clusterh5_fileobj.close()
+                self._clusterh5_fileobj = None
+
+
+def _open_file_object(
+    source: Any, mode: str, storage_options: dict[str, Any] | None, kwargs: dict
+) -> h5py.File:
+    """h5py on a URL (opened here, closed with the file) or a caller's file object."""
+    from xarray_clusterh5._hdf5 import remote
+
+    name = remote.display_name(source)
+    if mode != "r":
+        raise ClusterH5Error(name, "URLs and file objects are opened read-only")
+    kwargs.pop("locking", None)  # HDF5 file locking applies to local files only
+    owned = remote.is_url(source)
+    fileobj = remote.open_url(source, storage_options) if owned else source
+    try:
+        fileobj.seek(0)
+        if fileobj.read(8) != HDF5_SIGNATURE:
+            raise ClusterH5Error(name, "not an HDF5 file (no HDF5 signature)")
+        fileobj.seek(0)
+        f = (_OwningFile if owned else h5py.File)(fileobj, "r", **kwargs)
+    except ClusterH5Error:
+        if owned:
+            fileobj.close()
+        raise
+    except Exception as err:
+        if owned:
+            fileobj.close()
+        detail = remote.scrub(str(err), storage_options, name if owned else "")
+        raise CorruptFileError(
+            name, f"cannot be opened as HDF5 (truncated or corrupt?): {detail}"
+        ) from None
+    if owned:
+        f._clusterh5_fileobj = fileobj
+    return f
 
 
 def _is_lock_error(err: OSError) -> bool:
@@ -243,21 +299,54 @@ def read_strings(path: str | os.PathLike[str], dset: h5py.Dataset) -> np.ndarray
     return out.astype(str) if out.size else np.array([], dtype=str)
 
 
+def output_folder(
+    folder: str | os.PathLike[str], *, create: bool = False, parents: bool = False
+) -> Path:
+    """The folder outputs go into, checked (and made) before anything is written.
+
+    A missing folder is refused as ``open()`` would refuse it, with a
+    ``ClusterH5Error`` naming the first folder that does not exist, unless
+    ``parents`` (make every missing folder, as ``mkdir -p``) or ``create``
+    (make the folder itself when its parent exists: an output folder).
+    """
+    path = Path(folder)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ClusterH5Error(path, "is not a folder; cannot write files into it")
+    if parents or (create and path.parent.is_dir()):
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    top = path
+    while not top.parent.exists() and top.parent != top:
+        top = top.parent
+    raise ClusterH5Error(
+        path,
+        f"no such folder: {top} does not exist; create it first, or pass "
+        "parents=True to make missing folders",
+    )
+
+
 @contextlib.contextmanager
 def atomic_output(
-    path: str | os.PathLike[str], *, overwrite: bool = False, suffix: str = ".tmp"
+    path: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    suffix: str = ".tmp",
+    parents: bool = False,
 ) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it into place on success.
 
     Nothing is overwritten unless ``overwrite=True``; on any exception the
-    temporary file is removed and an existing target is left untouched.
+    temporary file is removed and an existing target is left untouched. The
+    folder must exist unless ``parents=True`` (see :func:`output_folder`).
     """
     target = Path(path)
     if target.exists() and not overwrite:
         raise FileExistsError(f"{target}: exists; pass overwrite=True to replace it")
     if target.is_dir():
         raise IsADirectoryError(f"{target}: is a directory")
-    target.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(target.parent, parents=parents)
     fd, tmp_name = tempfile.mkstemp(
         prefix=f".{target.name}.", suffix=suffix, dir=target.parent
     )

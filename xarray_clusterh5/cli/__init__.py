@@ -70,8 +70,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except (OSError, ValueError, KeyError) as err:
         # user-facing errors already name the file; no traceback for them
-        print(f"clusterh5 {args.command}: error: {err}", file=sys.stderr)
+        print(
+            f"clusterh5 {args.command}: error: {cli_words(str(err))}", file=sys.stderr
+        )
         return 1
+
+
+#: the Python API's words in messages, and what a CLI user types instead
+_CLI_WORDS = (
+    ("pass overwrite=True to replace it", "use --overwrite to replace it"),
+    ("pass parents=True to make missing folders", "use --parents to make them"),
+    ("open it with locking=False", "set HDF5_USE_FILE_LOCKING=FALSE"),
+)
+
+
+def cli_words(message: str) -> str:
+    """A library message in the CLI's words: ``--overwrite``, not ``overwrite=True``."""
+    for api, cli in _CLI_WORDS:
+        message = message.replace(api, cli)
+    return message
 
 
 if __name__ == "__main__":  # pragma: no cover

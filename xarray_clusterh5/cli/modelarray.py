@@ -351,6 +351,7 @@ def _to_modelarray(args: argparse.Namespace) -> int:
         target_chunk_mb=args.target_chunk_mb,
         overwrite=True,
         progress=progress,
+        parents=True,  # ModelArrayIO makes the output's folders
     )
     for path in out:
         logging.getLogger("clusterh5").info("wrote %s", os.fspath(path))
@@ -395,6 +396,7 @@ def _export_results(args: argparse.Namespace) -> int:
         compress=args.compress,
         overwrite=True,
         progress=progress,
+        parents=True,  # ModelArrayIO makes the output folder and its parents
     )
     print(f"wrote {len(written)} files to {out_dir}", file=sys.stderr)
     return 0

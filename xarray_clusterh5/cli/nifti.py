@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import os
 from typing import Any
 
 
@@ -11,6 +13,19 @@ def _run_spec(text: str) -> tuple[str, str]:
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
     return name, path
+
+
+def _seconds(text: str) -> float:
+    """``--tr``: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of seconds, got {text!r}"
+        )
+    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -37,7 +52,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--mask", help="optional 3-D mask (NIfTI) restricting the atlas")
     p.add_argument(
         "--tr",
-        type=float,
+        type=_seconds,
         help="repetition time in seconds (default: from the runs' NIfTI headers)",
     )
     p.add_argument(
@@ -58,6 +73,12 @@ def add_parser(subparsers: Any) -> None:
         "--overwrite", action="store_true", help="replace --output if it exists"
     )
     p.add_argument(
+        "--parents",
+        action="store_true",
+        help="make --output's folder and its parents if they do not exist "
+        "(as mkdir -p); without it a missing folder is an error",
+    )
+    p.add_argument(
         "--no-progress", action="store_true", help="do not show a progress bar"
     )
     p.add_argument("--output", "-o", required=True, help="the .h5 file to write")
@@ -66,13 +87,19 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Build with :func:`from_nifti` and write with :func:`to_fmristore`."""
+    from xarray_clusterh5._hdf5.files import output_folder
     from xarray_clusterh5.fmristore.from_nifti import from_nifti
     from xarray_clusterh5.fmristore.to_h5 import to_fmristore
 
+    if os.path.exists(args.output) and not args.overwrite:
+        # checked before any work, in the command line's words
+        raise FileExistsError(f"{args.output}: exists; pass --overwrite to replace it")
     names = [name for name, _ in args.runs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"--run names must be unique; repeated: {dup}")
+    # before reading any run: a missing folder fails at once
+    output_folder(os.path.dirname(os.path.abspath(args.output)), parents=args.parents)
     ds = from_nifti(
         args.runs,
         atlas=args.atlas,

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from xarray_clusterh5._hdf5.files import output_folder
 from xarray_clusterh5._hdf5.names import safe_output_name
 from xarray_clusterh5.cifti import write as cifti
 from xarray_clusterh5.fmristore import ops as views_convert
@@ -76,7 +77,7 @@ def experiment_to_cifti(
     Parameters
     ----------
     obj : a padded, run or DataTree view from the ``clusterh5`` engine (or derived).
-    output_dir : folder, created if needed; files are written atomically.
+    output_dir : folder, made if its parent exists; files are written atomically.
     runs : scan names to export; default all.
     overwrite : replace existing files.
 
@@ -85,8 +86,7 @@ def experiment_to_cifti(
     list of Path
         The files written, in run order.
     """
-    folder = Path(output_dir)
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = output_folder(output_dir, create=True)
     written: list[Path] = []
     for ds in _run_views(obj, runs):
         run = str(ds.attrs["scan"])

@@ -388,8 +388,17 @@ def to_modelarray(
     -------
     The files written. Each is written to a temporary file and renamed into
     place, so a failure never leaves a partial file.
+
+    Raises
+    ------
+    ValueError
+        ``ds`` holds model results (``results/<analysis>``) and ``scalars`` is
+        not given: results are not written here, and are not dropped silently.
+    ClusterH5Error
+        The output's folder does not exist.
     """
     names = list(scalars) if scalars is not None else scalar_variables(ds)
+    _refuse_unwritten_results(ds, names, scalars)
     if not names:
         raise ValueError(
             "the Dataset has no scalar variables (subject x element) to write"
@@ -417,6 +426,20 @@ def to_modelarray(
         plan, write_elements, streams, ds.sizes[ELEMENT_DIM], options,
         overwrite=overwrite, progress=progress,
     )  # fmt: skip
+
+
+def _refuse_unwritten_results(
+    ds: xr.Dataset, names: list[str], scalars: Sequence[str] | None
+) -> None:
+    """Results are not written by ``to_modelarray``: say so rather than drop them."""
+    results = results_variables(ds)
+    if results and scalars is None:
+        raise ValueError(
+            f"the Dataset holds model results {results}, which to_modelarray does "
+            "not write (it writes scalars, as modelarrayio to-modelarray does); "
+            f"pass scalars={names!r} to write only the scalars, or drop the "
+            "results first (ds.drop_vars(...))"
+        )
 
 
 # --------------------------------------------------------------------------

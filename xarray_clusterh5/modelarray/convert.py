@@ -41,6 +41,7 @@ def cohort_to_h5(
     overwrite: bool = False,
     progress: bool = False,
     threads: int | None = None,
+    parents: bool = False,
 ) -> list[Path]:
     """Convert a cohort CSV to ModelArray HDF5 file(s), as ModelArrayIO does.
 
@@ -58,6 +59,8 @@ def cohort_to_h5(
     dtype, compression, compression_level, shuffle, chunk_voxels, target_chunk_mb :
         storage (``h5.StorageOptions``).
     overwrite, progress, threads : replace outputs, progress bars, threads.
+    parents : make the output's missing folders (ModelArrayIO does; the CLI
+        passes True); otherwise a missing folder is refused before any reading.
 
     Returns
     -------
@@ -76,7 +79,7 @@ def cohort_to_h5(
     if split_files is None:
         split_files = bool(scalar_columns)
     plan = modelarray_io.output_plan(output, list(rows), split_files)
-    modelarray_io.check_outputs(plan, overwrite)
+    modelarray_io.check_outputs(plan, overwrite, parents)
     src = open_cohort(
         csv, long, rows, kind, relative_to=relative_to, map_index=map_index,
         mask=mask, index_file=index_file, directions_file=directions_file,

@@ -14,17 +14,18 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from xarray_clusterh5._hdf5.chunk_write import default_threads
-from xarray_clusterh5._hdf5.files import atomic_output
-from xarray_clusterh5.cifti import read as cifti_read
-from xarray_clusterh5.cifti import write as cifti_write
+from xarray_clusterh5._hdf5.files import atomic_output, output_folder
 from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.modelarray import h5 as modelarray_io
 from xarray_clusterh5.modelarray.layout import export_file_names
+
+if TYPE_CHECKING:
+    from xarray_clusterh5.cifti import write as cifti_write
 
 #: ``write_row(path, values, overwrite=...)`` writes one statistic's file
 RowWriter = Callable[..., Path]
@@ -78,12 +79,13 @@ def write_result_files(
     overwrite: bool = False,
     progress: bool = False,
     threads: int = 1,
+    parents: bool = False,
 ) -> list[Path]:
     """Write ModelArrayIO's export files for one analysis.
 
     Parameters
     ----------
-    output_dir : folder (created with parents).
+    output_dir : folder, made if its parent exists (or with ``parents``).
     analysis : analysis name; files are ``<analysis>_<stat><suffix>``.
     stats : statistic names, one per row of ``matrix``.
     matrix : (n_stats, n_elements) results.
@@ -92,6 +94,7 @@ def write_result_files(
     overwrite : replace existing files; otherwise refuse before writing anything.
     progress : progress bar on stderr.
     threads : files written at once (compression releases the GIL).
+    parents : make missing parent folders too (``mkdir -p``).
 
     Returns
     -------
@@ -103,7 +106,7 @@ def write_result_files(
             f"{len(stats)} statistic names for a results matrix of shape {matrix.shape}"
         )
     plan = export_plan(output_dir, analysis, stats, suffix, overwrite=overwrite)
-    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    output_folder(output_dir, create=True, parents=parents)
     items: Iterable[tuple[int, Path, bool]] = plan
     if progress:
         from tqdm.auto import tqdm
@@ -140,8 +143,10 @@ def write_cifti_results(
     *,
     overwrite: bool = False,
     progress: bool = False,
+    parents: bool = False,
 ) -> list[Path]:
     """:func:`write_result_files` as ``<analysis>_<stat>.<kind>.nii`` CIFTI files."""
+    from xarray_clusterh5.cifti import write as cifti_write
 
     def write_row(path: Path, row: np.ndarray, *, overwrite: bool) -> Path:
         return cifti_write.write_dscalar_row(path, row, template, overwrite=overwrite)
@@ -155,6 +160,7 @@ def write_cifti_results(
         write_row,
         overwrite=overwrite,
         progress=progress,
+        parents=parents,
     )
 
 
@@ -175,6 +181,9 @@ def pick_template(
 ) -> cifti_write.Template:
     """The CIFTI export template: ``example_file``, the cohort's first file, or
     the Dataset's ``cifti_template`` attribute."""
+    from xarray_clusterh5.cifti import read as cifti_read
+    from xarray_clusterh5.cifti import write as cifti_write
+
     if example_file is not None and cohort_file is not None:
         raise ValueError("give example_file or cohort_file, not both")
     if example_file is not None:
@@ -217,6 +226,7 @@ def write_nifti_results(
     overwrite: bool = False,
     progress: bool = False,
     threads: int | None = None,
+    parents: bool = False,
 ) -> list[Path]:
     """:func:`write_result_files` as ``<analysis>_<stat>.nii[.gz]`` volumes.
 
@@ -236,7 +246,7 @@ def write_nifti_results(
     return write_result_files(
         output_dir, analysis, stats, matrix, ".nii.gz" if compress else ".nii",
         write_row, overwrite=overwrite, progress=progress,
-        threads=threads or default_threads(),
+        threads=threads or default_threads(), parents=parents,
     )  # fmt: skip
 
 
@@ -251,6 +261,7 @@ def write_mif_results(
     overwrite: bool = False,
     progress: bool = False,
     threads: int | None = None,
+    parents: bool = False,
 ) -> list[Path]:
     """:func:`write_result_files` as ``<analysis>_<stat>.mif[.gz]`` fixel files.
 
@@ -270,7 +281,7 @@ def write_mif_results(
     return write_result_files(
         output_dir, analysis, stats, matrix, ".mif.gz" if compress else ".mif",
         write_row, overwrite=overwrite, progress=progress,
-        threads=threads or default_threads(),
+        threads=threads or default_threads(), parents=parents,
     )  # fmt: skip
 
 
@@ -331,6 +342,7 @@ def export_results(
     overwrite: bool = False,
     progress: bool = False,
     threads: int | None = None,
+    parents: bool = False,
 ) -> list[Path]:
     """``modelarrayio export-results``, straight from the HDF5 file.
 
@@ -345,7 +357,9 @@ def export_results(
     -------
     The files written (for MIF, the copied index and directions files last).
     """
-    kw: dict[str, Any] = {"overwrite": overwrite, "progress": progress}
+    kw: dict[str, Any] = {
+        "overwrite": overwrite, "progress": progress, "parents": parents,
+    }  # fmt: skip
     if mask is not None:
         names, matrix = modelarray_io.read_results(in_file, analysis)
         return write_nifti_results(

@@ -33,28 +33,32 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import pandas as pd
 
 from xarray_clusterh5._hdf5.chunk_write import (
     default_threads,
     encode_chunk,
     filter_spec,
 )
+from xarray_clusterh5._hdf5.deflate import deflate
 from xarray_clusterh5._hdf5.files import (
     ClusterH5Error,
     atomic_output,
     decode_str,
     get_link,
     named_errors,
+    output_folder,
     read_strings,
 )
 from xarray_clusterh5._hdf5.names import check_hdf5_name
 from xarray_clusterh5.cifti import read as cifti
 from xarray_clusterh5.modelarray import layout
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: bytes of one stripe held in memory while writing (several chunks wide)
 STRIPE_BYTES = 8 * 1024 * 1024
@@ -294,9 +298,10 @@ def _fill_values(
     pending: collections.deque[tuple[tuple[int, int], Future[bytes]]] = (
         collections.deque()
     )
-    # the chunks of one stripe compress while the next stripe is read: at most
-    # two stripes (and their compressed chunks) are alive at any time
-    max_pending = max(2 * n_threads, width // cw)
+    # chunks compress while later ones are cut and the next stripe is read; at
+    # most about STRIPE_BYTES of chunks wait, so a stripe as large as the whole
+    # matrix (NIfTI/MIF cohorts) does not also hold all its compressed chunks
+    max_pending = max(2 * n_threads, STRIPE_BYTES // max(per_chunk, 1))
 
     def drain(limit: int) -> None:
         while len(pending) > limit:
@@ -321,10 +326,10 @@ def _fill_values(
                         part = block[:, c0 - start : min(c0 + cw, stop) - start]
                         fut = pool.submit(
                             encode_chunk, part, chunks, level=spec.level,
-                            shuffle=spec.shuffle, fill=0,
+                            shuffle=spec.shuffle, fill=0, compress=deflate,
                         )  # fmt: skip
                         pending.append(((0, c0), fut))
-                    drain(max_pending)
+                        drain(max_pending)
                 if progress is not None:
                     progress(stop - start)
             drain(0)
@@ -440,6 +445,28 @@ def results_orientation(path: str, shape: tuple[int, ...], n_names: int | None) 
     )
 
 
+def check_results_file(path: str, f: h5py.File) -> None:
+    """Refuse a file that is not a ModelArray file with ``/results``, by kind."""
+    with named_errors(path, "recognising the file's format"):
+        names = set(f.keys())
+    if {"scans", "cluster_map"} <= names:
+        raise ClusterH5Error(
+            path,
+            "is an fmristore clustered experiment (/scans, /cluster_map), not a "
+            "ModelArray file; results are exported from ModelArray files "
+            "(/results/<analysis>/results_matrix)",
+        )
+    if "results" not in names:
+        kind = (
+            "a ModelArray file without results"
+            if "scalars" in names
+            else ("not a ModelArray file")
+        )
+        raise ClusterH5Error(
+            path, f"is {kind}: it has no /results group (fit a model first)"
+        )
+
+
 def read_results(
     path: str | os.PathLike[str], analysis: str, f: h5py.File | None = None
 ) -> tuple[list[str], np.ndarray]:
@@ -454,6 +481,7 @@ def read_results(
     if f is None:
         with open_h5(path) as fh:
             return read_results(path, analysis, fh)
+    check_results_file(path, f)
     where = layout.results_matrix_path(analysis)
     with named_errors(path, "reading the statistic names", f"/results/{analysis}"):
         names = result_names(path, f, analysis)
@@ -586,6 +614,8 @@ def read_cohort(
     surrounding whitespace and otherwise kept verbatim (path columns are read as
     text, so ``001.nii`` stays ``001.nii``). Other columns are kept.
     """
+    import pandas as pd
+
     path = os.fspath(cohort_csv)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: cohort file does not exist")
@@ -811,14 +841,16 @@ def check_cohort_files(
     ClusterH5Error
         Naming the first file that is not CIFTI-2, of another type or brain model.
     """
-    with named_errors(paths[0], "reading the CIFTI header", catch=cifti.NIBABEL_ERRORS):
+    with named_errors(
+        paths[0], "reading the CIFTI header", catch=cifti.nibabel_errors()
+    ):
         ref, first = cifti.read_reference(paths[0], map_index=map_index)
     rest = paths[1:]
     n_threads = threads or default_threads()
     blocks = [first]
 
     def check(p: str) -> cifti.DataBlock:
-        with named_errors(p, "checking the CIFTI header", catch=cifti.NIBABEL_ERRORS):
+        with named_errors(p, "checking the CIFTI header", catch=cifti.nibabel_errors()):
             return cifti.check_file(p, ref, map_index=map_index)
 
     with ThreadPoolExecutor(max(1, n_threads)) as pool:
@@ -894,11 +926,15 @@ class ScalarStream:
     stripe_bytes: int = STRIPE_BYTES
 
 
-def check_outputs(plan: Sequence[tuple[Path, list[str]]], overwrite: bool) -> None:
-    """Refuse existing outputs unless ``overwrite`` (before anything is read)."""
+def check_outputs(
+    plan: Sequence[tuple[Path, list[str]]], overwrite: bool, parents: bool = False
+) -> None:
+    """Refuse existing outputs unless ``overwrite``, and missing folders unless
+    ``parents`` (before anything is read)."""
     for out, _ in plan:
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out}: exists; pass overwrite=True to replace it")
+        output_folder(out.parent, parents=parents)
 
 
 def write_modelarray(
@@ -910,6 +946,7 @@ def write_modelarray(
     *,
     overwrite: bool = False,
     progress: bool = False,
+    parents: bool = False,
 ) -> list[Path]:
     """Write ModelArray files: the one loop of ``to_modelarray`` and the CLI.
 
@@ -923,13 +960,14 @@ def write_modelarray(
     options : storage (dtype, filters, chunks, threads).
     overwrite : replace existing files.
     progress : progress bar on stderr.
+    parents : make missing folders (ModelArrayIO does); else they are refused.
 
     Returns
     -------
     The files written. Each is written to a temporary name and renamed into
     place, so a failure leaves no partial file.
     """
-    check_outputs(plan, overwrite)
+    check_outputs(plan, overwrite, parents)
     bar = None
     if progress:
         from tqdm.auto import tqdm
