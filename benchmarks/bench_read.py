@@ -233,6 +233,7 @@ def write_fmristore(path: Path, cfg: Config, *, n_full: int | None = None) -> No
 def file_for(cfg: Config, name: str, *, n_full: int | None = None) -> Path:
     """The benchmark file for ``cfg``, written once and reused."""
     WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / name).parent.mkdir(parents=True, exist_ok=True)
     path = WORK / name
     if not path.exists():
         t0 = time.perf_counter()
