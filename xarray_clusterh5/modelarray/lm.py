@@ -139,7 +139,8 @@ def lm(
 def _where(data: xr.Dataset | xr.DataArray) -> str:
     """What error messages name: the source file, else the variable."""
     src = data.encoding.get("source") if hasattr(data, "encoding") else None
-    return str(src) if src else f"<{type(data).__name__} {data.name or ''}>".strip()
+    name = getattr(data, "name", None) or ""  # a Dataset has no name
+    return str(src) if src else f"<{type(data).__name__} {name}>".strip()
 
 
 def _scalar_variable(
