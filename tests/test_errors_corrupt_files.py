@@ -1,4 +1,3 @@
-
 """Damaged files give a ClusterH5Error naming the file, never a crash or a hang.
 
 Copies of the fixtures are damaged in many deterministic ways: bytes flipped
