@@ -179,3 +179,24 @@ def test_property_any_shape_and_chunks(tmp_path_factory, arr, data) -> None:
     with h5py.File(path, "r") as f:
         back = f["x"][()]
     np.testing.assert_array_equal(back, arr)
+
+
+@pytest.mark.parametrize("use_isal", [True, False])
+@pytest.mark.parametrize("level", [0, 1, 4, 9])
+def test_fast_deflate_streams_are_zlib_and_gzip(monkeypatch, use_isal, level) -> None:
+    import gzip
+    import zlib
+
+    from xarray_clusterh5._hdf5 import deflate as dmod
+
+    if not use_isal:
+        monkeypatch.setattr(dmod, "_isal", None)
+    elif not dmod.has_isal():
+        pytest.skip("isal not installed")
+    data = np.linspace(0, 1, 5000, dtype=np.float32).tobytes() + b"\0" * 999
+    assert zlib.decompress(dmod.deflate(data, level)) == data
+    packed = dmod.deflate(data, level, gzip=True)
+    assert gzip.decompress(packed) == data
+    assert dmod.inflate_gzip(packed) == data
+    with pytest.raises(zlib.error):
+        dmod.inflate_gzip(packed[:-9] + b"garbage!!")

@@ -207,7 +207,7 @@ def test_mrtrix_reads_our_files(tmp_path):
     dump = subprocess.run(
         ["mrdump", str(out)], capture_output=True, text=True, check=True
     ).stdout.split()
-    np.testing.assert_allclose(np.array(dump, float), data, rtol=1e-6)
+    np.testing.assert_allclose(np.array(dump, float), data, rtol=1e-5)  # 6 digits
 
 
 def test_path_objects_and_missing_files(tmp_path):

@@ -25,7 +25,12 @@ from tests._lm_fixtures import (
 from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.modelarray import results_h5
 from xarray_clusterh5.modelarray.h5 import read_results
-from xarray_clusterh5.modelarray.lm import correct_block, lm, merge, write_results
+from xarray_clusterh5.modelarray.lm import (
+    correct_block,
+    lm,
+    merge_results,
+    write_results,
+)
 from xarray_clusterh5.stats.padjust import p_adjust
 
 
@@ -252,7 +257,7 @@ def test_merge_of_disjoint_parts_is_the_whole_run(cohort: xr.Dataset) -> None:
         lm(cohort, a.formula, phenotypes(), element_subset=s, **a.kwargs)
         for s in (range(600, 1000), slice(0, 250), np.arange(250, 600))
     ]
-    merged = merge(parts)
+    merged = merge_results(parts)
     np.testing.assert_array_equal(merged.values, whole.values)
     assert list(merged.stat.values) == list(whole.stat.values)
     # each part alone corrects over its own elements only, as ModelArray does
@@ -261,7 +266,7 @@ def test_merge_of_disjoint_parts_is_the_whole_run(cohort: xr.Dataset) -> None:
         whole.sel(stat="age.p.value.fdr").values[:250],
     )
     with pytest.raises(ValueError, match="overlap"):
-        merge([parts[0], parts[0]])
+        merge_results([parts[0], parts[0]])
 
 
 @pytest.fixture
@@ -396,3 +401,10 @@ def test_in_memory_dataarray() -> None:
     beta = np.linalg.lstsq(np.column_stack([np.ones(30), ph.x]), y, rcond=None)[0]
     np.testing.assert_allclose(res.sel(stat="x.estimate").values, beta[1], rtol=1e-12)
     assert np.all(res.sel(stat="model.nobs").values == 30)
+    # an in-memory Dataset: errors name it as such
+    ds = arr.to_dataset()
+    np.testing.assert_allclose(
+        lm(ds, "thickness ~ x", ph).sel(stat="x.estimate").values, beta[1], rtol=1e-12
+    )
+    with pytest.raises(ClusterH5Error, match="<in-memory Dataset>: no scalar 'FA'"):
+        lm(ds, "FA ~ x", ph)

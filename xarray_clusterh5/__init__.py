@@ -32,6 +32,9 @@ _LAZY = {
     "from_nifti": "xarray_clusterh5.fmristore.from_nifti",
     "from_cohort": "xarray_clusterh5.modelarray.cohort",
     "to_modelarray": "xarray_clusterh5.modelarray.cohort",
+    "lm": "xarray_clusterh5.modelarray.lm",
+    "merge_results": "xarray_clusterh5.modelarray.lm",
+    "write_results": "xarray_clusterh5.modelarray.lm",
     "open_subjects": "xarray_clusterh5.subjects",
     "open_subjects_datatree": "xarray_clusterh5.subjects",
 }

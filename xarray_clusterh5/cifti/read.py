@@ -23,11 +23,12 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import nibabel as nib
 import numpy as np
-from nibabel.cifti2 import cifti2_axes
+
+if TYPE_CHECKING:
+    from nibabel.cifti2 import cifti2_axes
 
 from xarray_clusterh5._hdf5.files import (
     READ_ERRORS,
@@ -64,12 +65,29 @@ CIFTI_KINDS = (
     "pconn", "pdconn", "dpconn", "pconnseries", "pconnscalar", "dfan", "fiberTemp",
 )  # fmt: skip
 
+
 #: what nibabel raises on damaged NIfTI/CIFTI files, besides OSError and friends
-NIBABEL_ERRORS: tuple[type[BaseException], ...] = (
-    *READ_ERRORS,
-    nib.filebasedimages.ImageFileError,
-    nib.spatialimages.HeaderDataError,
-)
+def nibabel_errors() -> tuple[type[BaseException], ...]:
+    """What nibabel raises on damaged NIfTI/CIFTI files, besides OSError and friends.
+
+    A function so that importing this module does not import nibabel (a MIF or
+    NIfTI job does not need its CIFTI parts).
+    """
+    import nibabel as nib
+
+    return (
+        *READ_ERRORS,
+        nib.filebasedimages.ImageFileError,
+        nib.spatialimages.HeaderDataError,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    # NIBABEL_ERRORS, computed on first use so that nibabel loads only when needed
+    if name == "NIBABEL_ERRORS":
+        return nibabel_errors()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 # data types read without nibabel: exact conversion to float32/float64
 _FAST_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2"}
@@ -121,6 +139,8 @@ class BrainModel:
 
     @cached_property
     def axis(self) -> cifti2_axes.BrainModelAxis:
+        from nibabel.cifti2 import cifti2_axes
+
         """The same brain model as a nibabel ``BrainModelAxis``."""
         return cifti2_axes.BrainModelAxis(
             self.structure,
@@ -189,6 +209,8 @@ def _ints(text: bytes) -> np.ndarray:
 
 def _nib_load(path: str) -> Any:
     # nibabel's stubs type load() as FileBasedImage, without the CIFTI methods
+    import nibabel as nib
+
     return nib.load(path)
 
 
@@ -290,6 +312,8 @@ def _brain_model_of(path: str, bm_xml: bytes, n_el: int) -> BrainModel:
         raise ClusterH5Error(
             path, f"nibabel cannot read its CIFTI-2 header: {err}"
         ) from err
+    from nibabel.cifti2 import cifti2_axes
+
     if not isinstance(axis, cifti2_axes.BrainModelAxis):
         raise ClusterH5Error(
             path, f"second axis is {type(axis).__name__}, not brain models"
@@ -427,7 +451,9 @@ def _read_header(path: str) -> _Header:
             raise ClusterH5Error(path, "not a NIfTI-2/CIFTI-2 file (bad header size)")
         if len(head) < NIFTI2_HEADER_SIZE:
             raise ClusterH5Error(path, "truncated NIfTI-2 header")
-        dt = nib.nifti2.header_dtype.newbyteorder(endian)
+        from nibabel.nifti2 import header_dtype
+
+        dt = header_dtype.newbyteorder(endian)
         hdr = np.frombuffer(head, dtype=dt, count=1)[0]
         if bytes(hdr["magic"])[:3] != b"n+2":
             raise ClusterH5Error(path, "not a single-file NIfTI-2 (magic is not n+2)")
@@ -825,7 +851,7 @@ def _read_matrix(block: DataBlock) -> np.ndarray:
     """The whole (n_maps, n_elements) matrix of a file, as nibabel returns it."""
     if block.use_nibabel:
         with named_errors(
-            block.path, "reading data with nibabel", catch=NIBABEL_ERRORS
+            block.path, "reading data with nibabel", catch=nibabel_errors()
         ):
             img = _nib_load(block.path)
             data = np.asarray(img.get_fdata(caching="unchanged"))

@@ -116,8 +116,15 @@ def run(args: argparse.Namespace) -> int:
     import xarray as xr
 
     from xarray_clusterh5.errors import ClusterH5Error
-    from xarray_clusterh5.modelarray.lm import lm, write_results
     from xarray_clusterh5.modelarray.store import NAME_ATTR
+
+    try:
+        import formulaic  # noqa: F401  (checked here to fail before any work)
+
+        from xarray_clusterh5.modelarray.lm import lm, write_results
+    except ImportError as err:
+        print(f"clusterh5 lm: error: {err}", file=sys.stderr)
+        return 1
 
     pheno = _read_phenotypes(args.phenotypes)
     with xr.open_dataset(args.input_hdf5, engine="clusterh5") as ds:
@@ -178,7 +185,7 @@ class _ChunkBar:
         n_chunks = len(result.data.chunks[1])
         bar = tqdm(total=n_chunks, unit="chunk", desc="lm", disable=disable)
 
-        class _Progress(Callback):  # type: ignore[misc]
+        class _Progress(Callback):
             def _posttask(self, key: Any, *args: Any) -> None:
                 name = key[0] if isinstance(key, tuple) else key
                 if str(name).startswith("lm-fit-"):

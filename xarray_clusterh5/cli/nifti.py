@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from typing import Any
 
@@ -12,6 +13,19 @@ def _run_spec(text: str) -> tuple[str, str]:
     if not sep or not name or not path:
         raise argparse.ArgumentTypeError(f"expected NAME=PATH, got {text!r}")
     return name, path
+
+
+def _seconds(text: str) -> float:
+    """``--tr``: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(
+            f"must be a positive number of seconds, got {text!r}"
+        )
+    return value
 
 
 def add_parser(subparsers: Any) -> None:
@@ -38,7 +52,7 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--mask", help="optional 3-D mask (NIfTI) restricting the atlas")
     p.add_argument(
         "--tr",
-        type=float,
+        type=_seconds,
         help="repetition time in seconds (default: from the runs' NIfTI headers)",
     )
     p.add_argument(
@@ -77,6 +91,9 @@ def run(args: argparse.Namespace) -> int:
     from xarray_clusterh5.fmristore.from_nifti import from_nifti
     from xarray_clusterh5.fmristore.to_h5 import to_fmristore
 
+    if os.path.exists(args.output) and not args.overwrite:
+        # checked before any work, in the command line's words
+        raise FileExistsError(f"{args.output}: exists; pass --overwrite to replace it")
     names = [name for name, _ in args.runs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

@@ -24,7 +24,11 @@ from xarray_clusterh5.cifti.read import NIBABEL_ERRORS
 from xarray_clusterh5.fmristore import layout as L
 from xarray_clusterh5.fmristore.read import Experiment, ScanInfo
 from xarray_clusterh5.fmristore.views import build_padded
-from xarray_clusterh5.fmristore.write import R_FMRISTORE_VERSION
+from xarray_clusterh5.fmristore.write import (
+    R_FMRISTORE_VERSION,
+    check_spacing,
+    positive_seconds,
+)
 
 __all__ = ["from_nifti", "nifti_tr"]
 
@@ -352,10 +356,11 @@ def _space(atlas: Any, mask: Any, images: _Images) -> tuple[_Space, np.ndarray]:
 def _scan_tr(
     name: str, img: Any, tr: float | Mapping[str, float] | None
 ) -> float | None:
-    """The TR of one scan: the caller's, else the NIfTI header's."""
-    if isinstance(tr, Mapping):
-        return float(tr[name]) if name in tr else nifti_tr(img)
-    return float(tr) if tr is not None else nifti_tr(img)
+    """The TR of one scan: the caller's (checked), else the NIfTI header's."""
+    given = tr.get(name) if isinstance(tr, Mapping) else tr
+    if given is None:
+        return nifti_tr(img)
+    return positive_seconds(given, f"tr of scan {name!r}")
 
 
 def _scans(
@@ -374,6 +379,8 @@ def _scans(
             meta["TR"] = np.float64(scan_tr)
         for key, value in (metadata.get(n) or {}).items():
             L.check_hdf5_name(key, f"metadata key of scan {n!r}")
+            if key == "TR":
+                positive_seconds(value, f"metadata['TR'] of scan {n!r}")
             meta[key] = _typed_metadata(value)
         meta = dict(sorted(meta.items(), key=lambda kv: kv[0].encode()))
         # the class string the writer will give the scan (format "2026")
@@ -392,11 +399,16 @@ def _experiment(
     """The file model the writer would produce, for the views' builder."""
     cluster_ids, n_voxels = np.unique(space.cluster_map, return_counts=True)
     columns, missing, dtypes = cluster_table
-    spacing = np.sqrt((space.affine[:3, :3] ** 2).sum(axis=0))
+    try:
+        spacing = check_spacing(
+            np.sqrt((space.affine[:3, :3] ** 2).sum(axis=0)), "voxel size"
+        )
+    except ValueError as err:
+        raise ClusterH5Error(space.description, f"affine: {err}") from None
     return Experiment(
         path="",
         volume_shape=space.shape,
-        spacing=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+        spacing=spacing,
         affine=space.affine,
         affine_source=f"NIfTI {space.form} of {space.description}",
         affine_form="srow",  # the writer stores srow_* and the quaternion

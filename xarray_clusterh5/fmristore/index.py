@@ -54,7 +54,7 @@ class ClusterIndex(Index):
         self.attrs = {k: dict(v) for k, v in (attrs or {}).items()}
         # DataTree.sel deletes inherited coordinates one at a time, which a kept
         # two-coordinate index cannot survive; in a tree the index therefore
-        # steps aside after a subset selection (the selection itself is exact)
+        # steps aside after a selection along its dims (the selection is exact)
         self.in_tree = in_tree
         self._position = {int(c): p for p, c in enumerate(self.cluster_ids.tolist())}
 
@@ -212,7 +212,10 @@ class ClusterIndex(Index):
             expected = np.arange(expected.start, expected.stop)
         if not np.array_equal(voxels, expected):
             return None
-        if self.in_tree and len(positions) != len(self.cluster_ids):
+        if self.in_tree:
+            # DataTree.sel removes inherited coordinates one at a time, which
+            # a kept two-coordinate index cannot survive, even when every
+            # cluster is selected
             return None
         return type(self)(
             self.cluster_ids[positions],

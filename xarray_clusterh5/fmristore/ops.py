@@ -9,6 +9,7 @@ fmristore's mask order (x fastest).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -19,6 +20,7 @@ import xarray as xr
 from xarray_clusterh5.fmristore.read import AFFINE_FORMS, AffineForm
 from xarray_clusterh5.fmristore.views import (
     GEOMETRY_ATTRS,
+    JSON_ENCODING,
     METADATA_PREFIX,
     ROLE,
     RUN_DATA_ATTRS,
@@ -36,11 +38,48 @@ def view_of(ds: xr.Dataset) -> str:
     view = ds.attrs.get(VIEW_ATTR)
     if view in ("padded", "run", "root"):
         return str(view)
-    if "run" in ds.dims and "cluster" in ds.dims:
+    if "cluster" in ds.dims and ("run" in ds.dims or "run" in ds.coords):
         return "padded"
     if "voxel" in ds.dims or "cluster" in ds.dims:
         return "run"
     raise ValueError("not a clusterh5 view: needs 'run'/'cluster'/'voxel' dims")
+
+
+#: coordinates along ``run`` besides the scan metadata
+_PER_RUN_COORDS = ("n_time", "has_data", "has_summary")
+
+
+def with_run_dim(ds: xr.Dataset) -> xr.Dataset:
+    """A padded view reduced to one run (``ds.sel(run=name)``) with ``run`` back.
+
+    The per-run coordinates (``n_time``, ``has_data``, metadata) get their
+    ``run`` dim back too. Any other Dataset is returned as it is.
+    """
+    if "run" in ds.dims or "run" not in ds.coords or ds["run"].ndim != 0:
+        return ds
+    if ds.attrs.get(VIEW_ATTR, "padded") != "padded":
+        return ds
+    scalars = [
+        str(name)
+        for name, coord in ds.coords.items()
+        if name != "run"
+        and coord.ndim == 0
+        and (name in _PER_RUN_COORDS or coord.attrs.get(ROLE) == "scan_metadata")
+    ]
+    out = ds.expand_dims("run")
+    return out.assign_coords({n: out[n].expand_dims("run") for n in scalars})
+
+
+def _run_name(ds: xr.Dataset, run: str | None, what: str) -> str:
+    """``run``, or the only run of a padded view; else an error naming ``what``."""
+    if run is not None:
+        return run
+    names = scan_names(ds)
+    if len(names) == 1:
+        return names[0]
+    raise ValueError(
+        f"{what} of a padded Dataset with {len(names)} runs needs run=<scan name>"
+    )
 
 
 def as_numpy(obj: Any) -> np.ndarray:
@@ -79,7 +118,7 @@ def scan_names(ds: xr.Dataset) -> list[str]:
     """Scan names in fmristore's order."""
     view = view_of(ds)
     if view == "padded":
-        return [str(v) for v in as_numpy(ds["run"])]
+        return [str(v) for v in np.atleast_1d(as_numpy(ds["run"]))]
     if view == "root":
         return [str(v) for v in np.atleast_1d(ds.attrs.get("scans", []))]
     return [str(ds.attrs["scan"])]
@@ -98,6 +137,7 @@ def typed_value(value: Any, dtype: str | None) -> Any:
 
 def scan_metadata(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     """``{scan: {key: value}}`` with the on-disk types; keys sorted as R sorts."""
+    ds = with_run_dim(ds)
     if view_of(ds) != "padded":
         meta = {}
         for name, value in ds.attrs.items():
@@ -119,14 +159,12 @@ def scan_metadata(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
         key = coord.attrs["fmristore_key"]
         missing = set(np.atleast_1d(coord.attrs.get("fmristore_missing", [])).tolist())
         dtype = coord.attrs.get("fmristore_dtype")
-        lengths = coord.attrs.get("fmristore_length")
-        values = as_numpy(coord)
+        is_json = coord.attrs.get("fmristore_encoding") == JSON_ENCODING
+        values = as_numpy(coord).reshape(-1)
         for r, run in enumerate(runs):
             if run in missing:
                 continue
-            value = values[r]
-            if coord.ndim == 2 and lengths is not None:
-                value = value[: int(np.asarray(lengths)[r])]
+            value = json.loads(str(values[r])) if is_json else values[r]
             out[run][key] = typed_value(value, dtype)
     return {
         r: dict(sorted(m.items(), key=lambda kv: kv[0].encode()))
@@ -198,10 +236,10 @@ def series(
     Returns a ``(time, voxel)`` DataArray (R's ``[T, n]``) with a ``mask_index``
     coordinate; lazy when the Dataset is.
     """
+    ds = with_run_dim(ds)
     view = view_of(ds)
     if view == "padded":
-        if run is None:
-            raise ValueError("series of a padded Dataset needs run=<scan name>")
+        run = _run_name(ds, run, "series")
         sub = ds.sel(run=run)
         if not bool(sub["has_data"]):
             raise ValueError(f"scan {run!r} is summary-only: it has no voxel series")
@@ -232,6 +270,7 @@ def series_concat(
     ``runs`` defaults to every run with voxel data (R's default fails on mixed
     experiments; here summary runs are skipped).
     """
+    ds = with_run_dim(ds)
     if runs is None:
         runs = [
             r
@@ -247,9 +286,9 @@ def series_concat(
 
 def summary_matrix(ds: xr.Dataset, run: str | None = None) -> xr.DataArray:
     """A summary run as ``(time, cluster)``: fmristore's ``as.matrix(run)``."""
+    ds = with_run_dim(ds)
     if view_of(ds) == "padded":
-        if run is None:
-            raise ValueError("summary of a padded Dataset needs run=<scan name>")
+        run = _run_name(ds, run, "summary_matrix")
         sub = ds.sel(run=run)
         if "summary" not in ds or not bool(sub["has_summary"]):
             raise ValueError(f"scan {run!r} has no summary")
@@ -270,15 +309,13 @@ def run_volume(
 
     fmristore returns 0 outside the mask, hence the default.
     """
+    ds = with_run_dim(ds)
     shape = volume_shape(ds)
+    flat = ds
     if view_of(ds) == "padded":
-        if run is None:
-            raise ValueError("run_volume of a padded Dataset needs run=<scan name>")
-        flat = unpad(ds, run)
-    else:
-        flat = ds
+        flat = unpad(ds, _run_name(ds, run, "to_volume"))
     if "data" not in flat:
-        raise ValueError("this run has no voxel data")
+        raise ValueError(f"scan {flat.attrs.get('scan')!r} has no voxel data")
     data = np.asarray(flat["data"].transpose("voxel", "time").values)
     x, y, _ = shape
     lin = as_numpy(flat["i"]) + x * (as_numpy(flat["j"]) + y * as_numpy(flat["k"]))
@@ -291,6 +328,9 @@ def to_nifti(ds: xr.Dataset, run: str | None = None, fill_value: float = 0.0) ->
     """A full run as a ``nibabel.Nifti1Image`` with the file's affine (and TR)."""
     import nibabel as nib
 
+    ds = with_run_dim(ds)
+    if view_of(ds) == "padded":
+        run = _run_name(ds, run, "to_nifti")
     volume = run_volume(ds, run, fill_value)
     img = nib.Nifti1Image(volume, affine(ds))
     meta = scan_metadata(ds).get(
@@ -305,27 +345,30 @@ def to_nifti(ds: xr.Dataset, run: str | None = None, fill_value: float = 0.0) ->
 
 
 def cluster_means(ds: xr.Dataset) -> xr.DataArray:
-    """Mean time series of every cluster of every full run, lazily.
+    """Mean time series of every cluster of every full run, lazily, in float64.
 
-    Padded view: ``(run, cluster, time)`` (NaN for summary-only runs and past
-    each run's end). Run view: ``(cluster, time)``.
+    Sums are accumulated in float64 (float32 sums of a large cluster lose
+    digits) and the means are returned as float64. Padded view:
+    ``(run, cluster, time)`` (NaN for summary-only runs and past each run's
+    end). Run view: ``(cluster, time)``.
     """
     if "data" not in ds:
         raise ValueError("no voxel data: nothing to average")
+    ds = with_run_dim(ds)
+    data = ds["data"].astype(np.float64)
     if view_of(ds) == "padded":
         # sum / size instead of nanmean: no "mean of empty slice" for padding
-        total = ds["data"].sum("voxel", skipna=True)
+        total = data.sum("voxel", skipna=True)
         valid = ds["has_data"] & (ds["time"] < ds["n_time"])
         mean = (total / ds["n_voxels"]).where(valid)
-        return mean.astype(ds["data"].dtype).rename("cluster_mean")
-    data = ds["data"]
-    labels = ds["voxel_cluster"]
-    out = data.groupby(labels).mean()
+        return mean.rename("cluster_mean")
+    out = data.groupby(ds["voxel_cluster"]).mean()
     return out.rename({"voxel_cluster": "cluster"}).rename("cluster_mean")
 
 
 def unpad(ds: xr.Dataset, run: str) -> xr.Dataset:
     """One run of a padded Dataset as an exact run view (lazy when ``ds`` is)."""
+    ds = with_run_dim(ds)
     if view_of(ds) != "padded":
         raise ValueError("unpad needs the padded (run, cluster, voxel, time) view")
     sub = ds.sel(run=run)
@@ -385,6 +428,7 @@ def _flat_coords_of_padded(ds: xr.Dataset, *, in_tree: bool = False) -> xr.Coord
 
 def to_tree(ds: xr.Dataset) -> xr.DataTree:
     """The padded view as the exact DataTree (root geometry, one node per run)."""
+    ds = with_run_dim(ds)
     runs = scan_names(ds)
     first = unpad(ds, runs[0]) if runs else None
     if first is None:
@@ -407,6 +451,7 @@ def to_tree(ds: xr.Dataset) -> xr.DataTree:
 
 def matrix_concat(ds: xr.Dataset, runs: Sequence[str] | None = None) -> xr.DataArray:
     """Summary runs stacked along time (R's ``matrix_concat``)."""
+    ds = with_run_dim(ds)
     if runs is None:
         has = as_numpy(ds["has_summary"])
         runs = [r for r, h in zip(scan_names(ds), has, strict=True) if h]

@@ -34,7 +34,7 @@ import xarray as xr
 from xarray_clusterh5.fmristore import ops
 from xarray_clusterh5.fmristore.ops import as_numpy
 from xarray_clusterh5.fmristore.views import ROLE
-from xarray_clusterh5.fmristore.write import Run, write_experiment
+from xarray_clusterh5.fmristore.write import Run, check_spacing, write_experiment
 
 __all__ = ["to_fmristore"]
 
@@ -49,7 +49,9 @@ def _header_kwargs(attrs: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(
             "not a clustered fMRI Dataset: attribute 'volume_shape' is missing"
         )
-    spacing = tuple(float(s) for s in np.asarray(attrs.get("spacing", (1, 1, 1))))
+    spacing = check_spacing(
+        attrs.get("spacing", (1, 1, 1)), "the 'spacing' attribute of the Dataset"
+    )
     form = ops.affine_form(attrs)
     if form == "none" or attrs.get("affine") is None:
         # R's header (zero quaternion): write it back as it was
@@ -466,7 +468,7 @@ def to_fmristore(
     elif isinstance(obj, xr.Dataset):
         attrs = obj.attrs
         if "run" in obj.dims or attrs.get("clusterh5_view") == "padded":
-            content = _from_padded(obj, threads)
+            content = _from_padded(ops.with_run_dim(obj), threads)
         else:
             content = _from_run_view(obj, threads)
     else:

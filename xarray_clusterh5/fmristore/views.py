@@ -14,6 +14,7 @@ every way of making a clustered Dataset yields the same coordinates.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -100,10 +101,16 @@ def cluster_table(
     return out
 
 
+#: ``fmristore_encoding`` of a scan-metadata coordinate whose values are JSON
+#: texts: keys with a vector in some scan (slice timings, say) stay one value
+#: per run, exactly (JSON keeps float64 exact), without adding a dimension
+JSON_ENCODING = "json"
+
+
 def _scan_values(
     scans: Sequence[ScanInfo], key: str
-) -> tuple[np.ndarray, dict[str, Any], str | None]:
-    """One metadata key across scans: values, attrs, and an extra dim if vector."""
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """One metadata key across scans: one value per run and the coordinate attrs."""
     present = [s.metadata.get(key, None) for s in scans]
     missing = [s.name for s, v in zip(scans, present, strict=True) if v is None]
     found = [v for v in present if v is not None]
@@ -112,62 +119,41 @@ def _scan_values(
         attrs["fmristore_missing"] = missing
     if all(isinstance(v, str) for v in found):
         attrs["fmristore_dtype"] = "str"
-        return (
-            np.array(["" if v is None else v for v in present], dtype=str),
-            attrs,
-            None,
-        )
+        return np.array(["" if v is None else v for v in present], dtype=str), attrs
     if any(isinstance(v, str) or np.asarray(v).dtype.kind in "UO" for v in found):
         # strings in some scans and numbers in others: keep them readable as text
         attrs["fmristore_dtype"] = "str"
         text = ["" if v is None else str(v) for v in present]
-        return np.array(text, dtype=str), attrs, None
+        return np.array(text, dtype=str), attrs
     arrays = [np.asarray(v) for v in found]
     dtype = np.result_type(*arrays)
     attrs["fmristore_dtype"] = dtype.str
-    is_vector = any(a.ndim > 0 for a in arrays)
-    fill_needed = bool(missing)
-    if is_vector:
-        length = max(a.size for a in arrays)
-        fill_needed = fill_needed or any(a.size != length for a in arrays)
-        out_dtype = np.float64 if fill_needed else dtype
-        out = np.full(
-            (len(scans), length), np.nan if fill_needed else 0, dtype=out_dtype
-        )
-        for r, v in enumerate(present):
-            if v is not None:
-                a = np.asarray(v).reshape(-1)
-                out[r, : a.size] = a
-        if fill_needed:
-            attrs["fmristore_length"] = np.array(
-                [-1 if v is None else np.asarray(v).size for v in present],
-                dtype=np.int64,
-            )
-        return out, attrs, f"{key}_index"
-    out_dtype = np.float64 if fill_needed else dtype
+    if any(a.ndim > 0 for a in arrays):
+        attrs["fmristore_encoding"] = JSON_ENCODING
+        text = [
+            "" if v is None else json.dumps(np.asarray(v).tolist()) for v in present
+        ]
+        return np.array(text, dtype=str), attrs
+    out_dtype = np.float64 if missing else dtype
     out = np.array([np.nan if v is None else v for v in present], dtype=out_dtype)
-    return out, attrs, None
+    return out, attrs
 
 
 def scan_metadata_coords(
     scans: Sequence[ScanInfo], taken: set[str]
 ) -> dict[str, xr.Variable]:
-    """Every scan-metadata key as a coordinate along ``run``.
+    """Every scan-metadata key as a coordinate along ``run`` (and no other dim).
 
     Missing values are NaN (numbers) or "" (strings); attrs record the on-disk
-    dtype and which runs lack the key, so the writer can restore them.
+    dtype and which runs lack the key, so the writer can restore them. Vector
+    values are JSON texts (see :data:`JSON_ENCODING`).
     """
     keys = sorted({k for s in scans for k in s.metadata}, key=lambda k: k.encode())
     out: dict[str, xr.Variable] = {}
     for key in keys:
-        values, attrs, extra = _scan_values(scans, key)
+        values, attrs = _scan_values(scans, key)
         name = _metadata_name(key, "scan_", taken | set(out))
-        dims = (
-            ("run",)
-            if extra is None
-            else ("run", _metadata_name(extra, "scan_", taken | set(out)))
-        )
-        out[name] = xr.Variable(dims, values, attrs)
+        out[name] = xr.Variable(("run",), values, attrs)
     return out
 
 
@@ -215,9 +201,16 @@ def experiment_flat_coords(exp: Experiment, *, in_tree: bool = False) -> xr.Coor
 
 
 def _preferred(var: xr.Variable, chunks: Mapping[str, Any]) -> xr.Variable:
-    var.encoding["preferred_chunks"] = {
-        d: chunks[str(d)] for d in var.dims if d in chunks
-    }
+    preferred = {d: chunks[str(d)] for d in var.dims if d in chunks}
+    var.encoding["preferred_chunks"] = preferred
+    if any(isinstance(c, tuple) for c in preferred.values()):
+        # one chunk per cluster is uneven, which Zarr's regular grid cannot
+        # hold: propose a grid of the largest cluster, which
+        # ``to_zarr(..., align_chunks=True)`` rechunks the dask blocks onto
+        var.encoding["chunks"] = tuple(
+            max(max(c) if isinstance(c, tuple) else c, 1)
+            for c in (preferred.get(d, size) for d, size in var.sizes.items())
+        )
     return var
 
 

@@ -34,7 +34,7 @@ from xarray_clusterh5._hdf5.chunk_write import ChunkWriter
 from xarray_clusterh5._hdf5.files import atomic_output
 from xarray_clusterh5.fmristore import layout as L
 
-__all__ = ["Run", "affine_to_header", "write_experiment"]
+__all__ = ["Run", "affine_to_header", "positive_seconds", "write_experiment"]
 
 #: ``fmristore_version`` written with format "2026": the fmristore version
 #: whose layout we reproduce (HEAD e7fbbfc, 2026-08-14).
@@ -91,6 +91,30 @@ def _check_name(name: Any, what: str, non_ascii: str) -> str:
             "Rename it or pass non_ascii='utf8'"
         )
     return name
+
+
+def positive_seconds(value: Any, what: str) -> float:
+    """A TR (or any duration) as float, refusing zero, negative and non-finite ones."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number of seconds, got {value!r}") from None
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise ValueError(f"{what} must be a positive number of seconds, got {value!r}")
+    return seconds
+
+
+def check_spacing(spacing: Any, what: str) -> tuple[float, float, float]:
+    """Voxel sizes as 3 floats, refusing zero, negative and non-finite ones."""
+    try:
+        sizes = tuple(float(s) for s in np.asarray(spacing, dtype=float).reshape(-1))
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be 3 numbers, got {spacing!r}") from None
+    if len(sizes) != 3 or not all(math.isfinite(s) and s > 0 for s in sizes):
+        raise ValueError(
+            f"{what} must be 3 positive finite voxel sizes, got {list(sizes)}"
+        )
+    return sizes[0], sizes[1], sizes[2]
 
 
 def _as_int_ids(values: Any, what: str) -> np.ndarray:
@@ -628,6 +652,8 @@ def _chunk_caps(chunks: Mapping[str, int] | None) -> dict[str, int]:
 
 def _header(affine: Any, spacing: Sequence[float] | None, write_srow: bool) -> _Header:
     """Header fields from an affine, or R's header from the spacing alone."""
+    if spacing is not None:
+        spacing = check_spacing(spacing, "spacing")
     if affine is not None:
         qform, zooms = affine_to_header(affine)
         if spacing is not None and not np.allclose(np.abs(spacing), zooms):
@@ -636,13 +662,12 @@ def _header(affine: Any, spacing: Sequence[float] | None, write_srow: bool) -> _
             )
         srow = np.asarray(affine, dtype="<f8")[:3].copy() if write_srow else None
         return _Header(zooms, qform, srow)
-    pix = tuple(float(s) for s in (spacing if spacing is not None else (1, 1, 1)))
-    if len(pix) != 3 or not all(math.isfinite(s) and s != 0 for s in pix):
-        raise ValueError(f"spacing must be 3 finite non-zero numbers, got {spacing}")
-    # R: matrixToQuatern(diag(spacing))$qfac, and nothing else survives
+    pix = check_spacing(spacing if spacing is not None else (1, 1, 1), "spacing")
+    # R: matrixToQuatern(diag(spacing))$qfac = 1 for positive sizes; nothing
+    # else survives R's writer
     qform = dict.fromkeys(L.HEADER_SCALARS, 0.0)
-    qform["qfac"] = -1.0 if np.prod(np.sign(pix)) < 0 else 1.0
-    return _Header((pix[0], pix[1], pix[2]), qform, None)
+    qform["qfac"] = 1.0
+    return _Header(pix, qform, None)
 
 
 def _typed_scan_metadata(
@@ -660,6 +685,8 @@ def _typed_scan_metadata(
         typed[name] = {}
         for key, value in (given.get(name) or {}).items():
             _check_name(key, f"metadata key of scan {name!r}", non_ascii)
+            if key == "TR":
+                positive_seconds(value, f"TR (metadata) of scan {name!r}")
             typed[name][key] = _r_value(
                 value, f"metadata {key!r} of scan {name!r}", non_ascii
             )

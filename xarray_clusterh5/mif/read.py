@@ -14,6 +14,7 @@ import zlib
 
 import numpy as np
 
+from xarray_clusterh5._hdf5.deflate import inflate_gzip
 from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.mif.header import MifHeader, is_gzip, parse_header
 
@@ -25,7 +26,7 @@ def _file_bytes(path: str) -> bytes:
         return raw
     try:
         # one call: zlib releases the GIL, so threads inflate files in parallel
-        return zlib.decompress(raw, wbits=31)
+        return inflate_gzip(raw)
     except zlib.error as err:
         raise ClusterH5Error(path, f"corrupt gzip stream: {err}") from err
 

@@ -9,11 +9,11 @@ place. No h5py or xarray here.
 from __future__ import annotations
 
 import os
-import zlib
 from pathlib import Path
 
 import numpy as np
 
+from xarray_clusterh5._hdf5.deflate import deflate
 from xarray_clusterh5._hdf5.files import atomic_output
 from xarray_clusterh5.mif.header import MifHeader, format_header
 from xarray_clusterh5.mif.read import logical_to_disk
@@ -35,9 +35,8 @@ def mif_bytes(h: MifHeader, data: np.ndarray, dtype: np.dtype | str = "<f4") -> 
 
 
 def gzip_bytes(raw: bytes, level: int = GZIP_LEVEL) -> bytes:
-    """gzip-wrapped ``raw`` (one zlib call: releases the GIL)."""
-    c = zlib.compressobj(level, zlib.DEFLATED, 31)
-    return c.compress(raw) + c.flush()
+    """gzip-wrapped ``raw`` (one call, releasing the GIL)."""
+    return deflate(raw, level, gzip=True)
 
 
 def write_mif(

@@ -14,17 +14,18 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from xarray_clusterh5._hdf5.chunk_write import default_threads
 from xarray_clusterh5._hdf5.files import atomic_output, output_folder
-from xarray_clusterh5.cifti import read as cifti_read
-from xarray_clusterh5.cifti import write as cifti_write
 from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.modelarray import h5 as modelarray_io
 from xarray_clusterh5.modelarray.layout import export_file_names
+
+if TYPE_CHECKING:
+    from xarray_clusterh5.cifti import write as cifti_write
 
 #: ``write_row(path, values, overwrite=...)`` writes one statistic's file
 RowWriter = Callable[..., Path]
@@ -145,6 +146,7 @@ def write_cifti_results(
     parents: bool = False,
 ) -> list[Path]:
     """:func:`write_result_files` as ``<analysis>_<stat>.<kind>.nii`` CIFTI files."""
+    from xarray_clusterh5.cifti import write as cifti_write
 
     def write_row(path: Path, row: np.ndarray, *, overwrite: bool) -> Path:
         return cifti_write.write_dscalar_row(path, row, template, overwrite=overwrite)
@@ -179,6 +181,9 @@ def pick_template(
 ) -> cifti_write.Template:
     """The CIFTI export template: ``example_file``, the cohort's first file, or
     the Dataset's ``cifti_template`` attribute."""
+    from xarray_clusterh5.cifti import read as cifti_read
+    from xarray_clusterh5.cifti import write as cifti_write
+
     if example_file is not None and cohort_file is not None:
         raise ValueError("give example_file or cohort_file, not both")
     if example_file is not None:

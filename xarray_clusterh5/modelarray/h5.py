@@ -33,17 +33,17 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import pandas as pd
 
 from xarray_clusterh5._hdf5.chunk_write import (
     default_threads,
     encode_chunk,
     filter_spec,
 )
+from xarray_clusterh5._hdf5.deflate import deflate
 from xarray_clusterh5._hdf5.files import (
     ClusterH5Error,
     atomic_output,
@@ -56,6 +56,9 @@ from xarray_clusterh5._hdf5.files import (
 from xarray_clusterh5._hdf5.names import check_hdf5_name
 from xarray_clusterh5.cifti import read as cifti
 from xarray_clusterh5.modelarray import layout
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: bytes of one stripe held in memory while writing (several chunks wide)
 STRIPE_BYTES = 8 * 1024 * 1024
@@ -295,9 +298,10 @@ def _fill_values(
     pending: collections.deque[tuple[tuple[int, int], Future[bytes]]] = (
         collections.deque()
     )
-    # the chunks of one stripe compress while the next stripe is read: at most
-    # two stripes (and their compressed chunks) are alive at any time
-    max_pending = max(2 * n_threads, width // cw)
+    # chunks compress while later ones are cut and the next stripe is read; at
+    # most about STRIPE_BYTES of chunks wait, so a stripe as large as the whole
+    # matrix (NIfTI/MIF cohorts) does not also hold all its compressed chunks
+    max_pending = max(2 * n_threads, STRIPE_BYTES // max(per_chunk, 1))
 
     def drain(limit: int) -> None:
         while len(pending) > limit:
@@ -322,10 +326,10 @@ def _fill_values(
                         part = block[:, c0 - start : min(c0 + cw, stop) - start]
                         fut = pool.submit(
                             encode_chunk, part, chunks, level=spec.level,
-                            shuffle=spec.shuffle, fill=0,
+                            shuffle=spec.shuffle, fill=0, compress=deflate,
                         )  # fmt: skip
                         pending.append(((0, c0), fut))
-                    drain(max_pending)
+                        drain(max_pending)
                 if progress is not None:
                     progress(stop - start)
             drain(0)
@@ -610,6 +614,8 @@ def read_cohort(
     surrounding whitespace and otherwise kept verbatim (path columns are read as
     text, so ``001.nii`` stays ``001.nii``). Other columns are kept.
     """
+    import pandas as pd
+
     path = os.fspath(cohort_csv)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: cohort file does not exist")
@@ -835,14 +841,16 @@ def check_cohort_files(
     ClusterH5Error
         Naming the first file that is not CIFTI-2, of another type or brain model.
     """
-    with named_errors(paths[0], "reading the CIFTI header", catch=cifti.NIBABEL_ERRORS):
+    with named_errors(
+        paths[0], "reading the CIFTI header", catch=cifti.nibabel_errors()
+    ):
         ref, first = cifti.read_reference(paths[0], map_index=map_index)
     rest = paths[1:]
     n_threads = threads or default_threads()
     blocks = [first]
 
     def check(p: str) -> cifti.DataBlock:
-        with named_errors(p, "checking the CIFTI header", catch=cifti.NIBABEL_ERRORS):
+        with named_errors(p, "checking the CIFTI header", catch=cifti.nibabel_errors()):
             return cifti.check_file(p, ref, map_index=map_index)
 
     with ThreadPoolExecutor(max(1, n_threads)) as pool:

@@ -9,7 +9,7 @@ for each ``var_model`` statistic, then the corrected p-values
 
 Elements are fitted chunk by chunk (one dask task per element chunk, streamed
 from the file); the p-value corrections then run once over every fitted
-element, so they do not depend on the chunking. :func:`merge` joins analyses
+element, so they do not depend on the chunking. :func:`merge_results` joins analyses
 run on disjoint ``element_subset`` parts and recomputes the corrections over
 the whole brain. :func:`write_results` adds the result to the ModelArray file
 where R's ``writeResults`` puts it.
@@ -36,7 +36,14 @@ from dask.base import tokenize
 
 from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.modelarray.store import ELEMENT_DIM, GROUP_ATTR, SOURCES_ATTR
-from xarray_clusterh5.stats import ols
+
+try:
+    from xarray_clusterh5.stats import ols
+except ImportError as err:  # scipy (and formulaic) come with the "models" extra
+    raise ImportError(
+        f"element-wise models need the 'models' extra ({err.name} is missing): "
+        "pip install 'xarray-clusterh5[models]'"
+    ) from err
 from xarray_clusterh5.stats.formula import Design, FormulaError, design_matrix
 from xarray_clusterh5.stats.padjust import METHODS, p_adjust
 
@@ -138,8 +145,11 @@ def lm(
 
 def _where(data: xr.Dataset | xr.DataArray) -> str:
     """What error messages name: the source file, else the variable."""
-    src = data.encoding.get("source") if hasattr(data, "encoding") else None
-    return str(src) if src else f"<{type(data).__name__} {data.name or ''}>".strip()
+    src = data.encoding.get("source")
+    if src:
+        return str(src)
+    name = getattr(data, "name", None)  # a Dataset has none
+    return f"<in-memory {type(data).__name__}{f' {name}' if name else ''}>"
 
 
 def _scalar_variable(
@@ -466,7 +476,7 @@ def _warn_aliased(flag: np.ndarray) -> None:
 # --------------------------------------------------------------------------
 
 
-def merge(parts: Sequence[xr.DataArray]) -> xr.DataArray:
+def merge_results(parts: Sequence[xr.DataArray]) -> xr.DataArray:
     """Join analyses of disjoint element subsets; recompute corrections over all.
 
     Parameters

@@ -16,17 +16,18 @@ import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
-import pandas as pd
 
 from xarray_clusterh5._hdf5.chunk_write import default_threads
 from xarray_clusterh5.cifti import read as cifti
 from xarray_clusterh5.errors import ClusterH5Error
-from xarray_clusterh5.modelarray import fixels, voxels
 from xarray_clusterh5.modelarray import h5 as modelarray_io
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: memory for one pass over a NIfTI/MIF cohort (files are read whole, so the
 #: matrix is written in as few element stripes as fit in this budget)
@@ -156,6 +157,8 @@ def _open_nifti(
     mask: str, relative_to: Any, allow_affine_mismatch: bool, progress: bool,
     threads: int,
 ) -> CohortSource:  # fmt: skip
+    from xarray_clusterh5.modelarray import voxels
+
     grid = voxels.load_group_mask(mask)
     masks: list[str | None] = [None] * len(resolved)
     if "source_mask_file" in long.columns:
@@ -198,6 +201,8 @@ def _open_mif(
     resolved: Sequence[str], rows: dict[str, np.ndarray], index_file: str,
     directions_file: str, progress: bool, threads: int,
 ) -> CohortSource:  # fmt: skip
+    from xarray_clusterh5.modelarray import fixels
+
     table = fixels.read_fixel_table(index_file, directions_file)
     fixels.check_subjects(
         table, resolved, threads=threads,

@@ -17,9 +17,9 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
+from xarray_clusterh5._hdf5.deflate import inflate_gzip
 from xarray_clusterh5.errors import ClusterH5Error
 
 
@@ -39,12 +39,14 @@ def _file_bytes(path: str) -> bytes:
     if raw[:2] != b"\x1f\x8b":
         return raw
     try:
-        return zlib.decompress(raw, wbits=31)
+        return inflate_gzip(raw)
     except zlib.error as err:
         raise ClusterH5Error(path, f"corrupt gzip stream: {err}") from err
 
 
-def _header(path: str, raw: bytes) -> nib.Nifti1Header:
+def _header(path: str, raw: bytes) -> Any:
+    import nibabel as nib
+
     for klass in (nib.Nifti1Header, nib.Nifti2Header):
         try:
             return klass.from_fileobj(io.BytesIO(raw), check=False)
@@ -59,6 +61,8 @@ def volume_info(path: str | os.PathLike[str]) -> VolumeInfo:
     if not os.path.exists(p):
         raise FileNotFoundError(f"{p}: no such file")
     try:
+        import nibabel as nib
+
         img: Any = nib.load(p)
         shape = tuple(int(s) for s in img.shape)
         return VolumeInfo(p, shape, np.asarray(img.affine), img.get_data_dtype())
@@ -66,7 +70,7 @@ def volume_info(path: str | os.PathLike[str]) -> VolumeInfo:
         raise ClusterH5Error(p, f"cannot read the NIfTI header: {err}") from err
 
 
-def _scaled(hdr: nib.Nifti1Header) -> bool:
+def _scaled(hdr: Any) -> bool:
     slope, inter = (float(v) for v in (hdr["scl_slope"], hdr["scl_inter"]))
     return not (
         (np.isnan(slope) or slope in (0.0, 1.0)) and (np.isnan(inter) or inter == 0.0)
@@ -88,6 +92,8 @@ def read_voxels(path: str, flat_index: np.ndarray | None = None) -> np.ndarray:
     if offset + count * dtype.itemsize > len(raw):
         raise ClusterH5Error(path, "truncated: the file ends inside the data")
     if _scaled(hdr):
+        import nibabel as nib
+
         img = (
             nib.Nifti1Image.from_bytes(raw)
             if hdr["sizeof_hdr"] == 348

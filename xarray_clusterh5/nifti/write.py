@@ -11,14 +11,13 @@ written in parallel). No h5py or xarray here.
 from __future__ import annotations
 
 import os
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 
+from xarray_clusterh5._hdf5.deflate import deflate
 from xarray_clusterh5._hdf5.files import atomic_output
 
 #: nibabel's gzip level (``Opener.default_compresslevel``), as ModelArrayIO writes
@@ -43,6 +42,8 @@ def volume_template(
 ) -> VolumeTemplate:
     """What nibabel writes for ``Nifti1Image(data, mask.affine, mask.header)``
     with the header's data type set to float32 (ModelArrayIO's export)."""
+    import nibabel as nib
+
     mask: Any = nib.load(os.fspath(mask_path))
     header = mask.header.copy()
     header.set_data_dtype(np.float32)
@@ -76,8 +77,7 @@ def write_volume(
     raw = volume_bytes(t, values)
     gz = target.name.endswith(".gz")
     if gz:
-        c = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-        raw = c.compress(raw) + c.flush()
+        raw = deflate(raw, GZIP_LEVEL, gzip=True)
     suffix = ".nii.gz" if gz else ".nii"
     with atomic_output(target, overwrite=overwrite, suffix=suffix) as tmp:
         tmp.write_bytes(raw)

@@ -90,7 +90,13 @@ def design_matrix(
     FormulaError
         Unknown columns or a formula formulaic cannot evaluate.
     """
-    import formulaic
+    try:
+        import formulaic
+    except ImportError as err:
+        raise ImportError(
+            "R formulas need formulaic, from the 'models' extra: "
+            "pip install 'xarray-clusterh5[models]'"
+        ) from err
 
     response, rhs = split_formula(formula)
     rhs_py = to_formulaic(rhs)
