@@ -216,7 +216,7 @@ def test_from_nifti_cli_missing_folder_and_parents(tmp_path, small_nifti, capsys
     capsys.readouterr()
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "use --overwrite to replace it" in err
+    assert "--overwrite to replace it" in err
     assert "overwrite=True" not in err
 
 
