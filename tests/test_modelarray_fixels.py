@@ -189,3 +189,21 @@ def test_accessor_export_copies_index_and_directions(work, tmp_path):
     )
     for p in out:
         assert p.read_bytes() == (MIF / "exports_nocompress" / p.name).read_bytes()
+
+
+def test_plain_mif_cohorts_stream_stripes(work, tmp_path, monkeypatch):
+    # without .mif.gz subjects each stripe reads only its bytes: tiny stripes
+    # must give ModelArrayIO's values (sub-02 is the gzipped one: left out)
+    from xarray_clusterh5.modelarray import h5 as modelarray_io
+
+    lines = Path("cohort.csv").read_text().splitlines()
+    Path("plain.csv").write_text("\n".join(r for r in lines if ".gz" not in r) + "\n")
+    monkeypatch.setattr(modelarray_io, "STRIPE_BYTES", 8 * 64 * 4)
+    out = tmp_path / "p.h5"
+    cohort_to_h5("plain.csv", out, chunk_voxels=16, **FIXEL_ARGS)
+    with (
+        xr.open_dataset(out, engine="clusterh5") as ours,
+        xr.open_dataset(MIF / "out" / "modelarray.h5", engine="clusterh5") as mai,
+    ):
+        want = np.delete(mai["FD"].values, 1, axis=0)
+        np.testing.assert_array_equal(ours["FD"].values, want)
