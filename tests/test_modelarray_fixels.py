@@ -207,3 +207,22 @@ def test_plain_mif_cohorts_stream_stripes(work, tmp_path, monkeypatch):
     ):
         want = np.delete(mai["FD"].values, 1, axis=0)
         np.testing.assert_array_equal(ours["FD"].values, want)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "scalar_name,source_file\nFD,inputs/sub-03_FD_float64.mif\nFD,x.mif\n",
+        "scalar_name,source_file\nNA,inputs/sub-01_FD.mif\n ,x\n"
+        "FD, inputs/sub-03_FD_float64.mif \n",
+        'id,scalar_name,source_file\n1,FD,"inputs/sub-03_FD_float64.mif"\n',
+    ],
+)
+def test_template_is_the_first_kept_row_as_read_cohort_says(work, text):
+    from xarray_clusterh5.modelarray import h5 as modelarray_io
+    from xarray_clusterh5.modelarray.export import template_from_cohort
+
+    Path("c.csv").write_text(text)
+    first = modelarray_io.read_cohort("c.csv")["source_file"].iloc[0]
+    assert first == "inputs/sub-03_FD_float64.mif"
+    assert template_from_cohort("c.csv") == str(work / first)
