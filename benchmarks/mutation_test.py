@@ -4,10 +4,15 @@ Each mutant changes one expression of one core module, the kind of slip a
 person makes: a comparison turned (``<`` into ``<=``, ``==`` into ``!=``), an
 arithmetic operator swapped (``+``/``-``, ``*``/``/``), an integer off by one,
 ``and``/``or`` swapped, a ``not`` dropped, a sign flipped, ``True``/``False``
-swapped, or a check removed (``if bad: raise ...`` never raising). Each mutant
-is run against the test files that cover its module (``MODULE_TESTS``, not
-the whole suite), in a scratch copy of the repository, with ``pytest -x``; a
-mutant is *killed* if the tests fail or time out and *survives* if they pass.
+swapped, or a check removed (``if bad: raise ...`` never raising).
+
+Each mutant is run, in a scratch copy of the repository with ``pytest -x``,
+against the tests that execute its line: one coverage run (pytest-cov, one
+context per test) of the test files of each module (``MODULE_TESTS``) maps
+every line to its tests first. A line no test runs (module-level code, which
+runs at import) falls back to all of its module's test files. A mutant is
+*killed* if the tests fail or time out and *survives* if they pass. Tests
+marked ``slow`` are left out.
 
 The mutants are a deterministic random sample (``--seed``) of every possible
 site, stratified by module in proportion to its number of sites. Not in CI:
@@ -33,10 +38,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = "xarray_clusterh5"
@@ -109,6 +115,7 @@ class Mutant:
     module: str
     index: int
     line: int
+    end_line: int
     kind: str
     before: str = ""
     after: str = ""
@@ -144,13 +151,14 @@ class _Sites(ast.NodeTransformer):
         self.skip = skip
         self.target = target
         self.count = 0
-        self.found: list[tuple[int, str]] = []
+        self.found: list[tuple[int, int, str]] = []
 
     def _site(self, node: ast.AST, kind: str) -> bool:
         if id(node) in self.skip:
             return False
         hit = self.count == self.target
-        self.found.append((getattr(node, "lineno", 0), kind))
+        line = getattr(node, "lineno", 0)
+        self.found.append((line, getattr(node, "end_lineno", line) or line, kind))
         self.count += 1
         return hit
 
@@ -205,8 +213,8 @@ def _parse(path: Path) -> tuple[ast.Module, set[int]]:
     return tree, _unmutated(tree)
 
 
-def sites(path: Path) -> list[tuple[int, str]]:
-    """(line, kind) of every mutation site of a module, in visiting order."""
+def sites(path: Path) -> list[tuple[int, int, str]]:
+    """(line, end line, kind) of every mutation site of a module, in visiting order."""
     tree, skip = _parse(path)
     finder = _Sites(skip)
     finder.visit(tree)
@@ -229,7 +237,8 @@ def sample(n: int, seed: int) -> list[Mutant]:
     for module, found in per_module.items():
         k = max(1, round(n * len(found) / total))
         for i in sorted(rng.sample(range(len(found)), min(k, len(found)))):
-            chosen.append(Mutant(module, i, found[i][0], found[i][1]))
+            chosen.append(Mutant(module, i, *found[i]))
+    rng.shuffle(chosen)  # a time budget then cuts a sample of every module
     return chosen
 
 
@@ -242,31 +251,62 @@ def _scratch_copies(n: int) -> Iterator[Path]:
         yield d
 
 
-def run_tests(copy: Path, module: str, timeout: float) -> tuple[str, float]:
-    """Run the module's tests in ``copy``; 'killed', 'survived' or 'timeout'."""
-    files = [f"tests/{t}.py" for t in MODULE_TESTS[module]]
+def _pytest(copy: Path, args: list[str], timeout: float) -> int | None:
+    """Exit status of pytest run in ``copy`` (None on timeout)."""
     env = dict(os.environ, PYTHONPATH=str(copy), PYTHONDONTWRITEBYTECODE="1")
     # slow tests (distributed clusters, large files) would triple the run time
-    cmd = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider"]
-    cmd += ["-m", "not slow"]
-    start = time.perf_counter()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
+    cmd += ["-m", "not slow", *args]
     try:
-        done = subprocess.run(
-            [*cmd, *files],
-            cwd=copy,
-            env=env,
-            capture_output=True,
-            timeout=timeout,
-        )
+        return subprocess.run(
+            cmd, cwd=copy, env=env, capture_output=True, timeout=timeout
+        ).returncode
     except subprocess.TimeoutExpired:
-        return "timeout", time.perf_counter() - start
-    status = "survived" if done.returncode == 0 else "killed"
-    if done.returncode not in (0, 1):  # collection error, crash: the mutant broke it
-        status = "killed"
-    return status, time.perf_counter() - start
+        return None
 
 
-def run_mutant(copy: Path, m: Mutant, timeout: float) -> Mutant:
+def _test_files(modules: Iterable[str]) -> list[str]:
+    return sorted({f"tests/{t}.py" for m in modules for t in MODULE_TESTS[m]})
+
+
+def coverage_map(copy: Path, modules: list[str]) -> dict[str, dict[int, set[str]]]:
+    """module -> line -> ids of the tests that run it (one pytest-cov run)."""
+    from coverage import CoverageData
+
+    args = [f"--cov={PACKAGE}", "--cov-context=test", "--cov-report="]
+    if _pytest(copy, [*args, *_test_files(modules)], 3600) != 0:
+        raise SystemExit("the unmutated tests fail: fix them first")
+    data = CoverageData(basename=str(copy / ".coverage"))
+    data.read()
+    lines: dict[str, dict[int, set[str]]] = {}
+    for module in modules:
+        path = str((copy / PACKAGE / module).resolve())
+        by_line = data.contexts_by_lineno(path)
+        lines[module] = {
+            n: {c.rsplit("|", 1)[0] for c in ctx if c} for n, ctx in by_line.items()
+        }
+    return lines
+
+
+def tests_of(m: Mutant, cover: dict[str, dict[int, set[str]]]) -> list[str]:
+    """The tests that run the mutant's lines, else its module's test files."""
+    by_line = cover.get(m.module, {})
+    ids = set().union(*(by_line.get(n, set()) for n in range(m.line, m.end_line + 1)))
+    return sorted(ids) or _test_files([m.module])
+
+
+def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[str, float]:
+    """Run ``tests`` in ``copy``: 'killed', 'survived' or 'timeout'."""
+    start = time.perf_counter()
+    code = _pytest(copy, ["-x", *tests], timeout)
+    seconds = time.perf_counter() - start
+    if code is None:
+        return "timeout", seconds
+    # any failure counts, also a collection error or crash the mutant caused
+    return ("survived" if code == 0 else "killed"), seconds
+
+
+def run_mutant(copy: Path, m: Mutant, tests: list[str], timeout: float) -> Mutant:
     """Mutate the copy's module, run its tests, restore it."""
     target = copy / PACKAGE / m.module
     original = target.read_text(encoding="utf-8")
@@ -281,7 +321,7 @@ def run_mutant(copy: Path, m: Mutant, timeout: float) -> Mutant:
         m.before, m.after = changed[0][0].strip(), changed[0][1].strip()
     try:
         target.write_text(mutated, encoding="utf-8")
-        m.status, m.seconds = run_tests(copy, m.module, timeout)
+        m.status, m.seconds = run_tests(copy, tests, timeout)
     finally:
         target.write_text(original, encoding="utf-8")
     return m
@@ -311,8 +351,26 @@ def main() -> int:
     mutants = sample(args.sample, args.seed)
     if args.only:
         mutants = [m for m in mutants if m.module in args.only]
-    print(f"{len(mutants)} mutants over {len({m.module for m in mutants})} modules")
+    modules = sorted({m.module for m in mutants})
+    print(f"{len(mutants)} mutants over {len(modules)} modules")
     copies = list(_scratch_copies(args.workers))
+    try:
+        _run_all(mutants, modules, copies, args)
+    finally:
+        for c in copies:
+            shutil.rmtree(c, ignore_errors=True)
+    return 0
+
+
+def _run_all(
+    mutants: list[Mutant], modules: list[str], copies: list[Path], args: Any
+) -> list[Mutant]:
+    start = time.perf_counter()
+    cover = coverage_map(copies[0], modules)
+    print(
+        f"coverage map of {len(_test_files(modules))} test files in "
+        f"{time.perf_counter() - start:.0f} s"
+    )
     free = list(copies)
     start = time.perf_counter()
     results: list[Mutant] = []
@@ -322,23 +380,18 @@ def main() -> int:
             return None
         copy = free.pop()
         try:
-            return run_mutant(copy, m, args.timeout)
+            return run_mutant(copy, m, tests_of(m, cover), args.timeout)
         finally:
             free.append(copy)
 
-    try:
-        with ThreadPoolExecutor(args.workers) as pool:
-            for done in pool.map(work, mutants):
-                if done is None:
-                    continue
-                results.append(done)
-                mark = "." if done.status != "survived" else "S"
-                print(mark, end="", flush=True)
-    finally:
-        for c in copies:
-            shutil.rmtree(c, ignore_errors=True)
+    with ThreadPoolExecutor(args.workers) as pool:
+        for done in pool.map(work, mutants):
+            if done is None:
+                continue
+            results.append(done)
+            print("." if done.status != "survived" else "S", end="", flush=True)
     report(results, time.perf_counter() - start)
-    return 0
+    return results
 
 
 def baseline(timeout: float) -> int:
@@ -347,7 +400,7 @@ def baseline(timeout: float) -> int:
     failed = 0
     try:
         for module in MODULE_TESTS:
-            status, seconds = run_tests(copy, module, timeout)
+            status, seconds = run_tests(copy, _test_files([module]), timeout)
             failed += status != "survived"
             print(
                 f"{module:28s} {'pass' if status == 'survived' else status:8s}"

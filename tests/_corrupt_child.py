@@ -52,7 +52,7 @@ def _modelarray(job: dict[str, Any]) -> None:
 def _cohort(job: dict[str, Any]) -> None:
     from xarray_clusterh5.modelarray.cohort import from_cohort
 
-    ds = from_cohort(job["csv"], relative_to="csv", threads=1)
+    ds = from_cohort(job["csv"], relative_to="csv", threads=1, **job.get("kwargs", {}))
     ds.load(scheduler="synchronous")
 
 

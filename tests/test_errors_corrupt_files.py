@@ -1,4 +1,3 @@
-
 """Damaged files give a ClusterH5Error naming the file, never a crash or a hang.
 
 Copies of the fixtures are damaged in many deterministic ways: bytes flipped
@@ -216,6 +215,27 @@ def nifti_damages(path: Path) -> list[Damage]:
     ]
 
 
+def mif_damages(path: Path) -> list[Damage]:
+    """MRtrix image headers (text) and data: key lines, truncations."""
+    data = path.read_bytes()
+    if path.name.endswith(".gz"):
+        return nifti_damages(path)
+    end = data.find(b"\nEND\n")
+    out = [Damage("mif-magic", 0, b"xxxxxx")]
+    for key, new in (
+        (b"dim: ", b"99999999,"),
+        (b"datatype: ", b"Qx"),
+        (b"layout: ", b"?"),
+        (b"file: . ", b"99999999"),
+    ):
+        at = data.find(key)
+        if at >= 0:
+            out.append(Damage(f"mif-{key.decode().strip(': .')}", at + len(key), new))
+    for cut in (20, end, end + 20, len(data) - 2):
+        out.append(Damage(f"mif-truncate@{cut}", cut))
+    return out
+
+
 # --------------------------------------------------------------------------
 # running the cases in child processes
 # --------------------------------------------------------------------------
@@ -336,6 +356,44 @@ def _cohort_cases(tmp: Path) -> list[Case]:
     return cases
 
 
+def _modality_cases(tmp: Path) -> list[Case]:
+    """NIfTI and MIF cohorts (ModelArrayIO's other modalities), one file damaged."""
+    root = MODELARRAY.parent / "modelarray_modalities"
+    plan = {
+        "nifti": (
+            {"mask": "inputs/group_mask.nii.gz"},
+            ["sub-03_FA.nii", "sub-04_FA.nii.gz", "group_mask.nii.gz"],
+            nifti_damages,
+        ),
+        "mif": (
+            {
+                "index_file": "inputs/index.mif",
+                "directions_file": "inputs/directions.mif",
+            },
+            ["sub-01_FD.mif", "sub-02_FD.mif.gz", "index.mif"],
+            mif_damages,
+        ),
+    }
+    cases = []
+    for modality, (kwargs, targets, damages) in plan.items():
+        for target in targets:
+            src = root / modality / "inputs" / target
+            for i, dmg in enumerate(damages(src)):
+                folder = tmp / f"{modality}-{target}-{i:02d}"
+                shutil.copytree(root / modality / "inputs", folder / "inputs")
+                shutil.copy(root / modality / "cohort.csv", folder)
+                bad = folder / "inputs" / target
+                bad.write_bytes(dmg.apply(src.read_bytes()))
+                job = {
+                    "view": "cohort",
+                    "csv": str(folder / "cohort.csv"),
+                    "kwargs": {k: str(folder / v) for k, v in kwargs.items()},
+                }
+                name = f"cohort-{modality}:{target}:{dmg.name}"
+                cases.append(Case(name, str(bad), None, job))
+    return cases
+
+
 def _nifti_cases(tmp: Path) -> list[Case]:
     rng = np.random.default_rng(10)
     affine = np.diag([2.0, 2.0, 2.0, 1.0])
@@ -387,6 +445,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Case, dict]
         *_fmristore_cases(tmp),
         *_modelarray_cases(tmp),
         *_cohort_cases(tmp),
+        *_modality_cases(tmp),
         *_nifti_cases(tmp),
     ]
     for c in cases:
@@ -418,6 +477,8 @@ def test_enough_cases(outcomes: list[tuple[Case, dict]]) -> None:
         "thickness",
         "results",
         "cohort",
+        "cohort-nifti",
+        "cohort-mif",
         "nifti",
     } <= kinds
     assert len(outcomes) > 300

@@ -216,7 +216,7 @@ def test_from_nifti_cli_missing_folder_and_parents(tmp_path, small_nifti, capsys
     capsys.readouterr()
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "use --overwrite to replace it" in err
+    assert "--overwrite to replace it" in err
     assert "overwrite=True" not in err
 
 
@@ -278,3 +278,25 @@ def test_cli_words() -> None:
     assert cli_words("x: exists; pass overwrite=True to replace it") == (
         "x: exists; use --overwrite to replace it"
     )
+
+
+def test_dangling_link_and_damaged_object_are_told_apart(tmp_path: Path) -> None:
+    path = _copy(fmristore_path("vignette"), tmp_path)
+    with h5py.File(path, "r+") as f:
+        del f["clusters/cluster_meta/name"]
+        f["clusters/cluster_meta/name"] = h5py.SoftLink("/nowhere")
+    with pytest.raises(ClusterH5Error, match=r"cluster_meta/name is a dangling link"):
+        xr.open_dataset(path, engine="clusterh5")
+    # a hard link whose object header is damaged is a damaged file, not a link
+    (tmp_path / "sub").mkdir()
+    good = _copy(fmristore_path("vignette"), tmp_path / "sub")
+    with h5py.File(good, "r") as f:
+        addr = h5py.h5o.get_info(f["clusters"].id).addr
+    data = bytearray(good.read_bytes())
+    data[addr] = 7  # object header version
+    good.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError) as info:
+        xr.open_dataset(good, engine="clusterh5")
+    assert "/clusters" in str(info.value)
+    assert "is a dangling link" not in str(info.value)
+    assert "damaged" in str(info.value)

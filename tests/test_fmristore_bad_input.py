@@ -196,7 +196,7 @@ def test_unknown_group_and_bad_arguments() -> None:
     path = fmristore_path("irregular")
     with pytest.raises(ClusterH5Error, match="no group 'nope'; scans are"):
         xr.open_dataset(path, engine="clusterh5", group="nope")
-    with pytest.raises(TypeError, match="local files given by path"):
+    with pytest.raises(TypeError, match="local paths, fsspec URLs and binary file"):
         xr.open_dataset(path.read_bytes(), engine="clusterh5")
     with pytest.raises(TypeError, match="lock must be"):
         xr.open_dataset(path, engine="clusterh5", lock="yes")

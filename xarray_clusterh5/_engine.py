@@ -20,6 +20,7 @@ import xarray as xr
 from xarray.backends import CachingFileManager
 from xarray.backends.locks import HDF5_LOCK
 
+from xarray_clusterh5._hdf5 import remote
 from xarray_clusterh5._hdf5.files import has_hdf5_signature, named_errors, open_h5
 from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.fmristore import read as fm_read
@@ -62,12 +63,19 @@ class Source:
     lock: Any
 
 
-def _local_path(filename_or_obj: Any) -> str:
+def _source_key(filename_or_obj: Any) -> tuple[Any, str]:
+    """What the file manager opens (absolute path, URL or file object) and
+    how messages name it."""
+    if remote.is_url(filename_or_obj) or remote.is_file_like(filename_or_obj):
+        return filename_or_obj, remote.display_name(filename_or_obj)
+    if isinstance(filename_or_obj, str) and filename_or_obj.startswith("file://"):
+        filename_or_obj = filename_or_obj[len("file://") :]
     if isinstance(filename_or_obj, str | os.PathLike):
-        return os.path.abspath(os.fspath(filename_or_obj))
+        path = os.path.abspath(os.fspath(filename_or_obj))
+        return path, path
     raise TypeError(
-        "the clusterh5 engine opens local files given by path "
-        f"(str or os.PathLike), not {type(filename_or_obj).__name__}"
+        "the clusterh5 engine opens local paths, fsspec URLs and binary file "
+        f"objects, not {type(filename_or_obj).__name__}"
     )
 
 
@@ -77,17 +85,26 @@ def open_source(
     lock: Any = None,
     locking: bool | None = None,
     rdcc_nbytes: int | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> Source:
-    """Resolve the lock and make the file manager; h5py gets every open keyword."""
+    """Resolve the lock and make the file manager; h5py gets every open keyword.
+
+    Local paths, fsspec URLs (with ``storage_options``) and open file objects
+    all go through the same opener, ``open_h5``.
+    """
     lock = resolve_lock(lock)
-    path = _local_path(filename_or_obj)
-    kwargs = {
+    target, name = _source_key(filename_or_obj)
+    kwargs: dict[str, Any] = {
         k: v
         for k, v in (("locking", locking), ("rdcc_nbytes", rdcc_nbytes))
         if v is not None
     }
-    manager = CachingFileManager(open_h5, path, mode="r", kwargs=kwargs)
-    return Source(path, manager, lock)
+    if storage_options:
+        if not remote.is_url(target):
+            raise TypeError("storage_options apply to fsspec URLs only")
+        kwargs["storage_options"] = remote.Options(storage_options)
+    manager = CachingFileManager(open_h5, target, mode="r", kwargs=kwargs)
+    return Source(name, manager, lock)
 
 
 def sniff(path: str, f: h5py.File) -> str:
@@ -139,10 +156,15 @@ def open_dataset(
     lock: Any = None,
     locking: bool | None = None,
     rdcc_nbytes: int | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> xr.Dataset:
     """The Dataset view of either format (see ``ClusterH5BackendEntrypoint``)."""
     source = open_source(
-        filename_or_obj, lock=lock, locking=locking, rdcc_nbytes=rdcc_nbytes
+        filename_or_obj,
+        lock=lock,
+        locking=locking,
+        rdcc_nbytes=rdcc_nbytes,
+        storage_options=storage_options,
     )
     with _closed_on_error(source):
         kind, model = _read(source)
@@ -166,10 +188,15 @@ def open_groups_as_dict(
     lock: Any = None,
     locking: bool | None = None,
     rdcc_nbytes: int | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, xr.Dataset]:
     """``{"/": geometry, "/<scan>": run view without geometry, ...}``."""
     source = open_source(
-        filename_or_obj, lock=lock, locking=locking, rdcc_nbytes=rdcc_nbytes
+        filename_or_obj,
+        lock=lock,
+        locking=locking,
+        rdcc_nbytes=rdcc_nbytes,
+        storage_options=storage_options,
     )
     with _closed_on_error(source):
         kind, model = _read(source)
@@ -191,6 +218,7 @@ def open_datatree(
     lock: Any = None,
     locking: bool | None = None,
     rdcc_nbytes: int | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> xr.DataTree:
     """The exact DataTree; every node closes the one shared file manager."""
     groups = open_groups_as_dict(
@@ -199,6 +227,7 @@ def open_datatree(
         lock=lock,
         locking=locking,
         rdcc_nbytes=rdcc_nbytes,
+        storage_options=storage_options,
     )
     try:
         tree = xr.DataTree.from_dict(groups)

@@ -26,8 +26,12 @@ class ClusterH5BackendEntrypoint(BackendEntrypoint):
 
     Parameters accepted by every open function: ``lock`` (None: xarray's
     HDF5 lock; False: none; or any lock object, as in rioxarray),
-    ``locking`` (HDF5 file locking, passed to h5py) and ``rdcc_nbytes``
-    (h5py's chunk cache size).
+    ``locking`` (HDF5 file locking, passed to h5py), ``rdcc_nbytes``
+    (h5py's chunk cache size) and ``storage_options`` (for fsspec URLs).
+
+    Sources: a local path, an fsspec URL (``https://``, ``s3://``,
+    ``memory://`` ...; needs the ``remote`` extra) or an open binary file
+    object, as with xarray's h5netcdf engine.
     """
 
     description = "fmristore clustered fMRI and ModelArray HDF5 files (.h5)"
@@ -43,15 +47,16 @@ class ClusterH5BackendEntrypoint(BackendEntrypoint):
         except Exception:
             return False
 
-    def open_dataset(  # type: ignore[override]
+    def open_dataset(
         self,
-        filename_or_obj: str | os.PathLike[Any],
+        filename_or_obj: str | os.PathLike[Any] | Any,
         *,
         drop_variables: str | Iterable[str] | None = None,
         group: str | None = None,
         lock: Any = None,
         locking: bool | None = None,
         rdcc_nbytes: int | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> xr.Dataset:
         """Open one view as a lazy Dataset (see the class docstring)."""
         from xarray_clusterh5 import _engine
@@ -63,16 +68,18 @@ class ClusterH5BackendEntrypoint(BackendEntrypoint):
             lock=lock,
             locking=locking,
             rdcc_nbytes=rdcc_nbytes,
+            storage_options=storage_options,
         )
 
-    def open_groups_as_dict(  # type: ignore[override]
+    def open_groups_as_dict(
         self,
-        filename_or_obj: str | os.PathLike[Any],
+        filename_or_obj: str | os.PathLike[Any] | Any,
         *,
         drop_variables: str | Iterable[str] | None = None,
         lock: Any = None,
         locking: bool | None = None,
         rdcc_nbytes: int | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> dict[str, xr.Dataset]:
         """Root geometry plus one Dataset per scan, keyed by node path."""
         from xarray_clusterh5 import _engine
@@ -83,16 +90,18 @@ class ClusterH5BackendEntrypoint(BackendEntrypoint):
             lock=lock,
             locking=locking,
             rdcc_nbytes=rdcc_nbytes,
+            storage_options=storage_options,
         )
 
-    def open_datatree(  # type: ignore[override]
+    def open_datatree(
         self,
-        filename_or_obj: str | os.PathLike[Any],
+        filename_or_obj: str | os.PathLike[Any] | Any,
         *,
         drop_variables: str | Iterable[str] | None = None,
         lock: Any = None,
         locking: bool | None = None,
         rdcc_nbytes: int | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> xr.DataTree:
         """The exact DataTree: geometry at the root, one child per scan."""
         from xarray_clusterh5 import _engine
@@ -103,4 +112,5 @@ class ClusterH5BackendEntrypoint(BackendEntrypoint):
             lock=lock,
             locking=locking,
             rdcc_nbytes=rdcc_nbytes,
+            storage_options=storage_options,
         )

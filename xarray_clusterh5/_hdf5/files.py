@@ -90,18 +90,30 @@ def has_hdf5_signature(path: str | os.PathLike[str]) -> bool:
 
 
 def open_h5(
-    path: str | os.PathLike[str],
+    path: Any,
     mode: str = "r",
     *,
     locking: bool | None = None,
     rdcc_nbytes: int | None = None,
+    storage_options: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> h5py.File:
     """Open an HDF5 file, turning h5py's low-level errors into ClusterH5Error.
 
-    This is the opener given to xarray's ``CachingFileManager``: a module-level
-    function, so it pickles by reference into dask workers.
+    The one file-opening function for every source: a local path, an fsspec
+    URL (read-only, through a block cache; ``storage_options`` go to fsspec)
+    or an open binary file object. This is the opener given to xarray's
+    ``CachingFileManager``: a module-level function, so it pickles by
+    reference into dask workers.
     """
+    from xarray_clusterh5._hdf5 import remote
+
+    if locking is not None:
+        kwargs["locking"] = locking
+    if rdcc_nbytes is not None:
+        kwargs["rdcc_nbytes"] = rdcc_nbytes
+    if remote.is_url(path) or remote.is_file_like(path):
+        return _open_file_object(path, mode, storage_options, kwargs)
     path = os.fspath(path)
     if mode == "r":
         if not os.path.exists(path):
@@ -110,10 +122,6 @@ def open_h5(
             raise ClusterH5Error(path, "is a directory, not an HDF5 file")
         if not has_hdf5_signature(path):
             raise ClusterH5Error(path, "not an HDF5 file (no HDF5 signature)")
-    if locking is not None:
-        kwargs["locking"] = locking
-    if rdcc_nbytes is not None:
-        kwargs["rdcc_nbytes"] = rdcc_nbytes
     try:
         return h5py.File(path, mode, **kwargs)
     except OSError as err:
@@ -128,6 +136,54 @@ def open_h5(
         raise CorruptFileError(
             path, f"cannot be opened as HDF5 (truncated or corrupt?): {err}"
         ) from err
+
+
+class _OwningFile(h5py.File):
+    """An h5py file on a file object it opened, and closes with itself."""
+
+    _clusterh5_fileobj: Any = None
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._clusterh5_fileobj is not None:
+                self._clusterh5_fileobj.close()
+                self._clusterh5_fileobj = None
+
+
+def _open_file_object(
+    source: Any, mode: str, storage_options: dict[str, Any] | None, kwargs: dict
+) -> h5py.File:
+    """h5py on a URL (opened here, closed with the file) or a caller's file object."""
+    from xarray_clusterh5._hdf5 import remote
+
+    name = remote.display_name(source)
+    if mode != "r":
+        raise ClusterH5Error(name, "URLs and file objects are opened read-only")
+    kwargs.pop("locking", None)  # HDF5 file locking applies to local files only
+    owned = remote.is_url(source)
+    fileobj = remote.open_url(source, storage_options) if owned else source
+    try:
+        fileobj.seek(0)
+        if fileobj.read(8) != HDF5_SIGNATURE:
+            raise ClusterH5Error(name, "not an HDF5 file (no HDF5 signature)")
+        fileobj.seek(0)
+        f = (_OwningFile if owned else h5py.File)(fileobj, "r", **kwargs)
+    except ClusterH5Error:
+        if owned:
+            fileobj.close()
+        raise
+    except Exception as err:
+        if owned:
+            fileobj.close()
+        detail = remote.scrub(str(err), storage_options, name if owned else "")
+        raise CorruptFileError(
+            name, f"cannot be opened as HDF5 (truncated or corrupt?): {detail}"
+        ) from None
+    if owned:
+        f._clusterh5_fileobj = fileobj
+    return f
 
 
 def _is_lock_error(err: OSError) -> bool:
@@ -188,6 +244,8 @@ def _follow(
         try:
             parent = parent[part]
         except KeyError as err:
+            if not isinstance(link, h5py.SoftLink):
+                raise  # a hard link to an object that does not open: damaged
             raise ClusterH5Error(
                 path, f"{parent.name.rstrip('/')}/{part} is a dangling link"
             ) from err

@@ -343,8 +343,15 @@ def _full_scan_n_time(
     first_cluster: int | None,
     n_time: int | None,
 ) -> int:
-    """Time points of a full scan, from one probed cluster dataset (as R does)."""
-    if len(clusters) < len(cluster_ids):
+    """Time points of a full scan, from one probed cluster dataset (as R does).
+
+    Locally, a scan lacking cluster datasets is reported here; counting the
+    links of an old-style group reads every symbol-table node, which HDF5
+    scatters through the file, so on a remote file (fsspec, block cache) it
+    would fetch most of the file: there the missing dataset is reported when
+    it is read.
+    """
+    if f.driver != "fileobj" and len(clusters) < len(cluster_ids):
         present = set(clusters)
         missing = [f"cluster_{c}" for c in cluster_ids if f"cluster_{c}" not in present]
         raise ClusterH5Error(

@@ -523,8 +523,20 @@ def write_results(
     """
     from xarray_clusterh5.modelarray.results_h5 import write_results as write
 
-    values = np.asarray(
-        result.transpose(STAT_DIM, ELEMENT_DIM).values, dtype=np.float64
-    )
+    values = compute(result.transpose(STAT_DIM, ELEMENT_DIM)).values
     names = [str(s) for s in result[STAT_DIM].values]
     write(path, analysis, names, values, overwrite=overwrite)
+
+
+def compute(result: xr.DataArray) -> xr.DataArray:
+    """``result.compute()`` with each chunk stored straight into the output.
+
+    ``compute`` concatenates the finished chunks into a new array while they
+    are still held; storing them in place keeps the peak near one copy of the
+    result (plus the chunks in flight), with the same values and scheduler.
+    """
+    if not isinstance(result.data, da.Array):
+        return result
+    out = np.empty(result.shape, dtype=result.dtype)
+    da.store(result.data, out, lock=False)
+    return result.copy(data=out)
