@@ -540,11 +540,12 @@ def read_table(
     dset = get_link(path, f, name)
     if not isinstance(dset, h5py.Dataset):
         return None
-    cols = [
-        decode_str(c)
-        for c in np.asarray(dset.attrs.get("column_names", []), dtype=object)
-    ]
-    table = dset[()]
+    with named_errors(path, "reading the element table", name):
+        cols = [
+            decode_str(c)
+            for c in np.asarray(dset.attrs.get("column_names", []), dtype=object)
+        ]
+        table = dset[()]
     if table.ndim != 2 or table.shape[0] != len(cols):
         raise ClusterH5Error(
             path, f"{name} has shape {table.shape} but column names {cols}"
