@@ -111,6 +111,34 @@ def read_values(path: str, h: MifHeader | None = None) -> np.ndarray:
     )
 
 
+def read_range(path: str, h: MifHeader, start: int, stop: int) -> np.ndarray:
+    """Values ``start:stop`` (logical order) of an uncompressed image with one
+    non-singleton axis (fixel data), as float32, reading only those bytes.
+
+    Same values as ``read_values(path)[start:stop]``; a reversed axis is read
+    mirrored and flipped.
+    """
+    axes = [a for a, d in enumerate(h.dim) if d > 1] or [0]
+    if len(axes) != 1:
+        raise ValueError(
+            f"{path}: read_range needs one non-singleton axis, dim {h.dim}"
+        )
+    n = h.dim[axes[0]]
+    if not 0 <= start <= stop <= n:
+        raise IndexError(f"{path}: range {start}:{stop} outside 0:{n}")
+    rev = h.reversed_axes[axes[0]]
+    lo = n - stop if rev else start
+    item = h.dtype.itemsize
+    with open(path, "rb") as fh:
+        raw = os.pread(fh.fileno(), (stop - start) * item, h.data_offset + lo * item)
+    if len(raw) != (stop - start) * item:
+        raise ClusterH5Error(path, "truncated: the file ends inside the data")
+    values = apply_scaling(np.frombuffer(raw, dtype=h.dtype), h)
+    if rev:
+        values = values[::-1]
+    return np.asarray(values, dtype=np.float32)
+
+
 def is_mif_gz(path: str) -> bool:
     """True when the file is gzip-compressed (whatever its name)."""
     return is_gzip(path)

@@ -363,6 +363,7 @@ def to_modelarray(
     progress: bool = True,
     scalars: Sequence[str] | None = None,
     threads: int | None = None,
+    parents: bool = False,
 ) -> list[Path]:
     """Write scalars in ModelArray's HDF5 layout, as ``modelarrayio to-modelarray``.
 
@@ -383,6 +384,7 @@ def to_modelarray(
     progress : progress bar on stderr.
     scalars : which scalar variables (default: all).
     threads : compression threads (default: available CPUs).
+    parents : make the output's missing folders (else they are refused).
 
     Returns
     -------
@@ -424,7 +426,7 @@ def to_modelarray(
     }
     return modelarray_io.write_modelarray(
         plan, write_elements, streams, ds.sizes[ELEMENT_DIM], options,
-        overwrite=overwrite, progress=progress,
+        overwrite=overwrite, progress=progress, parents=parents,
     )  # fmt: skip
 
 
@@ -463,6 +465,7 @@ def to_cifti(
     cohort_file: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    parents: bool = False,
 ) -> list[Path]:
     """Write one analysis's results as ``<analysis>_<stat>.dscalar.nii`` files.
 
@@ -499,6 +502,7 @@ def to_cifti(
         template,
         overwrite=overwrite,
         progress=progress,
+        parents=parents,
     )
 
 

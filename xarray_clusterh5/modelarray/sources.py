@@ -77,12 +77,16 @@ def row_stripe_reader(
     """``read(start, stop)``: every file read whole in threads, columns kept,
     cast to the storage ``dtype`` (float64 storage keeps scaled values exact)."""
     n = array.shape[0]
+    by_range = getattr(array.rows, "seekable", lambda: False)()
 
     def read(start: int, stop: int) -> np.ndarray:
         out = np.empty((n, stop - start), dtype=dtype)
 
         def one(i: int) -> None:
-            out[i] = array.rows.load(i)[start:stop]
+            if by_range:  # plain .mif: only the stripe's bytes
+                out[i] = array.rows.load_columns(i, start, stop)
+            else:
+                out[i] = array.rows.load(i)[start:stop]
 
         list(pool.map(one, range(n)))
         return out
@@ -229,9 +233,10 @@ def _open_mif(
         "directions_file": os.path.abspath(table.directions_file),
         "mif_template": resolved[0],
     }
+    seekable = all(a.rows.seekable() for a in arrays.values())
     return CohortSource(
         "mif", table.n_elements, lambda f: fixels.write_fixels(f, table), arrays,
-        coords, attrs, PASS_BYTES,
+        coords, attrs, modelarray_io.STRIPE_BYTES if seekable else PASS_BYTES,
     )  # fmt: skip
 
 
