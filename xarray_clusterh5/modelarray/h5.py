@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
+from xarray_clusterh5._hdf5 import remote
 from xarray_clusterh5._hdf5.chunk_write import (
     default_threads,
     encode_chunk,
@@ -540,11 +541,12 @@ def read_table(
     dset = get_link(path, f, name)
     if not isinstance(dset, h5py.Dataset):
         return None
-    cols = [
-        decode_str(c)
-        for c in np.asarray(dset.attrs.get("column_names", []), dtype=object)
-    ]
-    table = dset[()]
+    with named_errors(path, "reading the element table", name):
+        cols = [
+            decode_str(c)
+            for c in np.asarray(dset.attrs.get("column_names", []), dtype=object)
+        ]
+        table = dset[()]
     if table.ndim != 2 or table.shape[0] != len(cols):
         raise ClusterH5Error(
             path, f"{name} has shape {table.shape} but column names {cols}"
@@ -773,7 +775,11 @@ def resolve_sources(
     sources: Sequence[str],
     relative_to: str | os.PathLike[str] | None = None,
 ) -> list[str]:
-    """Absolute paths of ``source_file`` values.
+    """Absolute paths of ``source_file`` values (local copies of URLs).
+
+    URLs (``https://``, ``s3://``, any fsspec protocol; credentials from
+    fsspec's usual configuration) are downloaded once into a temporary
+    folder removed at exit: a conversion reads every byte of every file.
 
     Rule: with ``relative_to=None`` a relative path is looked up as ModelArrayIO
     does, against the current working directory; if it is not there, the cohort
@@ -788,13 +794,12 @@ def resolve_sources(
         fixed = {"cwd": cwd, "csv": csv_dir}.get(str(relative_to), Path(relative_to))
     out: list[str] = []
     fell_back = 0
+    urls = [s for s in sources if remote.is_url(s)]
+    copies = dict(zip(urls, remote.local_copies(urls), strict=True)) if urls else {}
     for s in sources:
-        if "://" in s:
-            raise ClusterH5Error(
-                os.fspath(cohort_csv),
-                f"{s}: remote sources (s3:// and other URLs) are not supported; "
-                "download the files and list local paths",
-            )
+        if s in copies:  # fetched once into a temporary cache: conversions read it all
+            out.append(copies[s])
+            continue
         p = Path(s).expanduser()
         if p.is_absolute():
             out.append(str(p))
