@@ -200,6 +200,10 @@ def test_to_fmristore_into_a_missing_folder(tmp_path, small_nifti) -> None:
     assert str(info.value).startswith(f"{target.parent}: no such folder: ")
     assert f"{tmp_path / 'nope'} does not exist" in str(info.value)
     assert not (tmp_path / "nope").exists()
+    # what the message offers works
+    assert to_fmristore(ds, target, progress=False, parents=True) == target
+    with xr.open_dataset(target, engine="clusterh5") as back:
+        assert back.sizes["run"] == 1
 
 
 def test_from_nifti_cli_missing_folder_and_parents(tmp_path, small_nifti, capsys):
@@ -224,14 +228,17 @@ def test_from_nifti_cli_missing_folder_and_parents(tmp_path, small_nifti, capsys
 
 
 def test_to_modelarray_into_a_missing_folder(tmp_path: Path) -> None:
-    with (
-        xr.open_dataset(
-            MODELARRAY / "modelarrayio" / "thickness.h5", engine="clusterh5"
-        ) as ds,
-        pytest.raises(ClusterH5Error, match=r"nope: no such folder"),
-    ):
-        cohort.to_modelarray(ds, tmp_path / "nope" / "o.h5", progress=False)
-    assert not (tmp_path / "nope").exists()
+    src = MODELARRAY / "modelarrayio" / "thickness.h5"
+    out = tmp_path / "nope" / "deeper" / "o.h5"
+    with xr.open_dataset(src, engine="clusterh5") as ds:
+        with pytest.raises(ClusterH5Error, match=r"deeper: no such folder"):
+            cohort.to_modelarray(ds, out, progress=False)
+        assert not (tmp_path / "nope").exists()
+        assert cohort.to_modelarray(ds, out, progress=False, parents=True) == [out]
+    with h5py.File(out) as f, h5py.File(src) as ref:
+        np.testing.assert_array_equal(
+            f["scalars/thickness/values"][()], ref["scalars/thickness/values"][()]
+        )
 
 
 def test_export_results_folder(tmp_path: Path) -> None:

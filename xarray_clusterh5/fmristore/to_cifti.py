@@ -71,6 +71,7 @@ def experiment_to_cifti(
     *,
     runs: Sequence[str] | None = None,
     overwrite: bool = False,
+    parents: bool = False,
 ) -> list[Path]:
     """Write each run as ``<run>.dtseries.nii`` (voxels) / ``<run>.ptseries.nii``.
 
@@ -80,13 +81,14 @@ def experiment_to_cifti(
     output_dir : folder, made if its parent exists; files are written atomically.
     runs : scan names to export; default all.
     overwrite : replace existing files.
+    parents : make missing parent folders of ``output_dir`` too.
 
     Returns
     -------
     list of Path
         The files written, in run order.
     """
-    folder = output_folder(output_dir, create=True)
+    folder = output_folder(output_dir, create=True, parents=parents)
     written: list[Path] = []
     for ds in _run_views(obj, runs):
         run = str(ds.attrs["scan"])

@@ -364,6 +364,7 @@ def to_modelarray(
     progress: bool = True,
     scalars: Sequence[str] | None = None,
     threads: int | None = None,
+    parents: bool = False,
 ) -> list[Path]:
     """Write scalars in ModelArray's HDF5 layout, as ``modelarrayio to-modelarray``.
 
@@ -384,6 +385,7 @@ def to_modelarray(
     progress : progress bar on stderr.
     scalars : which scalar variables (default: all).
     threads : compression threads (default: available CPUs).
+    parents : make the output's missing folders (else they are refused).
 
     Returns
     -------
@@ -425,7 +427,7 @@ def to_modelarray(
     }
     return modelarray_io.write_modelarray(
         plan, write_elements, streams, ds.sizes[ELEMENT_DIM], options,
-        overwrite=overwrite, progress=progress,
+        overwrite=overwrite, progress=progress, parents=parents,
     )  # fmt: skip
 
 
@@ -464,6 +466,7 @@ def to_cifti(
     cohort_file: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    parents: bool = False,
 ) -> list[Path]:
     """Write one analysis's results as ``<analysis>_<stat>.dscalar.nii`` files.
 
@@ -500,6 +503,7 @@ def to_cifti(
         template,
         overwrite=overwrite,
         progress=progress,
+        parents=parents,
     )
 
 
