@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -166,20 +167,58 @@ class ClusterH5DatasetAccessor:
 
         return to_modelarray(self._obj, path, **kwargs)
 
-    def export_results(self, output_dir: str | os.PathLike[str], **kwargs: Any) -> Any:
-        """Results as ``modelarrayio export-results`` writes them: CIFTI, NIfTI
-        volumes (``mask=``) or MIF fixel files (``index_file=``,
-        ``directions_file=``); see ``modelarray.to_images.export_results``."""
+    def export_results(
+        self,
+        output_dir: str | os.PathLike[str],
+        *,
+        analysis: str | None = None,
+        mask: str | os.PathLike[str] | None = None,
+        index_file: str | os.PathLike[str] | None = None,
+        directions_file: str | os.PathLike[str] | None = None,
+        example_file: str | os.PathLike[str] | None = None,
+        cohort_file: str | os.PathLike[str] | None = None,
+        compress: bool = True,
+        overwrite: bool = False,
+        progress: bool = False,
+    ) -> list[Path]:
+        """Write one analysis's results as ``modelarrayio export-results`` does.
+
+        ``mask`` gives NIfTI volumes, ``index_file`` and ``directions_file`` MIF
+        fixel files, otherwise CIFTI (template: ``example_file`` or the
+        cohort's first file); each defaults to what ``from_cohort`` recorded in
+        the Dataset's attributes. ``compress`` writes ``.nii.gz``/``.mif.gz``.
+        Returns the files written (see ``modelarray.to_images.export_results``).
+        """
         from xarray_clusterh5.modelarray.to_images import export_results
 
-        return export_results(self._obj, output_dir, **kwargs)
+        return export_results(
+            self._obj, output_dir, analysis=analysis, mask=mask,
+            index_file=index_file, directions_file=directions_file,
+            example_file=example_file, cohort_file=cohort_file, compress=compress,
+            overwrite=overwrite, progress=progress,
+        )  # fmt: skip
 
-    def to_nifti_4d(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
-        """A voxel-wise scalar as one 4-D NIfTI (a volume per subject); see
-        ``modelarray.to_images.to_nifti_4d``."""
+    def to_nifti_4d(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        scalar: str | None = None,
+        mask: str | os.PathLike[str] | None = None,
+        fill_value: float = 0.0,
+        overwrite: bool = False,
+    ) -> Path:
+        """A voxel-wise scalar as one 4-D NIfTI, a volume per subject.
+
+        The group mask's header and affine (default ``attrs["mask_file"]``),
+        float32 values placed by ``i, j, k``, ``fill_value`` outside the mask;
+        written atomically (see ``modelarray.to_images.to_nifti_4d``).
+        """
         from xarray_clusterh5.modelarray.to_images import to_nifti_4d
 
-        return to_nifti_4d(self._obj, path, **kwargs)
+        return to_nifti_4d(
+            self._obj, path, scalar=scalar, mask=mask, fill_value=fill_value,
+            overwrite=overwrite,
+        )  # fmt: skip
 
     def lm(self, formula: str, phenotypes: Any = None, **kwargs: Any) -> xr.DataArray:
         """R ``ModelArray.lm`` at every element (see ``modelarray.lm.lm``)."""

@@ -138,15 +138,16 @@ def from_cohort(
     As ModelArrayIO does, values are float32 whatever the files store.
     """
     csv = os.fspath(cohort_csv)
-    long = modelarray_io.read_cohort(csv, scalar_columns)
-    kind = modelarray_io.check_modality(csv, long["source_file"].tolist())
-    rows = modelarray_io.scalar_rows(long)
+    table = modelarray_io.read_cohort_table(csv, scalar_columns)
+    kind = modelarray_io.check_modality(csv, table.source_file)
+    rows = modelarray_io.scalar_rows(table.scalar_name)
     src = open_cohort(
-        csv, long, rows, kind, relative_to=relative_to, map_index=map_index,
+        table, rows, kind, relative_to=relative_to, map_index=map_index,
         mask=mask, index_file=index_file, directions_file=directions_file,
         allow_affine_mismatch=allow_affine_mismatch, progress=progress,
         threads=threads,
     )  # fmt: skip
+    long = modelarray_io.cohort_frame(table)
     ds = cohort_dataset(csv, long, rows, src.arrays, batch_size)
     ds = ds.assign_coords(element_coords(src.coords, src.attrs.get("affine")))
     ds.attrs.update(
