@@ -109,7 +109,9 @@ def test_step_methods_match_their_definitions(p: np.ndarray) -> None:
     )
     np.testing.assert_allclose(p_adjust(p, "holm"), holm, rtol=1e-12, atol=TINY)
     np.testing.assert_allclose(p_adjust(p, "hochberg"), hoch, rtol=1e-12, atol=TINY)
-    np.testing.assert_allclose(p_adjust(p, "bonferroni"), np.minimum(1, n * p), atol=TINY)
+    np.testing.assert_allclose(
+        p_adjust(p, "bonferroni"), np.minimum(1, n * p), atol=TINY
+    )
 
 
 def _simes(ps: list[float]) -> float:
