@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import traceback
 import warnings
 from typing import Any
@@ -98,7 +99,10 @@ def main(jobs_file: str) -> None:
         jobs = json.load(fh)
     for job in jobs:
         print(json.dumps({"start": job["id"]}), flush=True)
-        print(json.dumps(_outcome(job)), flush=True)
+        t0 = time.perf_counter()
+        outcome = _outcome(job)
+        outcome["seconds"] = time.perf_counter() - t0
+        print(json.dumps(outcome), flush=True)
 
 
 if __name__ == "__main__":

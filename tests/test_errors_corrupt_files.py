@@ -86,6 +86,11 @@ def _contiguous_damage(data: bytes, f: h5py.File, limit: int) -> Iterator[Damage
     ]
     for name, dset in dsets[:limit]:
         off = int(dset.id.get_offset())
+        if h5py.check_vlen_dtype(dset.dtype) or h5py.check_string_dtype(dset.dtype):
+            # variable-length: (uint32 length, heap address, index) per value;
+            # damage the address (a damaged length makes HDF5 allocate up to
+            # 4 GiB and take seconds before it fails)
+            off += 4
         yield Damage(f"contiguous:{name}", off, _flip(data, off, 8))
 
 
@@ -325,14 +330,18 @@ def _fmristore_cases(tmp: Path) -> list[Case]:
 
 def _modelarray_cases(tmp: Path) -> list[Case]:
     cases = []
-    sources = {
-        "thickness": MODELARRAY / "modelarrayio" / "thickness.h5",
-        "results": MODELARRAY / "results" / "thickness_with_results.h5",
+    modalities = MODELARRAY.parent / "modelarray_modalities"
+    sources = {  # stem: (file, objects damaged, truncations)
+        "thickness": (MODELARRAY / "modelarrayio" / "thickness.h5", 5, 6),
+        "results": (MODELARRAY / "results" / "thickness_with_results.h5", 5, 6),
+        # ModelArrayIO's voxel (/voxels) and fixel (/fixels) tables
+        "voxels": (modalities / "nifti" / "out" / "modelarray.h5", 3, 3),
+        "fixels": (modalities / "mif" / "out" / "modelarray.h5", 3, 3),
     }
-    for stem, src in sources.items():
+    for stem, (src, limit, cuts) in sources.items():
         with h5py.File(src, "r") as f:
             analyses = sorted(f["results"]) if "results" in f else []
-        damages = hdf5_damages(src, limit=5, n_cuts=6, nodes=stem == "results")
+        damages = hdf5_damages(src, limit=limit, n_cuts=cuts, nodes=stem == "results")
         for dmg, path in _damage_copies(src, damages, tmp / stem):
             job = {"view": "modelarray", "path": str(path), "analyses": analyses}
             cases.append(Case(f"{stem}:{dmg.name}", str(path), dmg.obj, job))
@@ -476,6 +485,8 @@ def test_enough_cases(outcomes: list[tuple[Case, dict]]) -> None:
         "irregular_head",
         "thickness",
         "results",
+        "voxels",
+        "fixels",
         "cohort",
         "cohort-nifti",
         "cohort-mif",

@@ -168,62 +168,10 @@ def template_from_cohort(
     cohort_file: str | os.PathLike[str],
     relative_to: str | os.PathLike[str] | None = None,
 ) -> str:
-    """The first row's ``source_file`` of a long cohort (ModelArrayIO's template).
-
-    Read with the csv module (an export does not need pandas); anything unusual
-    goes through :func:`~xarray_clusterh5.modelarray.h5.read_cohort`, which
-    says what is wrong.
-    """
+    """The first row's ``source_file`` of a long cohort (ModelArrayIO's template)."""
     path = os.fspath(cohort_file)
-    first = _first_source(path)
-    if first is None:
-        first = modelarray_io.read_cohort(path)["source_file"].iloc[0]
+    first = modelarray_io.read_cohort_table(path).source_file[0]
     return modelarray_io.resolve_sources(path, [first], relative_to)[0]
-
-
-#: strings pandas.read_csv reads as missing (its default ``na_values``)
-_NA_STRINGS = frozenset(
-    [
-        "#N/A",
-        "#N/A N/A",
-        "#NA",
-        "-1.#IND",
-        "-1.#QNAN",
-        "-NaN",
-        "-nan",
-        "1.#IND",
-        "1.#QNAN",
-        "<NA>",
-        "N/A",
-        "NA",
-        "NULL",
-        "NaN",
-        "None",
-        "n/a",
-        "nan",
-        "null",
-    ]
-) | {""}
-
-
-def _first_source(path: str) -> str | None:
-    """The first row's stripped ``source_file`` whose ``scalar_name`` and
-    ``source_file`` are not missing, as ``read_cohort`` keeps it; else None."""
-    import csv
-
-    try:
-        with open(path, newline="", encoding="utf-8") as fh:
-            for row in csv.DictReader(fh):
-                name, src = row.get("scalar_name"), row.get("source_file")
-                if name is None or src is None:
-                    return None
-                if name in _NA_STRINGS or src in _NA_STRINGS:
-                    continue
-                if name.strip() and src.strip():
-                    return src.strip()
-    except (OSError, UnicodeDecodeError, csv.Error):
-        return None
-    return None
 
 
 def pick_template(
@@ -291,13 +239,12 @@ def write_nifti_results(
     grid = load_group_mask(os.fspath(mask))
     template = volume_template(grid.path, grid.flat_index)
     _check_width(grid.path, template.n_elements, matrix)
-
-    def write_row(path: Path, row: np.ndarray, *, overwrite: bool) -> Path:
-        return write_volume(path, template, row, overwrite=overwrite)
-
     return write_result_files(
         output_dir, analysis, stats, matrix, ".nii.gz" if compress else ".nii",
-        write_row, overwrite=overwrite, progress=progress,
+        lambda path, row, *, overwrite: write_volume(
+            path, template, row, overwrite=overwrite
+        ),
+        overwrite=overwrite, progress=progress,
         threads=threads or default_threads(), parents=parents,
     )  # fmt: skip
 
@@ -326,13 +273,12 @@ def write_mif_results(
 
     header = read_header(template_file)
     _check_width(header.path, header.n_values, matrix)
-
-    def write_row(path: Path, row: np.ndarray, *, overwrite: bool) -> Path:
-        return write_mif(path, header, row, overwrite=overwrite)
-
     return write_result_files(
         output_dir, analysis, stats, matrix, ".mif.gz" if compress else ".mif",
-        write_row, overwrite=overwrite, progress=progress,
+        lambda path, row, *, overwrite: write_mif(
+            path, header, row, overwrite=overwrite
+        ),
+        overwrite=overwrite, progress=progress,
         threads=threads or default_threads(), parents=parents,
     )  # fmt: skip
 

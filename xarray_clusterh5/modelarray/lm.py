@@ -121,7 +121,9 @@ def lm(
     pheno = _phenotypes(var, subject_dim, phenotypes, what, table)
     design = _design(formula, pheno, str(var.name), what, table)
     positions = _positions(element_subset, var.sizes[ELEMENT_DIM], what)
-    var = var.isel({ELEMENT_DIM: positions}).transpose(subject_dim, ELEMENT_DIM)
+    contiguous = positions.size > 0 and bool(np.all(np.diff(positions) == 1))
+    pick = slice(positions[0], positions[-1] + 1) if contiguous else positions
+    var = var.isel({ELEMENT_DIM: pick}).transpose(subject_dim, ELEMENT_DIM)
     columns = _Columns(design.names, terms_v, model_v, corr_t, corr_m)
     threshold = max(var.sizes[subject_dim] * num_subj_lthr_rel, num_subj_lthr_abs)
     chunks = chunk_size or _default_chunk(var)
