@@ -203,13 +203,14 @@ def statsmodels_per_element(
 MEMORY_SCRIPT = """
 import sys, time
 import pandas as pd, xarray as xr
-from xarray_clusterh5.modelarray.lm import lm
-h5, csv, chunk, fit = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+from xarray_clusterh5.modelarray.lm import compute, lm
+h5, csv, chunk, how = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 pheno = pd.read_csv(csv)
 t0 = time.perf_counter()
 with xr.open_dataset(h5, engine="clusterh5") as ds:
-    if fit:
-        res = lm(ds, "FA ~ age + sex", pheno, chunk_size=chunk).compute()
+    if how != "open":
+        res = lm(ds, "FA ~ age + sex", pheno, chunk_size=chunk)
+        res = compute(res) if how == "store" else res.compute()
         assert res.shape[1] == ds.sizes["element"]
 status = open("/proc/self/status").read().split("VmHWM:")[1].split()[0]
 print(time.perf_counter() - t0, status)
@@ -258,23 +259,24 @@ def big_cohort(n_elements: int) -> tuple[Path, Path]:
     return h5, csv
 
 
-def memory_runs(plan: list[tuple[int, int]]) -> list[dict[str, Any]]:
-    """Peak RSS of child processes: open only, then lm per (elements, chunk)."""
+def memory_runs(plan: list[tuple[int, int, str]]) -> list[dict[str, Any]]:
+    """Peak RSS of child processes: open only, then lm per (elements, chunk, how).
+
+    ``how``: "store" is ``lm.compute`` (chunks stored in place, what
+    ``write_results`` and the CLI do), "compute" is ``DataArray.compute()``.
+    """
     rows = []
-    for n_elements, chunk in [(plan[0][0], 0), *plan]:
+    for n_elements, chunk, how in [(plan[0][0], 0, "open"), *plan]:
         h5, csv = big_cohort(n_elements)
         argv = [sys.executable, "-c", MEMORY_SCRIPT, str(h5), str(csv), str(chunk)]
         out = subprocess.run(
-            [*argv, "1" if chunk else "0"],
-            check=True,
-            capture_output=True,
-            text=True,
-            env=_env(),
+            [*argv, how], check=True, capture_output=True, text=True, env=_env()
         ).stdout.split()
         rows.append(
             {
                 "elements": n_elements,
                 "chunk": chunk,
+                "how": how,
                 "seconds": float(out[0]),
                 "peak_mib": int(out[1]) / 1024,
             }
@@ -344,7 +346,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.memory_elements:
         big = args.memory_elements
-        mem = memory_runs([(big // 2, 2621), (big, 2621), (big, 26210)])
+        mem = memory_runs(
+            [
+                (big // 2, 2621, "store"),
+                (big, 2621, "store"),
+                (big, 26210, "store"),
+                (big, 2621, "compute"),
+            ]
+        )
         base = mem[0]["peak_mib"]
         print()
         print(
@@ -352,13 +361,15 @@ def main(argv: list[str] | None = None) -> int:
             f"data, 16 result rows in float64; 'open only' = {base:.0f} MiB"
         )
         print(
-            f"{'elements':>9s} {'chunk':>6s} {'data MiB':>9s} {'result MiB':>11s} "
-            f"{'peak MiB':>9s} {'over open':>10s} {'us/element':>11s}"
+            f"{'elements':>9s} {'chunk':>6s} {'how':>8s} {'data MiB':>9s} "
+            f"{'result MiB':>11s} {'peak MiB':>9s} {'over open':>10s} "
+            f"{'us/element':>11s}"
         )
         for row in mem[1:]:
             n_el = row["elements"]
             print(
-                f"{n_el:9d} {row['chunk']:6d} {N_SUBJECTS * n_el * 4 / 2**20:9.0f} "
+                f"{n_el:9d} {row['chunk']:6d} {row['how']:>8s} "
+                f"{N_SUBJECTS * n_el * 4 / 2**20:9.0f} "
                 f"{16 * n_el * 8 / 2**20:11.0f} {row['peak_mib']:9.0f} "
                 f"{row['peak_mib'] - base:10.0f} "
                 f"{row['seconds'] / n_el * 1e6:11.1f}"

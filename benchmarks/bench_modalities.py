@@ -186,12 +186,16 @@ def floor_export(results_h5: Path, n_voxels_out: int, threads: int) -> float:
 
 
 def _row(label: str, ours: dict, theirs: dict | None) -> str:
-    text = f"  {label:<16} ours {ours['wall']:6.2f} s {ours['maxrss_mb']:6.0f} MB"
+    text = (
+        f"  {label:<16} ours {ours['wall']:6.2f} s (cpu {ours['cpu']:5.2f} s) "
+        f"{ours['maxrss_mb']:4.0f} MB"
+    )
     if theirs is not None:
         text += (
-            f" | modelarrayio {theirs['wall']:6.2f} s {theirs['maxrss_mb']:6.0f} MB"
-            f" | {theirs['wall'] / ours['wall']:4.1f}x faster,"
-            f" memory {ours['maxrss_mb'] / theirs['maxrss_mb']:.2f}x"
+            f" | modelarrayio {theirs['wall']:6.2f} s (cpu {theirs['cpu']:5.2f} s) "
+            f"{theirs['maxrss_mb']:4.0f} MB | {theirs['wall'] / ours['wall']:4.1f}x "
+            f"faster (cpu {theirs['cpu'] / ours['cpu']:.1f}x), memory "
+            f"{ours['maxrss_mb'] / theirs['maxrss_mb']:.2f}x"
         )
     return text
 

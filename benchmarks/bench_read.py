@@ -233,6 +233,7 @@ def write_fmristore(path: Path, cfg: Config, *, n_full: int | None = None) -> No
 def file_for(cfg: Config, name: str, *, n_full: int | None = None) -> Path:
     """The benchmark file for ``cfg``, written once and reused."""
     WORK.mkdir(parents=True, exist_ok=True)
+    (WORK / name).parent.mkdir(parents=True, exist_ok=True)
     path = WORK / name
     if not path.exists():
         t0 = time.perf_counter()
@@ -315,20 +316,25 @@ def full_scans(f: h5py.File) -> list[str]:
 def raw_open(path: Path) -> None:
     """What any reader must read to describe the file: map, mask, header, shapes."""
     with h5py.File(path, "r") as f:
-        f["cluster_map"][()]
-        f["mask"][()]
-        header = f["header"]
-        for name in header:
-            header[name][()]
-        ids = f["clusters/cluster_ids"][()]
-        shapes = []
-        for s in f["scans"]:
-            g = f["scans"][s]
-            shapes.append(g.attrs["class"])
-            if "clusters" in g:
-                shapes.append(g[f"clusters/cluster_{ids[0]}"].shape)
-            else:
-                shapes.append(g["clusters_summary/summary_data"].shape)
+        raw_open_file(f)
+
+
+def raw_open_file(f: h5py.File) -> None:
+    """``raw_open`` on an open file (also one on an fsspec file object)."""
+    f["cluster_map"][()]
+    f["mask"][()]
+    header = f["header"]
+    for name in header:
+        header[name][()]
+    ids = f["clusters/cluster_ids"][()]
+    shapes = []
+    for s in f["scans"]:
+        g = f["scans"][s]
+        shapes.append(g.attrs["class"])
+        if "clusters" in g:
+            shapes.append(g[f"clusters/cluster_{ids[0]}"].shape)
+        else:
+            shapes.append(g["clusters_summary/summary_data"].shape)
 
 
 def raw_all(f: h5py.File) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 import traceback
 import warnings
 from typing import Any
@@ -52,7 +53,7 @@ def _modelarray(job: dict[str, Any]) -> None:
 def _cohort(job: dict[str, Any]) -> None:
     from xarray_clusterh5.modelarray.cohort import from_cohort
 
-    ds = from_cohort(job["csv"], relative_to="csv", threads=1)
+    ds = from_cohort(job["csv"], relative_to="csv", threads=1, **job.get("kwargs", {}))
     ds.load(scheduler="synchronous")
 
 
@@ -98,7 +99,10 @@ def main(jobs_file: str) -> None:
         jobs = json.load(fh)
     for job in jobs:
         print(json.dumps({"start": job["id"]}), flush=True)
-        print(json.dumps(_outcome(job)), flush=True)
+        t0 = time.perf_counter()
+        outcome = _outcome(job)
+        outcome["seconds"] = time.perf_counter() - t0
+        print(json.dumps(outcome), flush=True)
 
 
 if __name__ == "__main__":

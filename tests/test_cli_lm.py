@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
+from tests._helpers import MODELARRAY, assert_same_export
 from tests._lm_fixtures import (
     ANALYSES,
     COHORT,
@@ -19,6 +20,7 @@ from tests._lm_fixtures import (
     r_results,
 )
 from xarray_clusterh5.cli import main
+from xarray_clusterh5.modelarray.h5 import read_results
 
 #: each fixture analysis as ModelArray.lm's options on the command line
 FLAGS = {
@@ -184,3 +186,36 @@ def test_element_range() -> None:
     assert element_range("101:300") == range(100, 300)
     assert element_range("1:1") == range(0, 1)
     np.testing.assert_array_equal(list(element_range("3:5")), [2, 3, 4])
+
+
+def test_refit_of_r_analysis_in_the_cifti_cohort_exports_the_same(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # tests/data/modelarray: R wrote results/lm = ModelArray.lm(thickness ~ age,
+    # var.model = c("adj.r.squared", "p.value", "nobs"), num.subj.lthr.abs = 4)
+    work = tmp_path / "cohort"
+    shutil.copytree(MODELARRAY / "cohort", work)
+    monkeypatch.chdir(work)
+    r_file = MODELARRAY / "results" / "thickness_with_results.h5"
+    h5 = tmp_path / "results.h5"
+    shutil.copy(r_file, h5)
+    argv = ["lm", "--input-hdf5", str(h5), "--phenotypes", "cohort_thickness.csv",
+            "--formula", "thickness ~ age", "--analysis-name", "lm", "--var-model",
+            "adj.r.squared", "p.value", "nobs", "--num-subj-lthr-abs", "4",
+            "--overwrite", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0
+    r_names, r_values = read_results(r_file, "lm")
+    names, values = read_results(h5, "lm")
+    assert names == r_names
+    for k, name in enumerate(names):
+        assert_matches_r(values[k], r_values[k], name)
+    with h5py.File(h5, "r") as ours, h5py.File(r_file, "r") as theirs:
+        for obj in ("scalars/thickness/values", "results/lm_stream/results_matrix"):
+            np.testing.assert_array_equal(ours[obj][()], theirs[obj][()])
+    # export-results reads our group as it reads R's: the same files
+    out = tmp_path / "exported"
+    argv = ["export-results", "--input-hdf5", str(h5), "--analysis-name", "lm",
+            "--output-dir", str(out), "--cohort-file",
+            "cohort_thickness.csv"]  # fmt: skip
+    assert main(argv) == 0
+    assert_same_export(out, MODELARRAY / "export" / "lm")

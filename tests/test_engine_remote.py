@@ -179,3 +179,27 @@ def test_remote_missing_and_not_hdf5(served: Served) -> None:
         xr.open_dataset(
             FMRISTORE / "vignette.h5", engine=ENGINE, storage_options={"a": 1}
         )
+
+
+def test_from_cohort_with_remote_source_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    from xarray_clusterh5.modelarray import cohort
+
+    local_dir = MODELARRAY / "cohort"
+    table = pd.read_csv(local_dir / "cohort_thickness.csv")
+    monkeypatch.chdir(local_dir)
+    want = cohort.from_cohort("cohort_thickness.csv")
+    with serve(local_dir) as server:
+        table["source_file"] = [f"{server.url}/{s}" for s in table["source_file"]]
+        table.to_csv(tmp_path / "remote.csv", index=False)
+        got = cohort.from_cohort(tmp_path / "remote.csv")
+        assert server.count("GET") == len(table)  # each file fetched once, whole
+        np.testing.assert_array_equal(got["thickness"].values, want["thickness"].values)
+        assert list(got["source_file"].values) == list(table["source_file"])
+        table.loc[1, "source_file"] = f"{server.url}/thickness/missing.dscalar.nii"
+        table.to_csv(tmp_path / "missing.csv", index=False)
+        with pytest.raises(FileNotFoundError, match=r"missing\.dscalar\.nii"):
+            cohort.from_cohort(tmp_path / "missing.csv")

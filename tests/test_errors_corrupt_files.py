@@ -86,6 +86,11 @@ def _contiguous_damage(data: bytes, f: h5py.File, limit: int) -> Iterator[Damage
     ]
     for name, dset in dsets[:limit]:
         off = int(dset.id.get_offset())
+        if h5py.check_vlen_dtype(dset.dtype) or h5py.check_string_dtype(dset.dtype):
+            # variable-length: (uint32 length, heap address, index) per value;
+            # damage the address (a damaged length makes HDF5 allocate up to
+            # 4 GiB and take seconds before it fails)
+            off += 4
         yield Damage(f"contiguous:{name}", off, _flip(data, off, 8))
 
 
@@ -215,6 +220,27 @@ def nifti_damages(path: Path) -> list[Damage]:
     ]
 
 
+def mif_damages(path: Path) -> list[Damage]:
+    """MRtrix image headers (text) and data: key lines, truncations."""
+    data = path.read_bytes()
+    if path.name.endswith(".gz"):
+        return nifti_damages(path)
+    end = data.find(b"\nEND\n")
+    out = [Damage("mif-magic", 0, b"xxxxxx")]
+    for key, new in (
+        (b"dim: ", b"99999999,"),
+        (b"datatype: ", b"Qx"),
+        (b"layout: ", b"?"),
+        (b"file: . ", b"99999999"),
+    ):
+        at = data.find(key)
+        if at >= 0:
+            out.append(Damage(f"mif-{key.decode().strip(': .')}", at + len(key), new))
+    for cut in (20, end, end + 20, len(data) - 2):
+        out.append(Damage(f"mif-truncate@{cut}", cut))
+    return out
+
+
 # --------------------------------------------------------------------------
 # running the cases in child processes
 # --------------------------------------------------------------------------
@@ -304,14 +330,18 @@ def _fmristore_cases(tmp: Path) -> list[Case]:
 
 def _modelarray_cases(tmp: Path) -> list[Case]:
     cases = []
-    sources = {
-        "thickness": MODELARRAY / "modelarrayio" / "thickness.h5",
-        "results": MODELARRAY / "results" / "thickness_with_results.h5",
+    modalities = MODELARRAY.parent / "modelarray_modalities"
+    sources = {  # stem: (file, objects damaged, truncations)
+        "thickness": (MODELARRAY / "modelarrayio" / "thickness.h5", 5, 6),
+        "results": (MODELARRAY / "results" / "thickness_with_results.h5", 5, 6),
+        # ModelArrayIO's voxel (/voxels) and fixel (/fixels) tables
+        "voxels": (modalities / "nifti" / "out" / "modelarray.h5", 3, 3),
+        "fixels": (modalities / "mif" / "out" / "modelarray.h5", 3, 3),
     }
-    for stem, src in sources.items():
+    for stem, (src, limit, cuts) in sources.items():
         with h5py.File(src, "r") as f:
             analyses = sorted(f["results"]) if "results" in f else []
-        damages = hdf5_damages(src, limit=5, n_cuts=6, nodes=stem == "results")
+        damages = hdf5_damages(src, limit=limit, n_cuts=cuts, nodes=stem == "results")
         for dmg, path in _damage_copies(src, damages, tmp / stem):
             job = {"view": "modelarray", "path": str(path), "analyses": analyses}
             cases.append(Case(f"{stem}:{dmg.name}", str(path), dmg.obj, job))
@@ -332,6 +362,44 @@ def _cohort_cases(tmp: Path) -> list[Case]:
             bad.write_bytes(dmg.apply(src.read_bytes()))
             job = {"view": "cohort", "csv": str(folder / "cohort_thickness.csv")}
             cases.append(Case(f"cohort:{which}:{dmg.name}", str(bad), None, job))
+    return cases
+
+
+def _modality_cases(tmp: Path) -> list[Case]:
+    """NIfTI and MIF cohorts (ModelArrayIO's other modalities), one file damaged."""
+    root = MODELARRAY.parent / "modelarray_modalities"
+    plan = {
+        "nifti": (
+            {"mask": "inputs/group_mask.nii.gz"},
+            ["sub-03_FA.nii", "sub-04_FA.nii.gz", "group_mask.nii.gz"],
+            nifti_damages,
+        ),
+        "mif": (
+            {
+                "index_file": "inputs/index.mif",
+                "directions_file": "inputs/directions.mif",
+            },
+            ["sub-01_FD.mif", "sub-02_FD.mif.gz", "index.mif"],
+            mif_damages,
+        ),
+    }
+    cases = []
+    for modality, (kwargs, targets, damages) in plan.items():
+        for target in targets:
+            src = root / modality / "inputs" / target
+            for i, dmg in enumerate(damages(src)):
+                folder = tmp / f"{modality}-{target}-{i:02d}"
+                shutil.copytree(root / modality / "inputs", folder / "inputs")
+                shutil.copy(root / modality / "cohort.csv", folder)
+                bad = folder / "inputs" / target
+                bad.write_bytes(dmg.apply(src.read_bytes()))
+                job = {
+                    "view": "cohort",
+                    "csv": str(folder / "cohort.csv"),
+                    "kwargs": {k: str(folder / v) for k, v in kwargs.items()},
+                }
+                name = f"cohort-{modality}:{target}:{dmg.name}"
+                cases.append(Case(name, str(bad), None, job))
     return cases
 
 
@@ -386,6 +454,7 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Case, dict]
         *_fmristore_cases(tmp),
         *_modelarray_cases(tmp),
         *_cohort_cases(tmp),
+        *_modality_cases(tmp),
         *_nifti_cases(tmp),
     ]
     for c in cases:
@@ -416,7 +485,11 @@ def test_enough_cases(outcomes: list[tuple[Case, dict]]) -> None:
         "irregular_head",
         "thickness",
         "results",
+        "voxels",
+        "fixels",
         "cohort",
+        "cohort-nifti",
+        "cohort-mif",
         "nifti",
     } <= kinds
     assert len(outcomes) > 300

@@ -3,10 +3,13 @@ file, missing output folders, results a writer would drop, API words in the CLI.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import pickle
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -197,6 +200,10 @@ def test_to_fmristore_into_a_missing_folder(tmp_path, small_nifti) -> None:
     assert str(info.value).startswith(f"{target.parent}: no such folder: ")
     assert f"{tmp_path / 'nope'} does not exist" in str(info.value)
     assert not (tmp_path / "nope").exists()
+    # what the message offers works
+    assert to_fmristore(ds, target, progress=False, parents=True) == target
+    with xr.open_dataset(target, engine="clusterh5") as back:
+        assert back.sizes["run"] == 1
 
 
 def test_from_nifti_cli_missing_folder_and_parents(tmp_path, small_nifti, capsys):
@@ -216,19 +223,22 @@ def test_from_nifti_cli_missing_folder_and_parents(tmp_path, small_nifti, capsys
     capsys.readouterr()
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "use --overwrite to replace it" in err
+    assert "--overwrite to replace it" in err
     assert "overwrite=True" not in err
 
 
 def test_to_modelarray_into_a_missing_folder(tmp_path: Path) -> None:
-    with (
-        xr.open_dataset(
-            MODELARRAY / "modelarrayio" / "thickness.h5", engine="clusterh5"
-        ) as ds,
-        pytest.raises(ClusterH5Error, match=r"nope: no such folder"),
-    ):
-        cohort.to_modelarray(ds, tmp_path / "nope" / "o.h5", progress=False)
-    assert not (tmp_path / "nope").exists()
+    src = MODELARRAY / "modelarrayio" / "thickness.h5"
+    out = tmp_path / "nope" / "deeper" / "o.h5"
+    with xr.open_dataset(src, engine="clusterh5") as ds:
+        with pytest.raises(ClusterH5Error, match=r"deeper: no such folder"):
+            cohort.to_modelarray(ds, out, progress=False)
+        assert not (tmp_path / "nope").exists()
+        assert cohort.to_modelarray(ds, out, progress=False, parents=True) == [out]
+    with h5py.File(out) as f, h5py.File(src) as ref:
+        np.testing.assert_array_equal(
+            f["scalars/thickness/values"][()], ref["scalars/thickness/values"][()]
+        )
 
 
 def test_export_results_folder(tmp_path: Path) -> None:
@@ -277,4 +287,59 @@ def test_to_modelarray_refuses_to_drop_results(tmp_path: Path) -> None:
 def test_cli_words() -> None:
     assert cli_words("x: exists; pass overwrite=True to replace it") == (
         "x: exists; use --overwrite to replace it"
+    )
+
+
+def test_dangling_link_and_damaged_object_are_told_apart(tmp_path: Path) -> None:
+    path = _copy(fmristore_path("vignette"), tmp_path)
+    with h5py.File(path, "r+") as f:
+        del f["clusters/cluster_meta/name"]
+        f["clusters/cluster_meta/name"] = h5py.SoftLink("/nowhere")
+    with pytest.raises(ClusterH5Error, match=r"cluster_meta/name is a dangling link"):
+        xr.open_dataset(path, engine="clusterh5")
+    # a hard link whose object header is damaged is a damaged file, not a link
+    (tmp_path / "sub").mkdir()
+    good = _copy(fmristore_path("vignette"), tmp_path / "sub")
+    with h5py.File(good, "r") as f:
+        addr = h5py.h5o.get_info(f["clusters"].id).addr
+    data = bytearray(good.read_bytes())
+    data[addr] = 7  # object header version
+    good.write_bytes(bytes(data))
+    with pytest.raises(CorruptFileError) as info:
+        xr.open_dataset(good, engine="clusterh5")
+    assert "/clusters" in str(info.value)
+    assert "is a dangling link" not in str(info.value)
+    assert "damaged" in str(info.value)
+
+
+@pytest.mark.parametrize("cls", [ClusterH5Error, CorruptFileError, FileLockedError])
+def test_errors_pickle(cls: type[ClusterH5Error]) -> None:
+    err = cls("/data/sub-01.h5", "/scans/rest: reading voxel data failed")
+    back = pickle.loads(pickle.dumps(err))
+    assert type(back) is cls
+    assert (back.path, back.problem, str(back)) == (err.path, err.problem, str(err))
+
+
+def _load(path: str) -> None:
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        ds.load()
+
+
+def test_error_from_a_process_worker_names_the_file(tmp_path: Path) -> None:
+    # a damaged chunk read in another process comes back as the same error
+    path = _copy(fmristore_path("vignette"), tmp_path)
+    with h5py.File(path, "r") as f:
+        info = f["scans/rest_run/clusters/cluster_2"].id.get_chunk_info(0)
+    data = bytearray(path.read_bytes())
+    mid = info.byte_offset + info.size // 2
+    data[mid : mid + 4] = bytes(b ^ 0xFF for b in data[mid : mid + 4])
+    path.write_bytes(bytes(data))
+    ctx = multiprocessing.get_context("spawn")
+    with (
+        ProcessPoolExecutor(1, mp_context=ctx) as pool,
+        pytest.raises(CorruptFileError) as info_err,
+    ):
+        pool.submit(_load, str(path)).result(timeout=120)
+    assert str(info_err.value).startswith(
+        f"{path}: /scans/rest_run/clusters/cluster_2: reading voxel data failed"
     )

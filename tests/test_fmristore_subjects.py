@@ -183,3 +183,28 @@ def test_subject_names_must_be_unique(subject_files: list[Path]) -> None:
         subj.open_subjects(subject_files, subjects=["a", "b"])
     with pytest.raises(ValueError, match="group"):
         subj.open_subjects(subject_files, group="rest")
+
+
+def test_open_subjects_reads_no_voxel_data_until_indexed(
+    subject_files: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reads: list[int] = []
+    original = arrays._ClusterArray._read_blocks
+
+    def counting(self: arrays._ClusterArray, jobs: list) -> None:
+        reads.append(len(jobs))
+        original(self, jobs)
+
+    monkeypatch.setattr(arrays._ClusterArray, "_read_blocks", counting)
+    with subj.open_subjects(subject_files) as ds:
+        assert reads == []
+        # one time point past sub-03's rest run (3 TRs): NaN, its file untouched
+        late = ds["data"].sel(subject="sub-03", run="rest").isel(time=5).values
+        assert np.isnan(late).all()
+        assert sum(reads) == 0  # no cluster dataset read
+        got = ds["data"].isel(subject=[0, 2], time=slice(1, 3)).sel(run="task").values
+        # one batched read per subject file, not one per cluster
+        assert len([n for n in reads if n]) == 2
+    with xr.open_dataset(subject_files[2], engine=ENGINE) as one:
+        want = one["data"].sel(run="task").isel(time=slice(1, 3)).values
+    np.testing.assert_array_equal(got[1], want)

@@ -140,7 +140,7 @@ def test_cli_existing_output_speaks_cli(nifti_run: dict[str, Path], capsys) -> N
     ]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert "pass --overwrite" in err
+    assert "--overwrite to replace it" in err
     assert "overwrite=True" not in err
     assert nifti_run["out"].read_bytes() == b"keep me"
     assert main([*argv, "--overwrite"]) == 0

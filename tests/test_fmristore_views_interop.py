@@ -156,7 +156,7 @@ def test_chunked_tree_writes_zarr_and_netcdf(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------
 
 
-def test_to_volume_of_a_padded_dataset_reduced_to_one_run() -> None:
+def test_to_volume_of_a_padded_dataset_reduced_to_one_run(tmp_path: Path) -> None:
     with xr.open_dataset(fmristore_path("irregular"), engine="clusterh5") as ds:
         full = ds.clusterh5.to_volume(run="zeta_full")
         assert full.shape == (13, 11, 9, 37)
@@ -170,6 +170,12 @@ def test_to_volume_of_a_padded_dataset_reduced_to_one_run() -> None:
         xr.testing.assert_allclose(
             means.isel(run=0), ds.clusterh5.cluster_means().sel(run="zeta_full")
         )
+        to_fmristore(one, tmp_path / "one.h5")
+        with xr.open_dataset(
+            tmp_path / "one.h5", engine="clusterh5", group="zeta_full"
+        ) as back:
+            xr.testing.assert_identical(back.load(), ds.clusterh5.unpad("zeta_full"))
+            xr.testing.assert_equal(back, one.clusterh5.unpad("zeta_full"))
         with pytest.raises(ValueError, match="2 runs needs run="):
             ds.isel(run=[0, 3]).clusterh5.to_volume()
         with pytest.raises(ValueError, match="'beta_summary' has no voxel data"):

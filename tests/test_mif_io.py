@@ -22,7 +22,7 @@ from xarray_clusterh5.mif.header import (
     parse_header,
     read_header,
 )
-from xarray_clusterh5.mif.read import read_mif, read_values
+from xarray_clusterh5.mif.read import read_mif, read_range, read_values
 from xarray_clusterh5.mif.write import mif_bytes, write_mif
 
 MIF = DATA / "modelarray_modalities" / "mif"
@@ -215,3 +215,15 @@ def test_path_objects_and_missing_files(tmp_path):
         read_mif(Path(tmp_path / "none.mif"))
     with pytest.raises(FileNotFoundError):
         read_header(tmp_path / "none.mif")
+
+
+@pytest.mark.parametrize("path", [p for p in SUBJECTS if not p.name.endswith(".gz")])
+def test_range_reads_equal_whole_reads(path):
+    h = read_header(path)
+    whole = read_values(str(path))
+    for start, stop in [(0, 300), (17, 123), (299, 300), (5, 5)]:
+        np.testing.assert_array_equal(
+            read_range(str(path), h, start, stop), whole[start:stop]
+        )
+    with pytest.raises(IndexError):
+        read_range(str(path), h, 10, 301)

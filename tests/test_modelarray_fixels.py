@@ -189,3 +189,40 @@ def test_accessor_export_copies_index_and_directions(work, tmp_path):
     )
     for p in out:
         assert p.read_bytes() == (MIF / "exports_nocompress" / p.name).read_bytes()
+
+
+def test_plain_mif_cohorts_stream_stripes(work, tmp_path, monkeypatch):
+    # without .mif.gz subjects each stripe reads only its bytes: tiny stripes
+    # must give ModelArrayIO's values (sub-02 is the gzipped one: left out)
+    from xarray_clusterh5.modelarray import h5 as modelarray_io
+
+    lines = Path("cohort.csv").read_text().splitlines()
+    Path("plain.csv").write_text("\n".join(r for r in lines if ".gz" not in r) + "\n")
+    monkeypatch.setattr(modelarray_io, "STRIPE_BYTES", 8 * 64 * 4)
+    out = tmp_path / "p.h5"
+    cohort_to_h5("plain.csv", out, chunk_voxels=16, **FIXEL_ARGS)
+    with (
+        xr.open_dataset(out, engine="clusterh5") as ours,
+        xr.open_dataset(MIF / "out" / "modelarray.h5", engine="clusterh5") as mai,
+    ):
+        want = np.delete(mai["FD"].values, 1, axis=0)
+        np.testing.assert_array_equal(ours["FD"].values, want)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "scalar_name,source_file\nFD,inputs/sub-03_FD_float64.mif\nFD,x.mif\n",
+        "scalar_name,source_file\nNA,inputs/sub-01_FD.mif\n ,x\n"
+        "FD, inputs/sub-03_FD_float64.mif \n",
+        'id,scalar_name,source_file\n1,FD,"inputs/sub-03_FD_float64.mif"\n',
+    ],
+)
+def test_template_is_the_first_kept_row_as_read_cohort_says(work, text):
+    from xarray_clusterh5.modelarray import h5 as modelarray_io
+    from xarray_clusterh5.modelarray.export import template_from_cohort
+
+    Path("c.csv").write_text(text)
+    first = modelarray_io.read_cohort("c.csv")["source_file"].iloc[0]
+    assert first == "inputs/sub-03_FD_float64.mif"
+    assert template_from_cohort("c.csv") == str(work / first)

@@ -370,3 +370,58 @@ def test_layout_modules_import_only_the_standard_library():
             for alias in node.names
         }
         assert imported <= allowed, (rel, imported - allowed)
+
+
+_CELLS = [
+    "a.nii",
+    " b.nii ",
+    "",
+    "NA",
+    "null",
+    "n/a",
+    "NaN",
+    "  ",
+    "x y.nii",
+    "001.nii",
+]
+
+
+@given(
+    rows=st.lists(
+        st.tuples(st.sampled_from(["FA", " MD", "", "NA"]), st.sampled_from(_CELLS)),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_cohort_table_drops_what_pandas_drops(tmp_path_factory, rows):
+    # the csv-module reader keeps exactly the rows pandas.read_csv + dropna +
+    # strip keep (ModelArrayIO's normalisation), in order
+    import pandas as pd
+
+    path = tmp_path_factory.mktemp("c") / "c.csv"
+    lines = ["scalar_name,source_file,age"] + [
+        f"{n},{s},{i}" for i, (n, s) in enumerate(rows)
+    ]
+    path.write_text("\n".join(lines) + "\n\n")
+    df = pd.read_csv(path, dtype={"scalar_name": str, "source_file": str})
+    df = df.dropna(subset=["scalar_name", "source_file"])
+    names, srcs = df["scalar_name"].str.strip(), df["source_file"].str.strip()
+    keep = (names != "") & (srcs != "")
+    if not keep.any():
+        with pytest.raises(ClusterH5Error, match="no scalar entries"):
+            modelarray_io.read_cohort_table(path)
+        return
+    table = modelarray_io.read_cohort_table(path)
+    assert table.scalar_name == names[keep].tolist()
+    assert table.source_file == srcs[keep].tolist()
+    frame = modelarray_io.read_cohort(path)
+    assert frame["age"].tolist() == df["age"][keep].tolist()
+
+
+def test_cohort_table_refuses_ragged_rows(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("\ufeffscalar_name,source_file\nFA,a.nii,extra\n")
+    with pytest.raises(ClusterH5Error, match="3 fields, the header 2"):
+        modelarray_io.read_cohort_table(path)
+    path.write_text("\ufeffscalar_name,source_file\nFA,a.nii\n")
+    assert modelarray_io.read_cohort_table(path).source_file == ["a.nii"]

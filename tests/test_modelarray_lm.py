@@ -26,6 +26,7 @@ from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.modelarray import results_h5
 from xarray_clusterh5.modelarray.h5 import read_results
 from xarray_clusterh5.modelarray.lm import (
+    compute,
     correct_block,
     lm,
     merge_results,
@@ -118,6 +119,16 @@ def test_constant_elements_are_exact(cohort: xr.Dataset) -> None:
             assert np.isnan(col.sel(stat=k).item())
         assert col.sel(stat="model.logLik").item() == np.inf
         assert col.sel(stat="model.AIC").item() == -np.inf
+
+
+def test_compute_in_place_is_compute(cohort: xr.Dataset) -> None:
+    a = ANALYSES[1]
+    lazy = lm(cohort, a.formula, phenotypes(), chunk_size=100, **a.kwargs)
+    stored = compute(lazy)
+    assert isinstance(stored.data, np.ndarray)
+    np.testing.assert_array_equal(stored.values, lazy.values)
+    assert list(stored.stat.values) == list(lazy.stat.values)
+    assert compute(stored) is stored
 
 
 def test_corrections_do_not_depend_on_chunks(cohort: xr.Dataset) -> None:

@@ -42,6 +42,8 @@ EXAMPLES = {
     "vignette": "vignette.h5",
     "cohort": "cohort/cohort_thickness.csv",
     "results": "thickness_with_results.h5",
+    "voxel_cohort": "voxel_cohort/cohort.csv",
+    "fixel_cohort": "fixel_cohort/cohort.csv",
 }
 
 
@@ -55,7 +57,13 @@ def example_file(name: str = "vignette") -> Path:
         fmristore. ``"cohort"``: a ModelArrayIO cohort CSV of five CIFTI
         thickness maps (paths relative to the CSV's folder). ``"results"``: that
         cohort as a ModelArray HDF5 file with ``results/lm`` written by R
-        ModelArray. ``xarray_clusterh5/data/README.md`` gives their provenance.
+        ModelArray. ``"voxel_cohort"``: a NIfTI cohort CSV (FA and MD of eight
+        subjects, per-subject masks; the group mask is
+        ``inputs/group_mask.nii.gz`` beside it). ``"fixel_cohort"``: a MIF
+        fixel cohort CSV (FD of eight subjects, written by MRtrix; with
+        ``inputs/index.mif`` and ``inputs/directions.mif``). Cohort paths are
+        relative to the CSV's folder. ``xarray_clusterh5/data/README.md``
+        gives their provenance.
 
     Raises
     ------

@@ -14,6 +14,11 @@ class ClusterH5Error(ValueError):
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
 
+    def __reduce__(self) -> tuple[type[ClusterH5Error], tuple[str, str]]:
+        # rebuilt from path and problem, so the error crosses process
+        # boundaries (dask.distributed workers, multiprocessing) intact
+        return (type(self), (self.path, self.problem))
+
 
 class CorruptFileError(ClusterH5Error):
     """Reading a file failed inside HDF5, nibabel or zlib: it is damaged or cut short.

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import xarray as xr
+from xarray.backends import BackendArray
+from xarray.core import indexing
 
 from xarray_clusterh5.api import open_dataset, open_datatree
 from xarray_clusterh5.errors import ClusterH5Error
@@ -127,6 +129,8 @@ def _close_all(datasets: Sequence[xr.Dataset | xr.DataTree]) -> None:
 def open_subjects(
     paths: Sequence[str | os.PathLike[str]],
     subjects: Sequence[str] | None = None,
+    *,
+    chunks: Any = None,
     **kwargs: Any,
 ) -> xr.Dataset:
     """Open one fmristore file per subject as one lazy Dataset.
@@ -137,9 +141,13 @@ def open_subjects(
         One fmristore clustered experiment per subject.
     subjects : sequence of str, optional
         The ``subject`` coordinate; default: each file name up to its first dot.
+    chunks : None, dict or "auto"
+        None (default): lazy without dask, reading only what is indexed.
+        ``{}``: one dask chunk per (subject, run, cluster), as the padded
+        view's ``chunks={}``; otherwise as ``Dataset.chunk`` (e.g.
+        ``{"cluster": 20}``: see ``benchmarks/README.md``).
     **kwargs
-        Passed to ``xr.open_dataset`` for every file: ``chunks`` (``{}`` for
-        one dask chunk per (subject, run, cluster) dataset), ``lock`` and the
+        Passed to ``xr.open_dataset`` for every file: ``lock`` and the
         engine's other options.
 
     Returns
@@ -163,12 +171,17 @@ def open_subjects(
     names = _subject_names(paths, subjects)
     if kwargs.get("group") not in (None, ""):
         raise ValueError("open_subjects stacks padded views; do not pass group=")
+    kwargs.setdefault("cache", False)  # the stacked arrays read through
     datasets: list[xr.Dataset] = []
     try:
         for path in paths:
             datasets.append(open_dataset(path, **kwargs))
         check_same_geometry(datasets, paths)
         stacked = _stack(datasets, names)
+        if chunks is not None:
+            stacked = stacked.chunk(
+                {"subject": 1, "run": 1, "cluster": 1} if chunks == {} else chunks
+            )
     except BaseException:
         _close_all(datasets)
         raise
@@ -176,30 +189,123 @@ def open_subjects(
     return stacked
 
 
+_STACKED = ("data", "summary")  # lazy voxel data: stacked without reading
+
+
 def _stack(datasets: list[xr.Dataset], names: list[str]) -> xr.Dataset:
-    """Concatenate along ``subject``; per-run variables vary, geometry does not."""
+    """Concatenate along ``subject``; per-run variables vary, geometry does not.
+
+    The voxel data are stacked lazily (``SubjectStack``): ``xr.concat`` of
+    backend arrays would read them.
+    """
+    small = [
+        ds.drop_vars([v for v in _STACKED if v in ds], errors="ignore")
+        for ds in datasets
+    ]
     per_run = sorted(
         {
             str(name)
-            for ds in datasets
+            for ds in small
             for name, var in ds.variables.items()
             if "run" in var.dims and name != "run"
         }
     )
     fill = {name: _RUN_FILL.get(name, np.nan) for name in per_run}
     stacked = xr.concat(
-        datasets,
+        small,
         dim=pd.Index(names, name="subject"),
-        data_vars=[n for n in per_run if n in datasets[0].data_vars],
-        coords=[n for n in per_run if n in datasets[0].coords],
+        data_vars=[n for n in per_run if n in small[0].data_vars],
+        coords=[n for n in per_run if n in small[0].coords],
         compat="override",
         join="outer",
         fill_value=fill,
         combine_attrs="drop_conflicts",
     )
+    runs = [str(r) for r in stacked["run"].values]
+    for name in _STACKED:
+        if all(name in ds for ds in datasets):
+            stacked[name] = _stacked_variable(datasets, name, runs, stacked.sizes)
     stacked = stacked.assign_coords(subject=np.asarray(names, dtype=str))
     stacked.attrs["clusterh5_view"] = "subjects"
     return stacked
+
+
+def _stacked_variable(
+    datasets: list[xr.Dataset], name: str, runs: list[str], sizes: Any
+) -> xr.Variable:
+    first = datasets[0].variables[name]
+    dims = ("subject", *first.dims)
+    run_index = np.array(
+        [[_position(ds["run"].values, r) for r in runs] for ds in datasets],
+        dtype=np.int64,
+    )
+    shape = tuple(len(datasets) if d == "subject" else int(sizes[d]) for d in dims)
+    array = SubjectStack(
+        [ds.variables[name]._data for ds in datasets], run_index, shape, first.dtype
+    )
+    return xr.Variable(dims, indexing.LazilyIndexedArray(array), first.attrs)
+
+
+def _position(values: np.ndarray, name: str) -> int:
+    hits = np.flatnonzero(values.astype(str) == name)
+    return int(hits[0]) if hits.size else -1
+
+
+class SubjectStack(BackendArray):
+    """Lazy ``(subject, run, ...)`` over each subject's lazy ``(run, ...)`` array.
+
+    ``run_index[s, r]`` is subject ``s``'s position of stacked run ``r`` (-1:
+    absent); trailing axes may be shorter in a subject (fewer time points)
+    and are NaN beyond its end. Indexing reads only the subjects, runs and
+    windows asked for, through each subject's own lazy array.
+    """
+
+    indexing_support = indexing.IndexingSupport.OUTER
+
+    def __init__(
+        self,
+        parts: list[Any],
+        run_index: np.ndarray,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+    ) -> None:
+        self.parts = parts
+        self.run_index = run_index
+        self.shape = shape
+        self.dtype = np.dtype(dtype)
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, self.indexing_support, self._raw_indexing_method
+        )
+
+    def _raw_indexing_method(self, key: tuple[Any, ...]) -> np.ndarray:
+        axes = [_indices(k, n) for k, n in zip(key, self.shape, strict=True)]
+        idx = [a for a, _ in axes]
+        out = np.full([len(i) for i in idx], np.nan, dtype=self.dtype)
+        for a, s in enumerate(idx[0]):
+            part = self.parts[int(s)]
+            local = self.run_index[int(s), idx[1]]
+            sel = [local >= 0] + [
+                i < n for i, n in zip(idx[2:], part.shape[1:], strict=True)
+            ]
+            if not all(m.any() for m in sel):
+                continue
+            picks = [local[sel[0]]] + [
+                i[m] for i, m in zip(idx[2:], sel[1:], strict=True)
+            ]
+            block = np.asarray(part.oindex[indexing.OuterIndexer(tuple(picks))])
+            out[a][np.ix_(*sel)] = block
+        return out[tuple(slice(None) if keep else 0 for _, keep in axes)]
+
+
+def _indices(key: Any, size: int) -> tuple[np.ndarray, bool]:
+    """Indices selected along one axis and whether the axis is kept."""
+    if isinstance(key, int | np.integer):
+        return np.array([int(key) % size], dtype=np.int64), False
+    if isinstance(key, slice):
+        return np.arange(size, dtype=np.int64)[key], True
+    return np.asarray(key, dtype=np.int64).reshape(-1), True
 
 
 def open_subjects_datatree(

@@ -12,6 +12,8 @@ from __future__ import annotations
 import zlib
 from typing import Any
 
+from xarray_clusterh5.errors import ClusterH5Error
+
 _isal: Any
 try:  # optional: the fast extra
     from isal import isal_zlib as _isal
@@ -48,3 +50,16 @@ def inflate_gzip(raw: bytes) -> bytes:
         except Exception as err:  # isal_zlib.error: one type for callers
             raise zlib.error(str(err)) from err
     return zlib.decompress(raw, wbits=31)
+
+
+def read_file(path: str) -> bytes:
+    """A file's bytes, inflated in one call when it is gzipped (``.nii.gz``,
+    ``.mif.gz``), so threads read several files at once."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return inflate_gzip(raw)
+    except zlib.error as err:
+        raise ClusterH5Error(path, f"corrupt gzip stream: {err}") from err

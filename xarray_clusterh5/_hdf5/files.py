@@ -244,6 +244,8 @@ def _follow(
         try:
             parent = parent[part]
         except KeyError as err:
+            if not isinstance(link, h5py.SoftLink):
+                raise  # a hard link to an object that does not open: damaged
             raise ClusterH5Error(
                 path, f"{parent.name.rstrip('/')}/{part} is a dangling link"
             ) from err

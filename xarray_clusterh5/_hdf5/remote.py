@@ -215,3 +215,47 @@ class ReadAheadCache:
             self.blocks.move_to_end(j)
         while len(self.blocks) > MAX_BLOCKS:
             self.blocks.popitem(last=False)
+
+
+_copies_dir: Any = None
+
+
+def local_copies(
+    urls: list[str], storage_options: dict[str, Any] | None = None
+) -> list[str]:
+    """Download ``urls`` once into a temporary folder removed at exit.
+
+    For inputs read whole (cohort CIFTI files): one request per file instead
+    of one per header and block. Errors name the URL, never credentials.
+    """
+    import hashlib
+    import tempfile
+
+    global _copies_dir
+    if _copies_dir is None:
+        _copies_dir = tempfile.TemporaryDirectory(prefix="clusterh5-sources-")
+    out = []
+    for url in urls:
+        name = display_name(url)
+        key = hashlib.sha256(url.encode()).hexdigest()[:20]
+        local = os.path.join(_copies_dir.name, f"{key}-{os.path.basename(name)}")
+        if not os.path.exists(local):
+            with open_url(url, storage_options) as src:
+                try:
+                    data = src.read()
+                except FileNotFoundError:
+                    raise FileNotFoundError(f"{name}: no such file") from None
+                except Exception as err:
+                    detail = scrub(f"{type(err).__name__}: {err}", storage_options, url)
+                    raise _error(name, f"cannot be read ({detail})") from None
+            with open(local + ".part", "wb") as dst:
+                dst.write(data)
+            os.replace(local + ".part", local)
+        out.append(local)
+    return out
+
+
+def _error(name: str, problem: str) -> Exception:
+    from xarray_clusterh5.errors import ClusterH5Error
+
+    return ClusterH5Error(name, problem)

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         import formulaic  # noqa: F401  (checked here to fail before any work)
 
-        from xarray_clusterh5.modelarray.lm import lm, write_results
+        from xarray_clusterh5.modelarray.lm import compute, lm, write_results
     except ImportError as err:
         print(f"clusterh5 lm: error: {err}", file=sys.stderr)
         return 1
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             chunk_size=args.chunk_size,
         )
         with _ChunkBar(result, disable=args.no_progress):
-            result = result.compute()
+            result = compute(result)
     write_results(result, args.input_hdf5, args.analysis_name, overwrite=args.overwrite)
     print(
         f"wrote results/{args.analysis_name}: {result.sizes['stat']} statistics x "

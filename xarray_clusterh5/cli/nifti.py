@@ -91,9 +91,6 @@ def run(args: argparse.Namespace) -> int:
     from xarray_clusterh5.fmristore.from_nifti import from_nifti
     from xarray_clusterh5.fmristore.to_h5 import to_fmristore
 
-    if os.path.exists(args.output) and not args.overwrite:
-        # checked before any work, in the command line's words
-        raise FileExistsError(f"{args.output}: exists; pass --overwrite to replace it")
     names = [name for name, _ in args.runs]
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:

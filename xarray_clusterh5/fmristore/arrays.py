@@ -21,7 +21,7 @@ from xarray.core import indexing
 from xarray_clusterh5._hdf5 import chunk_read as _chunkread
 from xarray_clusterh5._hdf5.files import named_errors
 from xarray_clusterh5.fmristore import layout as L
-from xarray_clusterh5.fmristore import read as reader
+from xarray_clusterh5.fmristore import read
 
 _F32 = np.dtype("float32")
 
@@ -158,11 +158,11 @@ class _ClusterArray(BackendArray):
     ) -> _chunkread.RawWindow | None:
         """Locate (or read) the window's chunks; the low-level lookup first."""
         if job.scan not in groups:
-            groups[job.scan] = reader.clusters_group_of(f, self.path, job.scan)
+            groups[job.scan] = read.clusters_group_of(f, self.path, job.scan)
         group = groups[job.scan]
         found = None
         if group is not None:
-            found = reader.cluster_dataset_id(
+            found = read.cluster_dataset_id(
                 group, job.cluster_id, job.n_voxels, job.n_time
             )
         if found is not None:
@@ -180,8 +180,8 @@ class _ClusterArray(BackendArray):
         self, f: h5py.File, groups: dict[str, h5py.Group | None], job: _Job
     ) -> h5py.Dataset:
         if job.scan not in groups:
-            groups[job.scan] = reader.clusters_group_of(f, self.path, job.scan)
-        return reader.cluster_dataset(
+            groups[job.scan] = read.clusters_group_of(f, self.path, job.scan)
+        return read.cluster_dataset(
             f,
             self.path,
             job.scan,
@@ -355,8 +355,8 @@ class SummaryArray(_ClusterArray):
                     t_sl, t_pick = _window(t_idx[:nt])
                     name = L.summary_path(self.scans[r])
                     with named_errors(self.path, "reading cluster summaries", name):
-                        dset = reader.summary_dataset(f, self.path, self.scans[r])
-                        block = reader.read_window(dset, (c_sl, t_sl))
+                        dset = read.summary_dataset(f, self.path, self.scans[r])
+                        block = read.read_window(dset, (c_sl, t_sl))
                     if c_pick is not None:
                         block = block[c_pick]
                     if t_pick is not None:

@@ -22,7 +22,7 @@ import xarray as xr
 from xarray_clusterh5._hdf5.files import output_folder
 from xarray_clusterh5._hdf5.names import safe_output_name
 from xarray_clusterh5.cifti import write as cifti
-from xarray_clusterh5.fmristore import ops as views_convert
+from xarray_clusterh5.fmristore import ops
 
 _NAME_COLUMNS = ("name", "label", "cluster_name")
 
@@ -40,7 +40,7 @@ def _tr(meta: dict[str, Any], run: str) -> float:
 
 
 def _parcel_names(ds: xr.Dataset) -> list[str]:
-    table = views_convert.cluster_metadata(ds)
+    table = ops.cluster_metadata(ds)
     ids = [int(c) for c in np.asarray(ds["cluster"].values)]
     for column in _NAME_COLUMNS:
         if column in table.columns:
@@ -56,13 +56,13 @@ def _run_views(
     if isinstance(obj, xr.DataTree):
         names = list(runs) if runs is not None else list(obj.children)
         return [obj.clusterh5.run(n) for n in names]
-    view = views_convert.view_of(obj)
+    view = ops.view_of(obj)
     if view == "run":
         return [obj]
     if view != "padded":
         raise ValueError("the geometry root holds no runs to export")
-    names = list(runs) if runs is not None else views_convert.scan_names(obj)
-    return [views_convert.unpad(obj, n) for n in names]
+    names = list(runs) if runs is not None else ops.scan_names(obj)
+    return [ops.unpad(obj, n) for n in names]
 
 
 def experiment_to_cifti(
@@ -71,6 +71,7 @@ def experiment_to_cifti(
     *,
     runs: Sequence[str] | None = None,
     overwrite: bool = False,
+    parents: bool = False,
 ) -> list[Path]:
     """Write each run as ``<run>.dtseries.nii`` (voxels) / ``<run>.ptseries.nii``.
 
@@ -80,20 +81,21 @@ def experiment_to_cifti(
     output_dir : folder, made if its parent exists; files are written atomically.
     runs : scan names to export; default all.
     overwrite : replace existing files.
+    parents : make missing parent folders of ``output_dir`` too.
 
     Returns
     -------
     list of Path
         The files written, in run order.
     """
-    folder = output_folder(output_dir, create=True)
+    folder = output_folder(output_dir, create=True, parents=parents)
     written: list[Path] = []
     for ds in _run_views(obj, runs):
         run = str(ds.attrs["scan"])
         stem = safe_output_name(run, "scan name")
-        meta = views_convert.scan_metadata(ds)[run]
-        shape = views_convert.volume_shape(ds)
-        affine = views_convert.affine(ds)
+        meta = ops.scan_metadata(ds)[run]
+        shape = ops.volume_shape(ds)
+        affine = ops.affine(ds)
         tr = _tr(meta, run)
         ijk = np.stack([np.asarray(ds[c].values) for c in "ijk"], axis=1)
         if "data" in ds:

@@ -455,7 +455,8 @@ def to_fmristore(
         tqdm progress bar over the (scan, cluster) blocks.
     **kwargs
         Passed to :func:`~xarray_clusterh5.fmristore.write.write_experiment`
-        (``nonpositive_ids``, ``non_ascii``, ``fmristore_version``, ...).
+        (``nonpositive_ids``, ``non_ascii``, ``fmristore_version``, ``parents``
+        to make missing folders, ...).
 
     Returns
     -------

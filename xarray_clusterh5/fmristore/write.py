@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from xarray_clusterh5._hdf5.chunk_write import ChunkWriter
-from xarray_clusterh5._hdf5.files import atomic_output
+from xarray_clusterh5._hdf5.files import atomic_output, output_folder
 from xarray_clusterh5.fmristore import layout as L
 
 __all__ = ["Run", "affine_to_header", "positive_seconds", "write_experiment"]
@@ -945,6 +945,7 @@ def write_experiment(
     overwrite: bool = False,
     progress: bool = False,
     threads: int | None = None,
+    parents: bool = False,
 ) -> Path:
     """Write an fmristore clustered experiment that R fmristore reads.
 
@@ -1029,6 +1030,9 @@ def write_experiment(
         Show a tqdm progress bar over the (scan, cluster) blocks.
     threads
         Threads for chunk compression (default: available CPUs).
+    parents
+        Make the output's missing folders (default False: a missing folder is
+        a ``ClusterH5Error``, raised before any work).
 
     Returns
     -------
@@ -1043,6 +1047,7 @@ def write_experiment(
     FileExistsError
         If ``path`` exists and ``overwrite`` is False.
     """
+    output_folder(Path(path).absolute().parent, parents=parents)
     filters = _check_options(format, compression, non_ascii, nonpositive_ids)
     caps = _chunk_caps(chunks)
     geom, names, content = _plan(

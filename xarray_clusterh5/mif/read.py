@@ -10,25 +10,12 @@ MRtrix and ModelArrayIO do). No h5py or xarray here.
 from __future__ import annotations
 
 import os
-import zlib
 
 import numpy as np
 
-from xarray_clusterh5._hdf5.deflate import inflate_gzip
+from xarray_clusterh5._hdf5.deflate import read_file
 from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.mif.header import MifHeader, is_gzip, parse_header
-
-
-def _file_bytes(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        # one call: zlib releases the GIL, so threads inflate files in parallel
-        return inflate_gzip(raw)
-    except zlib.error as err:
-        raise ClusterH5Error(path, f"corrupt gzip stream: {err}") from err
 
 
 def disk_to_logical(flat: np.ndarray, h: MifHeader) -> np.ndarray:
@@ -51,7 +38,7 @@ def logical_to_disk(data: np.ndarray, h: MifHeader) -> np.ndarray:
 def raw_values(h: MifHeader, raw: bytes | None = None) -> np.ndarray:
     """The stored values of a file in on-disk order (1-D, file's dtype)."""
     if raw is None:
-        raw = _file_bytes(h.path)
+        raw = read_file(h.path)
     nbytes = h.n_values * h.dtype.itemsize
     if h.data_offset + nbytes > len(raw):
         raise ClusterH5Error(
@@ -85,7 +72,7 @@ def read_mif(
     p = os.fspath(path)
     if not os.path.exists(p):
         raise FileNotFoundError(f"{p}: no such file")
-    raw = _file_bytes(p)
+    raw = read_file(p)
     h = parse_header(p, raw)
     values = raw_values(h, raw)
     values = values.astype(values.dtype.newbyteorder("="), copy=False)
@@ -100,7 +87,7 @@ def read_values(path: str, h: MifHeader | None = None) -> np.ndarray:
     Values are scaled in float64 first when the header says so, then cast, as
     ModelArrayIO's ``get_fdata(dtype=float32)`` does. Complex data is refused.
     """
-    raw = _file_bytes(path)
+    raw = read_file(path)
     if h is None:
         h = parse_header(path, raw)
     if h.dtype.kind == "c":
@@ -109,6 +96,34 @@ def read_values(path: str, h: MifHeader | None = None) -> np.ndarray:
     return np.ascontiguousarray(disk_to_logical(values, h), dtype=np.float32).reshape(
         -1
     )
+
+
+def read_range(path: str, h: MifHeader, start: int, stop: int) -> np.ndarray:
+    """Values ``start:stop`` (logical order) of an uncompressed image with one
+    non-singleton axis (fixel data), as float32, reading only those bytes.
+
+    Same values as ``read_values(path)[start:stop]``; a reversed axis is read
+    mirrored and flipped.
+    """
+    axes = [a for a, d in enumerate(h.dim) if d > 1] or [0]
+    if len(axes) != 1:
+        raise ValueError(
+            f"{path}: read_range needs one non-singleton axis, dim {h.dim}"
+        )
+    n = h.dim[axes[0]]
+    if not 0 <= start <= stop <= n:
+        raise IndexError(f"{path}: range {start}:{stop} outside 0:{n}")
+    rev = h.reversed_axes[axes[0]]
+    lo = n - stop if rev else start
+    item = h.dtype.itemsize
+    with open(path, "rb") as fh:
+        raw = os.pread(fh.fileno(), (stop - start) * item, h.data_offset + lo * item)
+    if len(raw) != (stop - start) * item:
+        raise ClusterH5Error(path, "truncated: the file ends inside the data")
+    values = apply_scaling(np.frombuffer(raw, dtype=h.dtype), h)
+    if rev:
+        values = values[::-1]
+    return np.asarray(values, dtype=np.float32)
 
 
 def is_mif_gz(path: str) -> bool:

@@ -138,15 +138,16 @@ def from_cohort(
     As ModelArrayIO does, values are float32 whatever the files store.
     """
     csv = os.fspath(cohort_csv)
-    long = modelarray_io.read_cohort(csv, scalar_columns)
-    kind = modelarray_io.check_modality(csv, long["source_file"].tolist())
-    rows = modelarray_io.scalar_rows(long)
+    table = modelarray_io.read_cohort_table(csv, scalar_columns)
+    kind = modelarray_io.check_modality(csv, table.source_file)
+    rows = modelarray_io.scalar_rows(table.scalar_name)
     src = open_cohort(
-        csv, long, rows, kind, relative_to=relative_to, map_index=map_index,
+        table, rows, kind, relative_to=relative_to, map_index=map_index,
         mask=mask, index_file=index_file, directions_file=directions_file,
         allow_affine_mismatch=allow_affine_mismatch, progress=progress,
         threads=threads,
     )  # fmt: skip
+    long = modelarray_io.cohort_frame(table)
     ds = cohort_dataset(csv, long, rows, src.arrays, batch_size)
     ds = ds.assign_coords(element_coords(src.coords, src.attrs.get("affine")))
     ds.attrs.update(
@@ -363,6 +364,7 @@ def to_modelarray(
     progress: bool = True,
     scalars: Sequence[str] | None = None,
     threads: int | None = None,
+    parents: bool = False,
 ) -> list[Path]:
     """Write scalars in ModelArray's HDF5 layout, as ``modelarrayio to-modelarray``.
 
@@ -383,6 +385,7 @@ def to_modelarray(
     progress : progress bar on stderr.
     scalars : which scalar variables (default: all).
     threads : compression threads (default: available CPUs).
+    parents : make the output's missing folders (else they are refused).
 
     Returns
     -------
@@ -424,7 +427,7 @@ def to_modelarray(
     }
     return modelarray_io.write_modelarray(
         plan, write_elements, streams, ds.sizes[ELEMENT_DIM], options,
-        overwrite=overwrite, progress=progress,
+        overwrite=overwrite, progress=progress, parents=parents,
     )  # fmt: skip
 
 
@@ -463,6 +466,7 @@ def to_cifti(
     cohort_file: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    parents: bool = False,
 ) -> list[Path]:
     """Write one analysis's results as ``<analysis>_<stat>.dscalar.nii`` files.
 
@@ -499,6 +503,7 @@ def to_cifti(
         template,
         overwrite=overwrite,
         progress=progress,
+        parents=parents,
     )
 
 

@@ -67,26 +67,26 @@ def cohort_to_h5(
     The files written, each renamed into place only when complete.
     """
     csv = os.fspath(cohort_csv)
-    long = modelarray_io.read_cohort(csv, scalar_columns)
-    kind = modelarray_io.check_modality(csv, long["source_file"].tolist())
+    table = modelarray_io.read_cohort_table(csv, scalar_columns)
+    kind = modelarray_io.check_modality(csv, table.source_file)
     check_modality_options(csv, kind, mask, index_file, directions_file)
     options = modelarray_io.StorageOptions(
         dtype, compression, compression_level, shuffle, chunk_voxels,
         target_chunk_mb, threads,
     )  # fmt: skip
     options.check()  # refuse bad options before reading any file
-    rows = modelarray_io.scalar_rows(long)
+    rows = modelarray_io.scalar_rows(table.scalar_name)
     if split_files is None:
         split_files = bool(scalar_columns)
     plan = modelarray_io.output_plan(output, list(rows), split_files)
     modelarray_io.check_outputs(plan, overwrite, parents)
     src = open_cohort(
-        csv, long, rows, kind, relative_to=relative_to, map_index=map_index,
+        table, rows, kind, relative_to=relative_to, map_index=map_index,
         mask=mask, index_file=index_file, directions_file=directions_file,
         allow_affine_mismatch=allow_affine_mismatch, progress=progress,
         threads=threads,
     )  # fmt: skip
-    sources = long["source_file"].tolist()
+    sources = table.source_file
     n_threads = options.n_threads()
     with ThreadPoolExecutor(n_threads, thread_name_prefix="cohort-read") as pool:
         streams = {

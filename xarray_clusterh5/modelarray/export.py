@@ -169,9 +169,9 @@ def template_from_cohort(
     relative_to: str | os.PathLike[str] | None = None,
 ) -> str:
     """The first row's ``source_file`` of a long cohort (ModelArrayIO's template)."""
-    long = modelarray_io.read_cohort(cohort_file)
-    first = long["source_file"].iloc[0]
-    return modelarray_io.resolve_sources(cohort_file, [first], relative_to)[0]
+    path = os.fspath(cohort_file)
+    first = modelarray_io.read_cohort_table(path).source_file[0]
+    return modelarray_io.resolve_sources(path, [first], relative_to)[0]
 
 
 def pick_template(
@@ -239,13 +239,12 @@ def write_nifti_results(
     grid = load_group_mask(os.fspath(mask))
     template = volume_template(grid.path, grid.flat_index)
     _check_width(grid.path, template.n_elements, matrix)
-
-    def write_row(path: Path, row: np.ndarray, *, overwrite: bool) -> Path:
-        return write_volume(path, template, row, overwrite=overwrite)
-
     return write_result_files(
         output_dir, analysis, stats, matrix, ".nii.gz" if compress else ".nii",
-        write_row, overwrite=overwrite, progress=progress,
+        lambda path, row, *, overwrite: write_volume(
+            path, template, row, overwrite=overwrite
+        ),
+        overwrite=overwrite, progress=progress,
         threads=threads or default_threads(), parents=parents,
     )  # fmt: skip
 
@@ -274,13 +273,12 @@ def write_mif_results(
 
     header = read_header(template_file)
     _check_width(header.path, header.n_values, matrix)
-
-    def write_row(path: Path, row: np.ndarray, *, overwrite: bool) -> Path:
-        return write_mif(path, header, row, overwrite=overwrite)
-
     return write_result_files(
         output_dir, analysis, stats, matrix, ".mif.gz" if compress else ".mif",
-        write_row, overwrite=overwrite, progress=progress,
+        lambda path, row, *, overwrite: write_mif(
+            path, header, row, overwrite=overwrite
+        ),
+        overwrite=overwrite, progress=progress,
         threads=threads or default_threads(), parents=parents,
     )  # fmt: skip
 

@@ -26,8 +26,8 @@ import h5py
 import numpy as np
 
 from xarray_clusterh5.errors import ClusterH5Error
-from xarray_clusterh5.mif.header import read_header
-from xarray_clusterh5.mif.read import read_mif, read_values
+from xarray_clusterh5.mif.header import is_gzip, read_header
+from xarray_clusterh5.mif.read import read_mif, read_range, read_values
 from xarray_clusterh5.modelarray import layout
 
 
@@ -152,6 +152,15 @@ class FixelRows:
 
     def load(self, row: int) -> np.ndarray:
         return read_values(self.sources[row])
+
+    def seekable(self) -> bool:
+        """True when no file is gzipped: stripes then read only their bytes."""
+        return not any(is_gzip(p) for p in self.sources)
+
+    def load_columns(self, row: int, start: int, stop: int) -> np.ndarray:
+        """Fixels ``start:stop`` of one subject, reading only those bytes."""
+        path = self.sources[row]
+        return read_range(path, read_header(path), start, stop)
 
     def token(self) -> object:
         return self.sources

@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import h5py
 import numpy as np
 
+from xarray_clusterh5._hdf5 import remote
 from xarray_clusterh5._hdf5.chunk_write import (
     default_threads,
     encode_chunk,
@@ -540,11 +541,12 @@ def read_table(
     dset = get_link(path, f, name)
     if not isinstance(dset, h5py.Dataset):
         return None
-    cols = [
-        decode_str(c)
-        for c in np.asarray(dset.attrs.get("column_names", []), dtype=object)
-    ]
-    table = dset[()]
+    with named_errors(path, "reading the element table", name):
+        cols = [
+            decode_str(c)
+            for c in np.asarray(dset.attrs.get("column_names", []), dtype=object)
+        ]
+        table = dset[()]
     if table.ndim != 2 or table.shape[0] != len(cols):
         raise ClusterH5Error(
             path, f"{name} has shape {table.shape} but column names {cols}"
@@ -603,73 +605,141 @@ MIF_SUFFIXES = (".mif", ".mif.gz")
 # --------------------------------------------------------------------------
 
 
-def read_cohort(
+#: strings pandas.read_csv (and so ModelArrayIO) reads as missing: its default na_values
+NA_STRINGS = frozenset(
+    ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND",
+     "1.#QNAN", "<NA>", "N/A", "NA", "NULL", "NaN", "None", "n/a", "nan", "null"]
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class CohortTable:
+    """A cohort CSV normalised as ModelArrayIO does, without pandas.
+
+    One entry per (subject, scalar): ``scalar_name`` and ``source_file``
+    stripped, ``row`` the CSV data row it comes from; ``cells`` holds every data
+    row's raw cells (None where missing) for the other columns.
+    """
+
+    path: str
+    header: list[str]
+    scalar_name: list[str]
+    source_file: list[str]
+    row: list[int]
+    cells: list[list[str | None]]
+    wide: bool
+
+    def column(self, name: str) -> list[str | None]:
+        """Each entry's cell of column ``name`` (stripped; None if missing)."""
+        if name not in self.header:
+            return [None] * len(self.row)
+        j = self.header.index(name)
+        out: list[str | None] = []
+        for r in self.row:
+            v = self.cells[r][j]
+            out.append(v.strip() if v is not None and v.strip() else None)
+        return out
+
+
+def _csv_rows(path: str) -> tuple[list[str], list[list[str | None]]]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8-sig") as fh:
+        rows = [r for r in csv.reader(fh) if r]  # blank lines are skipped, as pandas
+    if not rows:
+        raise ClusterH5Error(path, "cohort file is empty")
+    header, data = rows[0], rows[1:]
+    cells: list[list[str | None]] = []
+    for i, r in enumerate(data):
+        if len(r) > len(header):
+            raise ClusterH5Error(
+                path, f"data row {i + 1} has {len(r)} fields, the header {len(header)}"
+            )
+        padded = r + [""] * (len(header) - len(r))
+        cells.append([None if v in NA_STRINGS else v for v in padded])
+    return header, cells
+
+
+def read_cohort_table(
     cohort_csv: str | os.PathLike[str], scalar_columns: Sequence[str] | None = None
-) -> pd.DataFrame:
+) -> CohortTable:
     """A cohort CSV normalised as ModelArrayIO does: long ``scalar_name, source_file``.
 
     Long format needs columns ``scalar_name`` and ``source_file``; rows where
-    either is empty are dropped. Wide format (``scalar_columns``) melts each row
-    into one row per scalar column, skipping empty cells. Values are stripped of
-    surrounding whitespace and otherwise kept verbatim (path columns are read as
-    text, so ``001.nii`` stays ``001.nii``). Other columns are kept.
+    either is missing or empty are dropped. Wide format (``scalar_columns``)
+    melts each row into one entry per scalar column, skipping empty cells.
+    Values are stripped of surrounding whitespace and otherwise kept verbatim
+    (``001.nii`` stays ``001.nii``); pandas' missing-value strings (``NA``,
+    ``null``...) count as missing, as in ModelArrayIO.
     """
-    import pandas as pd
-
     path = os.fspath(cohort_csv)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: cohort file does not exist")
-    header = pd.read_csv(path, nrows=0)
-    cols = list(header.columns)
-    scalar_columns = [c for c in (scalar_columns or []) if c]
-    text_cols = scalar_columns or [
-        c for c in ("scalar_name", "source_file") if c in cols
-    ]
-    df = pd.read_csv(path, dtype={c: str for c in text_cols if c in cols})
-    if scalar_columns:
-        missing = [c for c in scalar_columns if c not in cols]
+    header, cells = _csv_rows(path)
+    wanted = [c for c in (scalar_columns or []) if c]
+    pairs: list[tuple[str, str, int]] = []
+    if wanted:
+        missing = [c for c in wanted if c not in header]
         if missing:
             raise ClusterH5Error(
                 path, f"wide-format cohort is missing scalar columns {missing}"
             )
-        extra = [c for c in cols if c not in scalar_columns]
-        records = []
-        for i, row in enumerate(df.itertuples(index=False)):
-            rec = dict(zip(cols, row, strict=True))
-            for sc in scalar_columns:
-                val = rec[sc]
-                if val is None or pd.isna(val) or not str(val).strip():
-                    continue
-                records.append(
-                    {
-                        "scalar_name": sc,
-                        "source_file": str(val).strip(),
-                        "_row": i,
-                        **{c: rec[c] for c in extra},
-                    }
-                )
-        long = pd.DataFrame.from_records(
-            records, columns=["scalar_name", "source_file", "_row", *extra]
-        )
+        for i, r in enumerate(cells):
+            for sc in wanted:
+                v = r[header.index(sc)]
+                if v is not None and v.strip():
+                    pairs.append((sc, v.strip(), i))
     else:
-        missing = [c for c in ("scalar_name", "source_file") if c not in cols]
+        missing = [c for c in ("scalar_name", "source_file") if c not in header]
         if missing:
             raise ClusterH5Error(
                 path,
                 "cohort file must contain columns ['scalar_name', 'source_file'] "
                 f"(missing {missing}); for a wide cohort give scalar_columns",
             )
-        long = df.copy()
-        long["_row"] = np.arange(len(long))
-        long = long.dropna(subset=["scalar_name", "source_file"])
-        long["scalar_name"] = long["scalar_name"].astype(str).str.strip()
-        long["source_file"] = long["source_file"].astype(str).str.strip()
-        long = long[(long["scalar_name"] != "") & (long["source_file"] != "")]
-    if long.empty:
+        jn, js = header.index("scalar_name"), header.index("source_file")
+        for i, r in enumerate(cells):
+            n, src = r[jn], r[js]
+            if n is not None and src is not None and n.strip() and src.strip():
+                pairs.append((n.strip(), src.strip(), i))
+    if not pairs:
         raise ClusterH5Error(
             path, "cohort file has no scalar entries after normalisation"
         )
-    return long.reset_index(drop=True)
+    names, sources, rows = (list(t) for t in zip(*pairs, strict=True))
+    return CohortTable(path, header, names, sources, rows, cells, bool(wanted))
+
+
+def read_cohort(
+    cohort_csv: str | os.PathLike[str], scalar_columns: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """:func:`read_cohort_table` as a DataFrame, with the other columns typed
+    by pandas (coordinates of ``from_cohort``): ``scalar_name``,
+    ``source_file``, ``_row`` (the CSV data row) and the other columns."""
+    return cohort_frame(read_cohort_table(cohort_csv, scalar_columns))
+
+
+def cohort_frame(table: CohortTable) -> pd.DataFrame:
+    """The DataFrame of a :class:`CohortTable`; pandas types the other columns."""
+    import pandas as pd
+
+    text = [c for c in ("scalar_name", "source_file") if c in table.header]
+    df = pd.read_csv(table.path, dtype=dict.fromkeys(text, str))
+    if len(df) != len(table.cells) or list(df.columns) != table.header:
+        raise ClusterH5Error(
+            table.path, "pandas and the csv module read this cohort differently"
+        )
+    scalar_cols = (
+        list(dict.fromkeys(table.scalar_name))
+        if table.wide
+        else ["scalar_name", "source_file"]
+    )
+    extra = [c for c in table.header if c not in scalar_cols]
+    long = df.iloc[table.row][extra].reset_index(drop=True)
+    long.insert(0, "_row", table.row)
+    long.insert(0, "source_file", table.source_file)
+    long.insert(0, "scalar_name", table.scalar_name)
+    return long
 
 
 def check_modality(csv: str, sources: Sequence[str]) -> str:
@@ -705,7 +775,11 @@ def resolve_sources(
     sources: Sequence[str],
     relative_to: str | os.PathLike[str] | None = None,
 ) -> list[str]:
-    """Absolute paths of ``source_file`` values.
+    """Absolute paths of ``source_file`` values (local copies of URLs).
+
+    URLs (``https://``, ``s3://``, any fsspec protocol; credentials from
+    fsspec's usual configuration) are downloaded once into a temporary
+    folder removed at exit: a conversion reads every byte of every file.
 
     Rule: with ``relative_to=None`` a relative path is looked up as ModelArrayIO
     does, against the current working directory; if it is not there, the cohort
@@ -720,13 +794,12 @@ def resolve_sources(
         fixed = {"cwd": cwd, "csv": csv_dir}.get(str(relative_to), Path(relative_to))
     out: list[str] = []
     fell_back = 0
+    urls = [s for s in sources if remote.is_url(s)]
+    copies = dict(zip(urls, remote.local_copies(urls), strict=True)) if urls else {}
     for s in sources:
-        if "://" in s:
-            raise ClusterH5Error(
-                os.fspath(cohort_csv),
-                f"{s}: remote sources (s3:// and other URLs) are not supported; "
-                "download the files and list local paths",
-            )
+        if s in copies:  # fetched once into a temporary cache: conversions read it all
+            out.append(copies[s])
+            continue
         p = Path(s).expanduser()
         if p.is_absolute():
             out.append(str(p))
@@ -1011,13 +1084,13 @@ def _write_stream(
     )  # fmt: skip
 
 
-def scalar_rows(long: pd.DataFrame) -> dict[str, np.ndarray]:
-    """Row numbers of each scalar in a normalised cohort, scalars in CSV order.
+def scalar_rows(scalar_name: Sequence[str]) -> dict[str, np.ndarray]:
+    """Entries of each scalar in a normalised cohort, scalars in CSV order.
 
     Scalar names must be HDF5 link names (ValueError otherwise).
     """
-    names = list(dict.fromkeys(long["scalar_name"]))
+    names = list(dict.fromkeys(scalar_name))
     for s in names:
         check_hdf5_name(s, "scalar name")
-    col = long["scalar_name"].to_numpy()
+    col = np.asarray(list(scalar_name), dtype=object)
     return {s: np.flatnonzero(col == s) for s in names}

@@ -121,7 +121,9 @@ def lm(
     pheno = _phenotypes(var, subject_dim, phenotypes, what, table)
     design = _design(formula, pheno, str(var.name), what, table)
     positions = _positions(element_subset, var.sizes[ELEMENT_DIM], what)
-    var = var.isel({ELEMENT_DIM: positions}).transpose(subject_dim, ELEMENT_DIM)
+    contiguous = positions.size > 0 and bool(np.all(np.diff(positions) == 1))
+    pick = slice(positions[0], positions[-1] + 1) if contiguous else positions
+    var = var.isel({ELEMENT_DIM: pick}).transpose(subject_dim, ELEMENT_DIM)
     columns = _Columns(design.names, terms_v, model_v, corr_t, corr_m)
     threshold = max(var.sizes[subject_dim] * num_subj_lthr_rel, num_subj_lthr_abs)
     chunks = chunk_size or _default_chunk(var)
@@ -523,8 +525,20 @@ def write_results(
     """
     from xarray_clusterh5.modelarray.results_h5 import write_results as write
 
-    values = np.asarray(
-        result.transpose(STAT_DIM, ELEMENT_DIM).values, dtype=np.float64
-    )
+    values = compute(result.transpose(STAT_DIM, ELEMENT_DIM)).values
     names = [str(s) for s in result[STAT_DIM].values]
     write(path, analysis, names, values, overwrite=overwrite)
+
+
+def compute(result: xr.DataArray) -> xr.DataArray:
+    """``result.compute()`` with each chunk stored straight into the output.
+
+    ``compute`` concatenates the finished chunks into a new array while they
+    are still held; storing them in place keeps the peak near one copy of the
+    result (plus the chunks in flight), with the same values and scheduler.
+    """
+    if not isinstance(result.data, da.Array):
+        return result
+    out = np.empty(result.shape, dtype=result.dtype)
+    da.store(result.data, out, lock=False)
+    return result.copy(data=out)

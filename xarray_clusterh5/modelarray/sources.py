@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import h5py
 import numpy as np
@@ -25,9 +25,6 @@ from xarray_clusterh5._hdf5.chunk_write import default_threads
 from xarray_clusterh5.cifti import read as cifti
 from xarray_clusterh5.errors import ClusterH5Error
 from xarray_clusterh5.modelarray import h5 as modelarray_io
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 #: memory for one pass over a NIfTI/MIF cohort (files are read whole, so the
 #: matrix is written in as few element stripes as fit in this budget)
@@ -77,12 +74,16 @@ def row_stripe_reader(
     """``read(start, stop)``: every file read whole in threads, columns kept,
     cast to the storage ``dtype`` (float64 storage keeps scaled values exact)."""
     n = array.shape[0]
+    by_range = getattr(array.rows, "seekable", lambda: False)()
 
     def read(start: int, stop: int) -> np.ndarray:
         out = np.empty((n, stop - start), dtype=dtype)
 
         def one(i: int) -> None:
-            out[i] = array.rows.load(i)[start:stop]
+            if by_range:  # plain .mif: only the stripe's bytes
+                out[i] = array.rows.load_columns(i, start, stop)
+            else:
+                out[i] = array.rows.load(i)[start:stop]
 
         list(pool.map(one, range(n)))
         return out
@@ -153,22 +154,21 @@ def _open_cifti(
 
 
 def _open_nifti(
-    csv: str, long: pd.DataFrame, resolved: Sequence[str], rows: dict[str, np.ndarray],
-    mask: str, relative_to: Any, allow_affine_mismatch: bool, progress: bool,
-    threads: int,
+    csv: str, table: modelarray_io.CohortTable, resolved: Sequence[str],
+    rows: dict[str, np.ndarray], mask: str, relative_to: Any,
+    allow_affine_mismatch: bool, progress: bool, threads: int,
 ) -> CohortSource:  # fmt: skip
     from xarray_clusterh5.modelarray import voxels
 
     grid = voxels.load_group_mask(mask)
     masks: list[str | None] = [None] * len(resolved)
-    if "source_mask_file" in long.columns:
-        col = long["source_mask_file"]
-        listed = [i for i, v in enumerate(col) if isinstance(v, str) and v.strip()]
-        paths = modelarray_io.resolve_sources(
-            csv, [str(col.iloc[i]).strip() for i in listed], relative_to
-        )
-        for i, p in zip(listed, paths, strict=True):
-            masks[i] = p
+    col = table.column("source_mask_file")
+    listed = [i for i, v in enumerate(col) if v is not None]
+    paths = modelarray_io.resolve_sources(
+        csv, [str(col[i]) for i in listed], relative_to
+    )
+    for i, p in zip(listed, paths, strict=True):
+        masks[i] = p
     voxels.check_subjects(
         grid, resolved, masks, allow_affine_mismatch=allow_affine_mismatch,
         threads=threads,
@@ -229,9 +229,10 @@ def _open_mif(
         "directions_file": os.path.abspath(table.directions_file),
         "mif_template": resolved[0],
     }
+    seekable = all(a.rows.seekable() for a in arrays.values())
     return CohortSource(
         "mif", table.n_elements, lambda f: fixels.write_fixels(f, table), arrays,
-        coords, attrs, PASS_BYTES,
+        coords, attrs, modelarray_io.STRIPE_BYTES if seekable else PASS_BYTES,
     )  # fmt: skip
 
 
@@ -265,8 +266,7 @@ def check_modality_options(
 
 
 def open_cohort(
-    csv: str,
-    long: pd.DataFrame,
+    table: modelarray_io.CohortTable,
     rows: dict[str, np.ndarray],
     kind: str,
     *,
@@ -287,10 +287,9 @@ def open_cohort(
         Naming the file: unreadable, another shape, affine, brain model or
         fixel count than the reference (group mask, index/directions, first file).
     """
+    csv = table.path
     check_modality_options(csv, kind, mask, index_file, directions_file)
-    resolved = modelarray_io.resolve_sources(
-        csv, long["source_file"].tolist(), relative_to
-    )
+    resolved = modelarray_io.resolve_sources(csv, table.source_file, relative_to)
     n_threads = threads or default_threads()
     if kind == "cifti":
         return _open_cifti(resolved, rows, map_index, progress, threads)
@@ -298,7 +297,7 @@ def open_cohort(
         raise ValueError("map_index (--cifti-map) applies to CIFTI cohorts only")
     if kind == "nifti":
         return _open_nifti(
-            csv, long, resolved, rows, str(mask), relative_to,
+            csv, table, resolved, rows, str(mask), relative_to,
             allow_affine_mismatch, progress, n_threads,
         )  # fmt: skip
     if kind == "mif":

@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import io
 import os
-import zlib
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from xarray_clusterh5._hdf5.deflate import inflate_gzip
+from xarray_clusterh5._hdf5.deflate import read_file
 from xarray_clusterh5.errors import ClusterH5Error
 
 
@@ -31,17 +30,6 @@ class VolumeInfo:
     shape: tuple[int, ...]
     affine: np.ndarray
     dtype: np.dtype
-
-
-def _file_bytes(path: str) -> bytes:
-    with open(path, "rb") as fh:
-        raw = fh.read()
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return inflate_gzip(raw)
-    except zlib.error as err:
-        raise ClusterH5Error(path, f"corrupt gzip stream: {err}") from err
 
 
 def _header(path: str, raw: bytes) -> Any:
@@ -83,7 +71,7 @@ def read_voxels(path: str, flat_index: np.ndarray | None = None) -> np.ndarray:
     Returns float64 for scaled files (nibabel's ``get_fdata``), else the stored
     type; callers cast.
     """
-    raw = _file_bytes(path)
+    raw = read_file(path)
     hdr = _header(path, raw)
     shape = tuple(int(s) for s in hdr.get_data_shape())
     count = int(np.prod(shape, dtype=np.int64))
