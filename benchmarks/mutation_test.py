@@ -54,6 +54,7 @@ MODULE_TESTS: dict[str, tuple[str, ...]] = {
         "test_fmristore_read_fixtures",
         "test_fmristore_layout_variants",
         "test_fmristore_bad_input",
+        "test_fmristore_mutation_gaps",
     ),
     "fmristore/write.py": ("test_fmristore_write", "test_fmristore_validation"),
     "fmristore/arrays.py": (
@@ -65,7 +66,11 @@ MODULE_TESTS: dict[str, tuple[str, ...]] = {
         "test_engine_xarray",
         "test_fmristore_views_interop",
     ),
-    "fmristore/index.py": ("test_engine_xarray", "test_fmristore_views_interop"),
+    "fmristore/index.py": (
+        "test_engine_xarray",
+        "test_fmristore_views_interop",
+        "test_fmristore_mutation_gaps",
+    ),
     "fmristore/ops.py": (
         "test_fmristore_read_fixtures",
         "test_engine_xarray",
@@ -74,6 +79,7 @@ MODULE_TESTS: dict[str, tuple[str, ...]] = {
     "fmristore/from_nifti.py": (
         "test_fmristore_from_nifti",
         "test_fmristore_validation",
+        "test_fmristore_mutation_gaps",
     ),
     "fmristore/to_h5.py": ("test_fmristore_to_h5", "test_fmristore_validation"),
     "_hdf5/chunk_read.py": ("test_hdf5_chunk_read",),
@@ -298,6 +304,17 @@ def coverage_map(
 
     args = [f"--cov={PACKAGE}", "--cov-context=test", "--cov-report="]
     if _pytest(copy, [*args, *_test_files(modules)], 3600) != 0:
+        # once more without coverage, to show what fails
+        env = dict(os.environ, PYTHONPATH=str(copy))
+        cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider"]
+        done = subprocess.run(
+            [*cmd, "-m", "not slow", *_test_files(modules)],
+            cwd=copy,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        print(done.stdout[-4000:])
         raise SystemExit("the unmutated tests fail: fix them first")
     data = CoverageData(basename=str(copy / ".coverage"))
     data.read()
