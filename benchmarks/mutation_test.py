@@ -55,20 +55,27 @@ MODULE_TESTS: dict[str, tuple[str, ...]] = {
         "test_fmristore_layout_variants",
         "test_fmristore_bad_input",
     ),
-    "fmristore/write.py": ("test_fmristore_write",),
+    "fmristore/write.py": ("test_fmristore_write", "test_fmristore_validation"),
     "fmristore/arrays.py": (
         "test_fmristore_arrays_property",
         "test_fmristore_read_fixtures",
     ),
-    "fmristore/views.py": ("test_fmristore_read_fixtures", "test_engine_xarray"),
-    "fmristore/index.py": ("test_engine_xarray", "test_fmristore_read_fixtures"),
+    "fmristore/views.py": (
+        "test_fmristore_read_fixtures",
+        "test_engine_xarray",
+        "test_fmristore_views_interop",
+    ),
+    "fmristore/index.py": ("test_engine_xarray", "test_fmristore_views_interop"),
     "fmristore/ops.py": (
         "test_fmristore_read_fixtures",
         "test_engine_xarray",
-        "test_fmristore_to_h5",
+        "test_fmristore_views_interop",
     ),
-    "fmristore/from_nifti.py": ("test_fmristore_from_nifti",),
-    "fmristore/to_h5.py": ("test_fmristore_to_h5",),
+    "fmristore/from_nifti.py": (
+        "test_fmristore_from_nifti",
+        "test_fmristore_validation",
+    ),
+    "fmristore/to_h5.py": ("test_fmristore_to_h5", "test_fmristore_validation"),
     "_hdf5/chunk_read.py": ("test_hdf5_chunk_read",),
     "_hdf5/chunk_write.py": ("test_hdf5_chunk_write",),
     "modelarray/h5.py": ("test_modelarray_h5",),
@@ -269,9 +276,25 @@ def _test_files(modules: Iterable[str]) -> list[str]:
     return sorted({f"tests/{t}.py" for m in modules for t in MODULE_TESTS[m]})
 
 
-def coverage_map(copy: Path, modules: list[str]) -> dict[str, dict[int, set[str]]]:
-    """module -> line -> ids of the tests that run it (one pytest-cov run)."""
+COVERAGE_CACHE = ROOT / "benchmarks" / "_work" / "mutation_coverage.json"
+
+
+def coverage_map(
+    copy: Path, modules: list[str], reuse: bool = False
+) -> dict[str, dict[int, set[str]]]:
+    """module -> line -> ids of the tests that run it (one pytest-cov run).
+
+    Saved to COVERAGE_CACHE; ``reuse`` reads it back instead (same code only).
+    """
     from coverage import CoverageData
+
+    if reuse and COVERAGE_CACHE.exists():
+        saved = json.loads(COVERAGE_CACHE.read_text())
+        return {
+            m: {int(n): set(ids) for n, ids in saved[m].items()}
+            for m in modules
+            if m in saved
+        }
 
     args = [f"--cov={PACKAGE}", "--cov-context=test", "--cov-report="]
     if _pytest(copy, [*args, *_test_files(modules)], 3600) != 0:
@@ -285,6 +308,10 @@ def coverage_map(copy: Path, modules: list[str]) -> dict[str, dict[int, set[str]
         lines[module] = {
             n: {c.rsplit("|", 1)[0] for c in ctx if c} for n, ctx in by_line.items()
         }
+    COVERAGE_CACHE.parent.mkdir(parents=True, exist_ok=True)
+    COVERAGE_CACHE.write_text(
+        json.dumps({m: {n: sorted(i) for n, i in d.items()} for m, d in lines.items()})
+    )
     return lines
 
 
@@ -340,6 +367,22 @@ def main() -> int:
     )
     ap.add_argument("--only", nargs="*", help="restrict to these modules")
     ap.add_argument(
+        "--rerun",
+        type=Path,
+        help="run again the survivors listed in this results JSON (after new tests)",
+    )
+    ap.add_argument(
+        "--reuse-coverage",
+        action="store_true",
+        help="reuse the saved line-to-tests map of an earlier run",
+    )
+    ap.add_argument(
+        "--output",
+        type=Path,
+        default=ROOT / "benchmarks" / "_work" / "mutation_results.json",
+        help="results JSON to write",
+    )
+    ap.add_argument(
         "--baseline",
         action="store_true",
         help="only run each module's tests unmutated (they must pass) and time them",
@@ -349,6 +392,13 @@ def main() -> int:
         return baseline(args.timeout)
 
     mutants = sample(args.sample, args.seed)
+    if args.rerun:
+        old = json.loads(args.rerun.read_text())
+        mutants = [
+            Mutant(**{**m, "status": "", "seconds": 0.0})
+            for m in old
+            if m["status"] == "survived"
+        ]
     if args.only:
         mutants = [m for m in mutants if m.module in args.only]
     modules = sorted({m.module for m in mutants})
@@ -366,7 +416,7 @@ def _run_all(
     mutants: list[Mutant], modules: list[str], copies: list[Path], args: Any
 ) -> list[Mutant]:
     start = time.perf_counter()
-    cover = coverage_map(copies[0], modules)
+    cover = coverage_map(copies[0], modules, reuse=args.reuse_coverage)
     print(
         f"coverage map of {len(_test_files(modules))} test files in "
         f"{time.perf_counter() - start:.0f} s"
@@ -390,7 +440,7 @@ def _run_all(
                 continue
             results.append(done)
             print("." if done.status != "survived" else "S", end="", flush=True)
-    report(results, time.perf_counter() - start)
+    report(results, time.perf_counter() - start, args.output)
     return results
 
 
@@ -411,7 +461,7 @@ def baseline(timeout: float) -> int:
     return int(failed > 0)
 
 
-def report(results: list[Mutant], seconds: float) -> None:
+def report(results: list[Mutant], seconds: float, out: Path) -> None:
     """Print the kill rate and each survivor; save everything as JSON."""
     killed = [m for m in results if m.status in ("killed", "timeout")]
     survivors = [m for m in results if m.status == "survived"]
@@ -430,7 +480,6 @@ def report(results: list[Mutant], seconds: float) -> None:
         print(
             f"SURVIVED {m.module}:{m.line} [{m.kind}]\n   - {m.before}\n   + {m.after}"
         )
-    out = ROOT / "benchmarks" / "_work" / "mutation_results.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps([asdict(m) for m in results], indent=1))
 

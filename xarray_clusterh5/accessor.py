@@ -1,25 +1,30 @@
 """The ``.clusterh5`` accessors on Dataset and DataTree.
 
-They are thin: each method names what fmristore users know and calls a plain
-function (``views_convert``, the writers, the CIFTI and ModelArray modules),
-which is imported when first used so that registering stays cheap.
+They are thin: each method names what fmristore and ModelArray users know and
+calls a plain function (``fmristore.ops``, the writers, the CIFTI and ModelArray
+modules) with the same parameters, imported when first used so that
+registering stays cheap (``tests/test_accessor_signatures.py`` keeps the
+parameters in step).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import xarray as xr
 
+if TYPE_CHECKING:
+    import pandas as pd
 
-def _vc() -> Any:
-    from xarray_clusterh5.fmristore import ops as views_convert
 
-    return views_convert
+def _ops() -> Any:
+    from xarray_clusterh5.fmristore import ops
+
+    return ops
 
 
 @xr.register_dataset_accessor("clusterh5")
@@ -39,12 +44,12 @@ class ClusterH5DatasetAccessor:
     @property
     def view(self) -> str:
         """``"padded"``, ``"run"`` or ``"root"``."""
-        return str(_vc().view_of(self._obj))
+        return str(_ops().view_of(self._obj))
 
     @property
     def scan_names(self) -> list[str]:
         """Scan names in fmristore's order (R: ``scan_names(exp)``)."""
-        return list(_vc().scan_names(self._obj))
+        return list(_ops().scan_names(self._obj))
 
     @property
     def n_scans(self) -> int:
@@ -53,20 +58,20 @@ class ClusterH5DatasetAccessor:
 
     def scan_metadata(self) -> dict[str, dict[str, Any]]:
         """Per-scan metadata with on-disk types (R: ``scan_metadata(exp)``)."""
-        return dict(_vc().scan_metadata(self._obj))
+        return dict(_ops().scan_metadata(self._obj))
 
     def cluster_metadata(self) -> Any:
         """The cluster table as a pandas DataFrame (R: ``cluster_metadata(exp)``)."""
-        return _vc().cluster_metadata(self._obj)
+        return _ops().cluster_metadata(self._obj)
 
     @property
     def affine(self) -> np.ndarray:
         """4x4 voxel-to-world affine (see ``attrs["affine_source"]``)."""
-        return np.asarray(_vc().affine(self._obj))
+        return np.asarray(_ops().affine(self._obj))
 
     def mask(self) -> xr.DataArray:
         """The mask as a boolean (x, y, z) volume (R: ``mask(exp)``)."""
-        return _vc().mask_volume(self._obj)
+        return _ops().mask_volume(self._obj)
 
     # -- reading ----------------------------------------------------------
 
@@ -74,29 +79,29 @@ class ClusterH5DatasetAccessor:
         self, mask_index: Sequence[int] | np.ndarray, run: str | None = None
     ) -> xr.DataArray:
         """Voxel series by 0-based mask index (R: ``series(run, i)``, 1-based)."""
-        return _vc().series(self._obj, mask_index, run)
+        return _ops().series(self._obj, mask_index, run)
 
     def series_concat(
         self, mask_index: Sequence[int] | np.ndarray, runs: Sequence[str] | None = None
     ) -> xr.DataArray:
         """Series of several full runs stacked in time (R: ``series_concat``)."""
-        return _vc().series_concat(self._obj, mask_index, runs)
+        return _ops().series_concat(self._obj, mask_index, runs)
 
     def summary_matrix(self, run: str | None = None) -> xr.DataArray:
         """A summary run as (time, cluster) (R: ``as.matrix(summary_run)``)."""
-        return _vc().summary_matrix(self._obj, run)
+        return _ops().summary_matrix(self._obj, run)
 
     def matrix_concat(self, runs: Sequence[str] | None = None) -> xr.DataArray:
         """Summary runs stacked in time (R: ``matrix_concat``)."""
-        return _vc().matrix_concat(self._obj, runs)
+        return _ops().matrix_concat(self._obj, runs)
 
     def cluster_means(self) -> xr.DataArray:
         """Lazy mean time series of every cluster of every full run."""
-        return _vc().cluster_means(self._obj)
+        return _ops().cluster_means(self._obj)
 
     def to_volume(self, run: str | None = None, fill_value: float = 0.0) -> np.ndarray:
         """A full run as an (X, Y, Z, T) array, ``fill_value`` outside the mask."""
-        return np.asarray(_vc().run_volume(self._obj, run, fill_value))
+        return np.asarray(_ops().run_volume(self._obj, run, fill_value))
 
     def to_nifti(
         self,
@@ -107,7 +112,7 @@ class ClusterH5DatasetAccessor:
         overwrite: bool = False,
     ) -> Any:
         """A full run as a ``nibabel.Nifti1Image`` (saved atomically if ``path``)."""
-        img = _vc().to_nifti(self._obj, run, fill_value)
+        img = _ops().to_nifti(self._obj, run, fill_value)
         if path is not None:
             from xarray_clusterh5._hdf5.files import atomic_output
 
@@ -135,19 +140,64 @@ class ClusterH5DatasetAccessor:
 
     def unpad(self, run: str) -> xr.Dataset:
         """One run of the padded view as the exact run view."""
-        return _vc().unpad(self._obj, run)
+        return _ops().unpad(self._obj, run)
 
     def to_tree(self) -> xr.DataTree:
         """The padded view as the exact DataTree."""
-        return _vc().to_tree(self._obj)
+        return _ops().to_tree(self._obj)
 
     # -- writing and conversions -------------------------------------------
 
-    def to_fmristore(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
-        """Write an fmristore file R reads (see ``xarray_clusterh5.to_fmristore``)."""
+    def to_fmristore(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        format: Literal["2025", "2026"] | None = None,
+        compression: int | None = 4,
+        chunks: Mapping[str, int] | None = None,
+        overwrite: bool = False,
+        progress: bool = False,
+        summary_only: Literal["auto", "r"] | bool = "auto",
+        threads: int | None = None,
+        **kwargs: Any,
+    ) -> Path:
+        """Write an fmristore file that R fmristore reads.
+
+        Parameters
+        ----------
+        path
+            Output file, written atomically (temporary file, then rename).
+        format
+            ``"2025"`` or ``"2026"``; default: the generation the object records
+            (``attrs["fmristore_generation"]``), else ``"2026"``.
+        compression
+            gzip level of the voxel datasets (R's default 4; None: none).
+        chunks
+            Chunk shapes by dataset kind; default R's.
+        overwrite
+            Replace an existing file.
+        progress
+            Show a progress bar over the (scan, cluster) blocks.
+        summary_only
+            The ``summary_only`` attribute rule (see ``write_experiment``).
+        threads
+            Compression threads (default: the cores available).
+        **kwargs
+            Passed to :func:`xarray_clusterh5.write_experiment`
+            (``nonpositive_ids``, ``non_ascii``, ``fmristore_version``, ...).
+
+        Returns
+        -------
+        Path
+            The written file (see :func:`xarray_clusterh5.to_fmristore`).
+        """
         from xarray_clusterh5.fmristore.to_h5 import to_fmristore
 
-        return to_fmristore(self._obj, path, **kwargs)
+        return to_fmristore(
+            self._obj, path, format=format, compression=compression, chunks=chunks,
+            overwrite=overwrite, progress=progress, summary_only=summary_only,
+            threads=threads, **kwargs,
+        )  # fmt: skip
 
     def to_cifti(self, output_dir: str | os.PathLike[str], **kwargs: Any) -> Any:
         """Write CIFTI files into ``output_dir``.
@@ -220,11 +270,61 @@ class ClusterH5DatasetAccessor:
             overwrite=overwrite,
         )  # fmt: skip
 
-    def lm(self, formula: str, phenotypes: Any = None, **kwargs: Any) -> xr.DataArray:
-        """R ``ModelArray.lm`` at every element (see ``modelarray.lm.lm``)."""
+    def lm(
+        self,
+        formula: str,
+        phenotypes: pd.DataFrame | None = None,
+        *,
+        scalar: str | None = None,
+        full_outputs: bool = False,
+        var_terms: Sequence[str] = ("estimate", "statistic", "p.value"),
+        var_model: Sequence[str] = ("adj.r.squared", "p.value"),
+        correct_p_value_terms: Sequence[str] | str = ("fdr",),
+        correct_p_value_model: Sequence[str] | str = ("fdr",),
+        num_subj_lthr_abs: float = 10,
+        num_subj_lthr_rel: float = 0.2,
+        element_subset: slice | Sequence[int] | np.ndarray | None = None,
+        chunk_size: int | None = None,
+    ) -> xr.DataArray:
+        """R ``ModelArray.lm(formula, data, phenotypes, scalar, ...)`` at every element.
+
+        Parameters
+        ----------
+        formula
+            An R formula, e.g. ``"FA ~ age + sex"``; the response names a scalar.
+        phenotypes
+            One row per subject, matched through ``source_file``; default: the
+            cohort's own coordinates along ``subject``.
+        scalar
+            The scalar variable (default: the formula's response).
+        full_outputs, var_terms, var_model
+            Which statistics to keep, as ``full.outputs``, ``var.terms``,
+            ``var.model`` in R.
+        correct_p_value_terms, correct_p_value_model
+            ``p.adjust`` methods applied over all fitted elements.
+        num_subj_lthr_abs, num_subj_lthr_rel
+            ModelArray's rule for elements with too few subjects.
+        element_subset
+            0-based elements to fit (R's ``element.subset`` is 1-based).
+        chunk_size
+            Elements per dask task (default: the data's own chunks).
+
+        Returns
+        -------
+        xarray.DataArray
+            Lazy ``(stat, element)`` in ModelArray's names (see
+            :func:`xarray_clusterh5.modelarray.lm.lm`).
+        """
         from xarray_clusterh5.modelarray.lm import lm
 
-        return lm(self._obj, formula, phenotypes, **kwargs)
+        return lm(
+            self._obj, formula, phenotypes, scalar=scalar, full_outputs=full_outputs,
+            var_terms=var_terms, var_model=var_model,
+            correct_p_value_terms=correct_p_value_terms,
+            correct_p_value_model=correct_p_value_model,
+            num_subj_lthr_abs=num_subj_lthr_abs, num_subj_lthr_rel=num_subj_lthr_rel,
+            element_subset=element_subset, chunk_size=chunk_size,
+        )  # fmt: skip
 
     @staticmethod
     def from_cohort(cohort_csv: str | os.PathLike[str], **kwargs: Any) -> xr.Dataset:
@@ -280,27 +380,27 @@ class ClusterH5DataTreeAccessor:
 
     def scan_metadata(self) -> dict[str, dict[str, Any]]:
         """Per-scan metadata with on-disk types."""
-        return {n: _vc().scan_metadata(self.run(n))[n] for n in self.scan_names}
+        return {n: _ops().scan_metadata(self.run(n))[n] for n in self.scan_names}
 
     def cluster_metadata(self) -> Any:
         """The cluster table as a pandas DataFrame."""
-        return _vc().cluster_metadata(self._obj.to_dataset())
+        return _ops().cluster_metadata(self._obj.to_dataset())
 
     def series(self, mask_index: Sequence[int] | np.ndarray, run: str) -> xr.DataArray:
         """Voxel series of one run by 0-based mask index."""
-        return _vc().series(self.run(run), mask_index)
+        return _ops().series(self.run(run), mask_index)
 
     def cluster_means(self) -> dict[str, xr.DataArray]:
         """Lazy cluster means of every full run, by scan name."""
         return {
-            n: _vc().cluster_means(self.run(n))
+            n: _ops().cluster_means(self.run(n))
             for n in self.scan_names
             if "data" in self._obj[n].data_vars
         }
 
     def to_padded(self) -> xr.Dataset:
         """The tree as the padded ``(run, cluster, voxel, time)`` Dataset."""
-        return _vc().tree_to_padded(self._obj)
+        return _ops().tree_to_padded(self._obj)
 
     def to_cifti(self, output_dir: str | os.PathLike[str], **kwargs: Any) -> Any:
         """Full runs to ``.dtseries.nii``, summaries to ``.ptseries.nii``."""
@@ -308,8 +408,53 @@ class ClusterH5DataTreeAccessor:
 
         return experiment_to_cifti(self._obj, output_dir, **kwargs)
 
-    def to_fmristore(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
-        """Write an fmristore file R reads (see ``xarray_clusterh5.to_fmristore``)."""
+    def to_fmristore(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        format: Literal["2025", "2026"] | None = None,
+        compression: int | None = 4,
+        chunks: Mapping[str, int] | None = None,
+        overwrite: bool = False,
+        progress: bool = False,
+        summary_only: Literal["auto", "r"] | bool = "auto",
+        threads: int | None = None,
+        **kwargs: Any,
+    ) -> Path:
+        """Write an fmristore file that R fmristore reads.
+
+        Parameters
+        ----------
+        path
+            Output file, written atomically (temporary file, then rename).
+        format
+            ``"2025"`` or ``"2026"``; default: the generation the object records
+            (``attrs["fmristore_generation"]``), else ``"2026"``.
+        compression
+            gzip level of the voxel datasets (R's default 4; None: none).
+        chunks
+            Chunk shapes by dataset kind; default R's.
+        overwrite
+            Replace an existing file.
+        progress
+            Show a progress bar over the (scan, cluster) blocks.
+        summary_only
+            The ``summary_only`` attribute rule (see ``write_experiment``).
+        threads
+            Compression threads (default: the cores available).
+        **kwargs
+            Passed to :func:`xarray_clusterh5.write_experiment`
+            (``nonpositive_ids``, ``non_ascii``, ``fmristore_version``, ...).
+
+        Returns
+        -------
+        Path
+            The written file (see :func:`xarray_clusterh5.to_fmristore`).
+        """
         from xarray_clusterh5.fmristore.to_h5 import to_fmristore
 
-        return to_fmristore(self._obj, path, **kwargs)
+        return to_fmristore(
+            self._obj, path, format=format, compression=compression, chunks=chunks,
+            overwrite=overwrite, progress=progress, summary_only=summary_only,
+            threads=threads, **kwargs,
+        )  # fmt: skip
