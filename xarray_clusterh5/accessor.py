@@ -27,14 +27,73 @@ def _ops() -> Any:
     return ops
 
 
+class _WritesFmristore:
+    """``to_fmristore``, shared by both accessors (the views and the tree)."""
+
+    _obj: xr.Dataset | xr.DataTree
+
+    def to_fmristore(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        format: Literal["2025", "2026"] | None = None,
+        compression: int | None = 4,
+        chunks: Mapping[str, int] | None = None,
+        overwrite: bool = False,
+        progress: bool = False,
+        summary_only: Literal["auto", "r"] | bool = "auto",
+        threads: int | None = None,
+        **kwargs: Any,
+    ) -> Path:
+        """Write an fmristore file that R fmristore reads.
+
+        Parameters
+        ----------
+        path
+            Output file, written atomically (temporary file, then rename).
+        format
+            ``"2025"`` or ``"2026"``; default: the generation the object records
+            (``attrs["fmristore_generation"]``), else ``"2026"``.
+        compression
+            gzip level of the voxel datasets (R's default 4; None: none).
+        chunks
+            Chunk shapes by dataset kind; default R's.
+        overwrite
+            Replace an existing file.
+        progress
+            Show a progress bar over the (scan, cluster) blocks.
+        summary_only
+            The ``summary_only`` attribute rule (see ``write_experiment``).
+        threads
+            Compression threads (default: the cores available).
+        **kwargs
+            Passed to :func:`xarray_clusterh5.write_experiment`
+            (``nonpositive_ids``, ``non_ascii``, ``fmristore_version``, ...).
+
+        Returns
+        -------
+        Path
+            The written file (see :func:`xarray_clusterh5.to_fmristore`).
+        """
+        from xarray_clusterh5.fmristore.to_h5 import to_fmristore
+
+        return to_fmristore(
+            self._obj, path, format=format, compression=compression, chunks=chunks,
+            overwrite=overwrite, progress=progress, summary_only=summary_only,
+            threads=threads, **kwargs,
+        )  # fmt: skip
+
+
 @xr.register_dataset_accessor("clusterh5")
-class ClusterH5DatasetAccessor:
+class ClusterH5DatasetAccessor(_WritesFmristore):
     """fmristore and ModelArray operations on a clusterh5 Dataset.
 
     Works on all three views: padded (``xr.open_dataset(path,
     engine="clusterh5")``), one run (``group=SCAN``) and the tree root.
     Indices are 0-based (fmristore's R API is 1-based).
     """
+
+    _obj: xr.Dataset
 
     def __init__(self, obj: xr.Dataset) -> None:
         self._obj = obj
@@ -147,57 +206,6 @@ class ClusterH5DatasetAccessor:
         return _ops().to_tree(self._obj)
 
     # -- writing and conversions -------------------------------------------
-
-    def to_fmristore(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        format: Literal["2025", "2026"] | None = None,
-        compression: int | None = 4,
-        chunks: Mapping[str, int] | None = None,
-        overwrite: bool = False,
-        progress: bool = False,
-        summary_only: Literal["auto", "r"] | bool = "auto",
-        threads: int | None = None,
-        **kwargs: Any,
-    ) -> Path:
-        """Write an fmristore file that R fmristore reads.
-
-        Parameters
-        ----------
-        path
-            Output file, written atomically (temporary file, then rename).
-        format
-            ``"2025"`` or ``"2026"``; default: the generation the object records
-            (``attrs["fmristore_generation"]``), else ``"2026"``.
-        compression
-            gzip level of the voxel datasets (R's default 4; None: none).
-        chunks
-            Chunk shapes by dataset kind; default R's.
-        overwrite
-            Replace an existing file.
-        progress
-            Show a progress bar over the (scan, cluster) blocks.
-        summary_only
-            The ``summary_only`` attribute rule (see ``write_experiment``).
-        threads
-            Compression threads (default: the cores available).
-        **kwargs
-            Passed to :func:`xarray_clusterh5.write_experiment`
-            (``nonpositive_ids``, ``non_ascii``, ``fmristore_version``, ...).
-
-        Returns
-        -------
-        Path
-            The written file (see :func:`xarray_clusterh5.to_fmristore`).
-        """
-        from xarray_clusterh5.fmristore.to_h5 import to_fmristore
-
-        return to_fmristore(
-            self._obj, path, format=format, compression=compression, chunks=chunks,
-            overwrite=overwrite, progress=progress, summary_only=summary_only,
-            threads=threads, **kwargs,
-        )  # fmt: skip
 
     def to_cifti(self, output_dir: str | os.PathLike[str], **kwargs: Any) -> Any:
         """Write CIFTI files into ``output_dir``.
@@ -335,8 +343,10 @@ class ClusterH5DatasetAccessor:
 
 
 @xr.register_datatree_accessor("clusterh5")
-class ClusterH5DataTreeAccessor:
+class ClusterH5DataTreeAccessor(_WritesFmristore):
     """fmristore operations on the exact DataTree (root geometry, a node per scan)."""
+
+    _obj: xr.DataTree
 
     def __init__(self, obj: xr.DataTree) -> None:
         self._obj = obj
@@ -407,54 +417,3 @@ class ClusterH5DataTreeAccessor:
         from xarray_clusterh5.fmristore.to_cifti import experiment_to_cifti
 
         return experiment_to_cifti(self._obj, output_dir, **kwargs)
-
-    def to_fmristore(
-        self,
-        path: str | os.PathLike[str],
-        *,
-        format: Literal["2025", "2026"] | None = None,
-        compression: int | None = 4,
-        chunks: Mapping[str, int] | None = None,
-        overwrite: bool = False,
-        progress: bool = False,
-        summary_only: Literal["auto", "r"] | bool = "auto",
-        threads: int | None = None,
-        **kwargs: Any,
-    ) -> Path:
-        """Write an fmristore file that R fmristore reads.
-
-        Parameters
-        ----------
-        path
-            Output file, written atomically (temporary file, then rename).
-        format
-            ``"2025"`` or ``"2026"``; default: the generation the object records
-            (``attrs["fmristore_generation"]``), else ``"2026"``.
-        compression
-            gzip level of the voxel datasets (R's default 4; None: none).
-        chunks
-            Chunk shapes by dataset kind; default R's.
-        overwrite
-            Replace an existing file.
-        progress
-            Show a progress bar over the (scan, cluster) blocks.
-        summary_only
-            The ``summary_only`` attribute rule (see ``write_experiment``).
-        threads
-            Compression threads (default: the cores available).
-        **kwargs
-            Passed to :func:`xarray_clusterh5.write_experiment`
-            (``nonpositive_ids``, ``non_ascii``, ``fmristore_version``, ...).
-
-        Returns
-        -------
-        Path
-            The written file (see :func:`xarray_clusterh5.to_fmristore`).
-        """
-        from xarray_clusterh5.fmristore.to_h5 import to_fmristore
-
-        return to_fmristore(
-            self._obj, path, format=format, compression=compression, chunks=chunks,
-            overwrite=overwrite, progress=progress, summary_only=summary_only,
-            threads=threads, **kwargs,
-        )  # fmt: skip
