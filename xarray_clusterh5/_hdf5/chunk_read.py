@@ -435,8 +435,10 @@ class Decoder:
                     dec.add(fetch_window(dset, sel, locate=True), out=dst)
             blocks = dec.finish()
 
-    Locating (under an HDF5 lock) then overlaps reading and decoding, a
-    batch of many small windows costs one thread hand-off, and no window
+    Fetched windows (bytes in hand) are decoded while the caller fetches
+    more; located ones wait for ``finish`` (they hold no bytes, and decoding
+    alongside the caller's many small HDF5 calls only contends for the GIL).
+    A batch of many small windows costs one thread hand-off, and no window
     waits for another's last chunk. Needs no h5py object.
 
     Parameters
@@ -506,12 +508,17 @@ class Decoder:
 
     def _seal(self) -> None:
         """Hand the current batch to the pool (helpers start if worth it)."""
-        if not self._batch:
+        if self._batch:
+            self._queue.put(self._batch)
+            self._queued += len(self._batch)
+            self._queued_bytes += self._batch_stored
+            self._batch, self._batch_stored = [], 0
+        # Located chunks hold no bytes, so they can wait: decoding while the
+        # caller still locates only makes both fight for the GIL (measured
+        # with 3,488 small datasets: 1.03x raw h5py overlapped, 0.81x after).
+        # Fetched chunks hold their bytes: decode them as they come.
+        if self._source is not None and not self._done:
             return
-        self._queue.put(self._batch)
-        self._queued += len(self._batch)
-        self._queued_bytes += self._batch_stored
-        self._batch, self._batch_stored = [], 0
         if not self._helpers and _worth_parallel(self._queued, self._queued_bytes):
             pool, size = _get_pool()
             self._helpers = [pool.submit(self._drain, True) for _ in range(size - 1)]
