@@ -108,7 +108,12 @@ def means_stacked(paths: list[Path], chunks: Any, compute: Callable) -> np.ndarr
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--subjects", type=int, default=50)
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--per-cluster-distributed",
+        action="store_true",
+        help="also chunks={} on the process cluster (tens of thousands of tasks)",
+    )
     args = parser.parse_args(argv)
     t0 = time.perf_counter()
     paths = subject_files(args.subjects)
@@ -130,16 +135,19 @@ def main(argv: list[str] | None = None) -> int:
     for mib in (8, 64):
         n = max(1, min(100, (mib * 2**20) // per_chunk))
         configs.append((f"{n} clusters per chunk (~{mib} MiB)", {"cluster": n}))
-    rows: list[tuple[str, float]] = []
-    best = min(timed(lambda: means_file_by_file(paths)) for _ in range(args.repeat))
-    rows.append(("one process, no dask, file by file", best))
+    print("\ncluster means of every run of every subject, opening included:")
+
+    def report(label: str, fn: Callable[[], Any]) -> None:
+        best = min(timed(fn) for _ in range(args.repeat))
+        print(f"  {label:<64}{best:8.2f} s", flush=True)
+
+    report("one process, no dask, file by file", lambda: means_file_by_file(paths))
     with dask.config.set(scheduler="threads"):
         for label, chunks in configs:
-            best = min(
-                timed(lambda c=chunks: means_stacked(paths, c, dask.compute))
-                for _ in range(args.repeat)
+            report(
+                f"dask threads (2), {label}",
+                lambda c=chunks: means_stacked(paths, c, dask.compute),
             )
-            rows.append((f"dask threads (2), {label}", best))
     from distributed import Client, LocalCluster
 
     with (
@@ -148,21 +156,16 @@ def main(argv: list[str] | None = None) -> int:
         ) as cluster,
         Client(cluster) as client,
     ):
-        warm = configs[-1][1]
-        means_stacked(paths[:2], warm, lambda x: client.compute([x], sync=True))
-        for label, chunks in configs:
-            best = min(
-                timed(
-                    lambda c=chunks: means_stacked(
-                        paths, c, lambda x: client.compute([x], sync=True)
-                    )
-                )
-                for _ in range(args.repeat)
+
+        def on_cluster(x: Any) -> Any:
+            return client.compute([x], sync=True)
+
+        means_stacked(paths[:2], configs[-1][1], on_cluster)  # warm the workers
+        for label, chunks in configs[0 if args.per_cluster_distributed else 1 :]:
+            report(
+                f"distributed 2 procs x 1 thread, {label}",
+                lambda c=chunks: means_stacked(paths, c, on_cluster),
             )
-            rows.append((f"distributed 2 procs x 1 thread, {label}", best))
-    print("\ncluster means of every run of every subject, opening included:")
-    for label, s in rows:
-        print(f"  {label:<64}{s:8.2f} s")
     print(
         f"\nload average {load0:.1f} at start, {os.getloadavg()[0]:.1f} at end "
         f"on {os.cpu_count()} CPUs"

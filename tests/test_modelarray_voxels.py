@@ -187,3 +187,15 @@ def test_float64_storage_keeps_scaled_values_exact(work, tmp_path):
     mask = nib.load("inputs/sub-05_mask.nii.gz").get_fdata() > 0
     want[~mask] = np.nan
     np.testing.assert_array_equal(row, want[grid])
+
+
+def test_quick_header_reads_equal_nibabels():
+    from xarray_clusterh5.nifti.read import _quick_info, volume_info
+
+    for path in sorted((NIFTI / "inputs").iterdir()):
+        img = nib.load(path)
+        for info in (_quick_info(str(path)), volume_info(path)):
+            assert info is not None
+            assert info.shape == img.shape
+            np.testing.assert_array_equal(info.affine, img.affine)
+            assert info.dtype == img.get_data_dtype()

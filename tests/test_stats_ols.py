@@ -15,6 +15,7 @@ from tests._lm_fixtures import (
     phenotypes,
     r_results,
 )
+from xarray_clusterh5.stats import names as stat_names
 from xarray_clusterh5.stats import ols
 from xarray_clusterh5.stats.formula import design_matrix
 
@@ -33,11 +34,11 @@ def test_every_statistic_matches_r(name: str, formula: str, threshold: int) -> N
     keep = not_constant(1000)
     checked = 0
     for j, term in enumerate(d.names):
-        for stat in ols.TERM_STATS:
+        for stat in stat_names.TERM_STATS:
             col = f"{term}.{stat}"
             assert_matches_r(res.terms[stat][keep, j], r[col].to_numpy()[keep], col)
             checked += 1
-    for stat in ols.MODEL_STATS:
+    for stat in stat_names.MODEL_STATS:
         if f"model.{stat}" in r:
             col = f"model.{stat}"
             assert_matches_r(res.model[stat][keep], r[col].to_numpy()[keep], col)
@@ -98,11 +99,11 @@ def test_unestimable_term_is_nan_not_shifted() -> None:
     gone = [names.index("sexM"), names.index("age:sexM")]
     assert np.all(np.isnan(res.terms["estimate"][1, gone]))
     alone = ols.fit(d.matrix[~male][:, :2], Y[~male, 1:2], intercept=True)
-    for stat in ols.TERM_STATS:
+    for stat in stat_names.TERM_STATS:
         np.testing.assert_allclose(
             res.terms[stat][1, :2], alone.terms[stat][0], rtol=1e-12
         )
-    for stat in ols.MODEL_STATS:
+    for stat in stat_names.MODEL_STATS:
         np.testing.assert_allclose(res.model[stat][1], alone.model[stat][0], rtol=1e-10)
     assert np.all(np.isfinite(res.terms["estimate"][[0, 2]]))
 

@@ -105,7 +105,7 @@ def test_step_methods_match_their_definitions(p: np.ndarray) -> None:
     np.testing.assert_allclose(p_adjust(p, "BH"), bh, rtol=1e-12, atol=TINY)
     np.testing.assert_allclose(p_adjust(p, "fdr"), bh, rtol=1e-12, atol=TINY)
     np.testing.assert_allclose(
-        p_adjust(p, "BY"), np.minimum(1, q * np.array(bh)), rtol=1e-12
+        p_adjust(p, "BY"), np.minimum(1, q * np.array(bh)), rtol=1e-12, atol=TINY
     )
     np.testing.assert_allclose(p_adjust(p, "holm"), holm, rtol=1e-12, atol=TINY)
     np.testing.assert_allclose(p_adjust(p, "hochberg"), hoch, rtol=1e-12, atol=TINY)

@@ -27,14 +27,73 @@ def _ops() -> Any:
     return ops
 
 
+class _WritesFmristore:
+    """``to_fmristore``, shared by both accessors (the views and the tree)."""
+
+    _obj: xr.Dataset | xr.DataTree
+
+    def to_fmristore(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        format: Literal["2025", "2026"] | None = None,
+        compression: int | None = 4,
+        chunks: Mapping[str, int] | None = None,
+        overwrite: bool = False,
+        progress: bool = False,
+        summary_only: Literal["auto", "r"] | bool = "auto",
+        threads: int | None = None,
+        **kwargs: Any,
+    ) -> Path:
+        """Write an fmristore file that R fmristore reads.
+
+        Parameters
+        ----------
+        path
+            Output file, written atomically (temporary file, then rename).
+        format
+            ``"2025"`` or ``"2026"``; default: the generation the object records
+            (``attrs["fmristore_generation"]``), else ``"2026"``.
+        compression
+            gzip level of the voxel datasets (R's default 4; None: none).
+        chunks
+            Chunk shapes by dataset kind; default R's.
+        overwrite
+            Replace an existing file.
+        progress
+            Show a progress bar over the (scan, cluster) blocks.
+        summary_only
+            The ``summary_only`` attribute rule (see ``write_experiment``).
+        threads
+            Compression threads (default: the cores available).
+        **kwargs
+            Passed to :func:`xarray_clusterh5.write_experiment`
+            (``nonpositive_ids``, ``non_ascii``, ``fmristore_version``, ...).
+
+        Returns
+        -------
+        Path
+            The written file (see :func:`xarray_clusterh5.to_fmristore`).
+        """
+        from xarray_clusterh5.fmristore.to_h5 import to_fmristore
+
+        return to_fmristore(
+            self._obj, path, format=format, compression=compression, chunks=chunks,
+            overwrite=overwrite, progress=progress, summary_only=summary_only,
+            threads=threads, **kwargs,
+        )  # fmt: skip
+
+
 @xr.register_dataset_accessor("clusterh5")
-class ClusterH5DatasetAccessor:
+class ClusterH5DatasetAccessor(_WritesFmristore):
     """fmristore and ModelArray operations on a clusterh5 Dataset.
 
     Works on all three views: padded (``xr.open_dataset(path,
     engine="clusterh5")``), one run (``group=SCAN``) and the tree root.
     Indices are 0-based (fmristore's R API is 1-based).
     """
+
+    _obj: xr.Dataset
 
     def __init__(self, obj: xr.Dataset) -> None:
         self._obj = obj
@@ -148,74 +207,109 @@ class ClusterH5DatasetAccessor:
 
     # -- writing and conversions -------------------------------------------
 
-    def to_fmristore(
+    def to_cifti(
+        self,
+        output_dir: str | os.PathLike[str],
+        *,
+        runs: Sequence[str] | None = None,
+        analysis: str | None = None,
+        example_file: str | os.PathLike[str] | None = None,
+        cohort_file: str | os.PathLike[str] | None = None,
+        overwrite: bool = False,
+        progress: bool = False,
+        parents: bool = False,
+    ) -> list[Path]:
+        """Write CIFTI files into ``output_dir``.
+
+        A clustered view writes ``<run>.dtseries.nii`` for full runs and
+        ``<run>.ptseries.nii`` for summaries; a ModelArray results Dataset
+        writes ModelArrayIO's ``<analysis>_<stat>.dscalar.nii`` exports.
+
+        Parameters
+        ----------
+        output_dir
+            Folder for the files.
+        runs
+            Clustered experiments: the runs to write (default all).
+        analysis, example_file, cohort_file, progress
+            ModelArray results: the analysis, the CIFTI template (or the cohort
+            CSV whose first file is it) and a progress bar.
+        overwrite
+            Replace existing files.
+        parents
+            Create missing parent folders of ``output_dir``.
+
+        Returns
+        -------
+        list of Path
+            The files written (see :func:`xarray_clusterh5.conversions.to_cifti`).
+        """
+        from xarray_clusterh5.conversions import to_cifti
+
+        return to_cifti(
+            self._obj, output_dir, runs=runs, analysis=analysis,
+            example_file=example_file, cohort_file=cohort_file,
+            overwrite=overwrite, progress=progress, parents=parents,
+        )  # fmt: skip
+
+    def to_modelarray(
         self,
         path: str | os.PathLike[str],
         *,
-        format: Literal["2025", "2026"] | None = None,
-        compression: int | None = 4,
-        chunks: Mapping[str, int] | None = None,
+        compression: str | None = "gzip",
+        compression_level: int = 4,
+        shuffle: bool = True,
+        chunk_voxels: int = 0,
+        target_chunk_mb: float = 2.0,
+        dtype: Any = "float32",
+        split_files: bool | None = None,
         overwrite: bool = False,
-        progress: bool = False,
-        summary_only: Literal["auto", "r"] | bool = "auto",
+        progress: bool = True,
+        scalars: Sequence[str] | None = None,
         threads: int | None = None,
-        **kwargs: Any,
-    ) -> Path:
-        """Write an fmristore file that R fmristore reads.
+        parents: bool = False,
+    ) -> list[Path]:
+        """Write ModelArray's HDF5 layout, as ``modelarrayio to-modelarray`` does.
 
         Parameters
         ----------
         path
-            Output file, written atomically (temporary file, then rename).
-        format
-            ``"2025"`` or ``"2026"``; default: the generation the object records
-            (``attrs["fmristore_generation"]``), else ``"2026"``.
-        compression
-            gzip level of the voxel datasets (R's default 4; None: none).
-        chunks
-            Chunk shapes by dataset kind; default R's.
+            Output file (``<scalar>_<name>`` files with ``split_files``).
+        compression, compression_level, shuffle
+            HDF5 filters of ``scalars/<name>/values`` (ModelArrayIO's defaults).
+        chunk_voxels, target_chunk_mb
+            Chunk shape rule, as ModelArrayIO's ``--chunk-voxels`` and
+            ``--target-chunk-mb``.
+        dtype
+            Stored dtype of the values.
+        split_files
+            One file per scalar (default: as ModelArrayIO decides).
         overwrite
-            Replace an existing file.
+            Replace existing files.
         progress
-            Show a progress bar over the (scan, cluster) blocks.
-        summary_only
-            The ``summary_only`` attribute rule (see ``write_experiment``).
+            Show a progress bar over element stripes.
+        scalars
+            The variables to write (default every scalar; required when the
+            Dataset also holds results).
         threads
             Compression threads (default: the cores available).
-        **kwargs
-            Passed to :func:`xarray_clusterh5.write_experiment`
-            (``nonpositive_ids``, ``non_ascii``, ``fmristore_version``, ...).
+        parents
+            Create missing parent folders.
 
         Returns
         -------
-        Path
-            The written file (see :func:`xarray_clusterh5.to_fmristore`).
+        list of Path
+            The files written (see :func:`xarray_clusterh5.to_modelarray`).
         """
-        from xarray_clusterh5.fmristore.to_h5 import to_fmristore
-
-        return to_fmristore(
-            self._obj, path, format=format, compression=compression, chunks=chunks,
-            overwrite=overwrite, progress=progress, summary_only=summary_only,
-            threads=threads, **kwargs,
-        )  # fmt: skip
-
-    def to_cifti(self, output_dir: str | os.PathLike[str], **kwargs: Any) -> Any:
-        """Write CIFTI files into ``output_dir``.
-
-        A clustered view writes ``<run>.dtseries.nii`` for full runs and
-        ``<run>.ptseries.nii`` for summaries (``experiment_to_cifti``); a
-        ModelArray results Dataset writes ModelArrayIO's
-        ``<analysis>_<stat>.dscalar.nii`` exports (``cohort.to_cifti``).
-        """
-        from xarray_clusterh5.conversions import to_cifti
-
-        return to_cifti(self._obj, output_dir, **kwargs)
-
-    def to_modelarray(self, path: str | os.PathLike[str], **kwargs: Any) -> Any:
-        """Write ModelArray's HDF5 layout (see ``xarray_clusterh5.to_modelarray``)."""
         from xarray_clusterh5.modelarray.cohort import to_modelarray
 
-        return to_modelarray(self._obj, path, **kwargs)
+        return to_modelarray(
+            self._obj, path, compression=compression,
+            compression_level=compression_level, shuffle=shuffle,
+            chunk_voxels=chunk_voxels, target_chunk_mb=target_chunk_mb, dtype=dtype,
+            split_files=split_files, overwrite=overwrite, progress=progress,
+            scalars=scalars, threads=threads, parents=parents,
+        )  # fmt: skip
 
     def export_results(
         self,
@@ -233,11 +327,30 @@ class ClusterH5DatasetAccessor:
     ) -> list[Path]:
         """Write one analysis's results as ``modelarrayio export-results`` does.
 
-        ``mask`` gives NIfTI volumes, ``index_file`` and ``directions_file`` MIF
-        fixel files, otherwise CIFTI (template: ``example_file`` or the
-        cohort's first file); each defaults to what ``from_cohort`` recorded in
-        the Dataset's attributes. ``compress`` writes ``.nii.gz``/``.mif.gz``.
-        Returns the files written (see ``modelarray.to_images.export_results``).
+        Parameters
+        ----------
+        output_dir
+            Folder for the files.
+        analysis
+            The analysis (default: the only one in the Dataset).
+        mask
+            NIfTI voxel results: the group mask (one volume per statistic).
+        index_file, directions_file
+            MIF fixel results: the fixel index and directions images.
+        example_file, cohort_file
+            CIFTI results: the template, or the cohort CSV whose first file is
+            it. Each of these defaults to what ``from_cohort`` recorded.
+        compress
+            Write ``.nii.gz`` / ``.mif.gz``.
+        overwrite
+            Replace existing files.
+        progress
+            Show a progress bar.
+
+        Returns
+        -------
+        list of Path
+            The files written (see ``modelarray.to_images.export_results``).
         """
         from xarray_clusterh5.modelarray.to_images import export_results
 
@@ -259,9 +372,24 @@ class ClusterH5DatasetAccessor:
     ) -> Path:
         """A voxel-wise scalar as one 4-D NIfTI, a volume per subject.
 
-        The group mask's header and affine (default ``attrs["mask_file"]``),
-        float32 values placed by ``i, j, k``, ``fill_value`` outside the mask;
-        written atomically (see ``modelarray.to_images.to_nifti_4d``).
+        Parameters
+        ----------
+        path
+            Output ``.nii`` or ``.nii.gz``, written atomically.
+        scalar
+            The scalar variable (default: the only one).
+        mask
+            The group mask giving header and affine (default
+            ``attrs["mask_file"]``); values are placed by ``i, j, k``.
+        fill_value
+            Value outside the mask.
+        overwrite
+            Replace an existing file.
+
+        Returns
+        -------
+        Path
+            The written file (see ``modelarray.to_images.to_nifti_4d``).
         """
         from xarray_clusterh5.modelarray.to_images import to_nifti_4d
 
@@ -327,16 +455,66 @@ class ClusterH5DatasetAccessor:
         )  # fmt: skip
 
     @staticmethod
-    def from_cohort(cohort_csv: str | os.PathLike[str], **kwargs: Any) -> xr.Dataset:
-        """``xr.Dataset.clusterh5.from_cohort(csv)``: see ``from_cohort``."""
+    def from_cohort(
+        cohort_csv: str | os.PathLike[str],
+        *,
+        scalar_columns: Sequence[str] | None = None,
+        batch_size: int = 64,
+        relative_to: str | os.PathLike[str] | None = None,
+        map_index: int | None = None,
+        mask: str | os.PathLike[str] | None = None,
+        index_file: str | os.PathLike[str] | None = None,
+        directions_file: str | os.PathLike[str] | None = None,
+        allow_affine_mismatch: bool = False,
+        progress: bool = False,
+        threads: int | None = None,
+    ) -> xr.Dataset:
+        """``xr.Dataset.clusterh5.from_cohort(csv)``: a ModelArrayIO cohort, lazily.
+
+        Parameters
+        ----------
+        cohort_csv
+            The cohort table (long, or wide with ``scalar_columns``).
+        scalar_columns
+            Wide tables: the columns naming each scalar's files.
+        batch_size
+            Subjects read per dask task.
+        relative_to
+            Folder the file names are relative to (default: the CSV's).
+        map_index
+            CIFTI files with several maps: the one to read.
+        mask
+            NIfTI voxel cohorts: the group mask.
+        index_file, directions_file
+            MIF fixel cohorts: the fixel index and directions images.
+        allow_affine_mismatch
+            Accept NIfTI images whose affine differs from the mask's (warns).
+        progress
+            Show a progress bar while checking the files.
+        threads
+            Decompression threads.
+
+        Returns
+        -------
+        xarray.Dataset
+            ``<scalar>(subject, element)`` (see :func:`xarray_clusterh5.from_cohort`).
+        """
         from xarray_clusterh5.modelarray.cohort import from_cohort
 
-        return from_cohort(cohort_csv, **kwargs)
+        return from_cohort(
+            cohort_csv, scalar_columns=scalar_columns, batch_size=batch_size,
+            relative_to=relative_to, map_index=map_index, mask=mask,
+            index_file=index_file, directions_file=directions_file,
+            allow_affine_mismatch=allow_affine_mismatch, progress=progress,
+            threads=threads,
+        )  # fmt: skip
 
 
 @xr.register_datatree_accessor("clusterh5")
-class ClusterH5DataTreeAccessor:
+class ClusterH5DataTreeAccessor(_WritesFmristore):
     """fmristore operations on the exact DataTree (root geometry, a node per scan)."""
+
+    _obj: xr.DataTree
 
     def __init__(self, obj: xr.DataTree) -> None:
         self._obj = obj
@@ -402,59 +580,34 @@ class ClusterH5DataTreeAccessor:
         """The tree as the padded ``(run, cluster, voxel, time)`` Dataset."""
         return _ops().tree_to_padded(self._obj)
 
-    def to_cifti(self, output_dir: str | os.PathLike[str], **kwargs: Any) -> Any:
-        """Full runs to ``.dtseries.nii``, summaries to ``.ptseries.nii``."""
-        from xarray_clusterh5.fmristore.to_cifti import experiment_to_cifti
-
-        return experiment_to_cifti(self._obj, output_dir, **kwargs)
-
-    def to_fmristore(
+    def to_cifti(
         self,
-        path: str | os.PathLike[str],
+        output_dir: str | os.PathLike[str],
         *,
-        format: Literal["2025", "2026"] | None = None,
-        compression: int | None = 4,
-        chunks: Mapping[str, int] | None = None,
+        runs: Sequence[str] | None = None,
         overwrite: bool = False,
-        progress: bool = False,
-        summary_only: Literal["auto", "r"] | bool = "auto",
-        threads: int | None = None,
-        **kwargs: Any,
-    ) -> Path:
-        """Write an fmristore file that R fmristore reads.
+        parents: bool = False,
+    ) -> list[Path]:
+        """Full runs to ``<run>.dtseries.nii``, summaries to ``<run>.ptseries.nii``.
 
         Parameters
         ----------
-        path
-            Output file, written atomically (temporary file, then rename).
-        format
-            ``"2025"`` or ``"2026"``; default: the generation the object records
-            (``attrs["fmristore_generation"]``), else ``"2026"``.
-        compression
-            gzip level of the voxel datasets (R's default 4; None: none).
-        chunks
-            Chunk shapes by dataset kind; default R's.
+        output_dir
+            Folder for the files.
+        runs
+            The runs to write (default all).
         overwrite
-            Replace an existing file.
-        progress
-            Show a progress bar over the (scan, cluster) blocks.
-        summary_only
-            The ``summary_only`` attribute rule (see ``write_experiment``).
-        threads
-            Compression threads (default: the cores available).
-        **kwargs
-            Passed to :func:`xarray_clusterh5.write_experiment`
-            (``nonpositive_ids``, ``non_ascii``, ``fmristore_version``, ...).
+            Replace existing files.
+        parents
+            Create missing parent folders of ``output_dir``.
 
         Returns
         -------
-        Path
-            The written file (see :func:`xarray_clusterh5.to_fmristore`).
+        list of Path
+            The files written.
         """
-        from xarray_clusterh5.fmristore.to_h5 import to_fmristore
+        from xarray_clusterh5.fmristore.to_cifti import experiment_to_cifti
 
-        return to_fmristore(
-            self._obj, path, format=format, compression=compression, chunks=chunks,
-            overwrite=overwrite, progress=progress, summary_only=summary_only,
-            threads=threads, **kwargs,
-        )  # fmt: skip
+        return experiment_to_cifti(
+            self._obj, output_dir, runs=runs, overwrite=overwrite, parents=parents
+        )

@@ -6,8 +6,9 @@ filter stores exactly the zlib format (header and Adler-32 included, at every
 level 0-9), and its shuffle filter is a byte transpose, so we can do the
 filters' work ourselves: read the stored bytes of every chunk covering a
 window with ``H5Dread_chunk`` (``dset.id.read_direct_chunk``), then inflate,
-unshuffle and place them on a shared thread pool (``zlib`` and NumPy copies
-release the GIL).
+unshuffle and place them on a shared thread pool (``zlib``, or ISA-L when the
+``fast`` extra is installed, ~1.4x faster; both and NumPy copies release the
+GIL).
 
 The reading happens in two steps so that a caller holding an HDF5 lock only
 needs it for the first: ``fetch_window`` reads the raw bytes (needs h5py and
@@ -44,6 +45,8 @@ from typing import Any
 
 import h5py
 import numpy as np
+
+from xarray_clusterh5._hdf5.deflate import inflate
 
 __all__ = [
     "MIN_PARALLEL_BYTES",
@@ -242,7 +245,7 @@ def _decode_into(pipe: _Pipeline, chunk: _Chunk, out: np.ndarray) -> None:
         if chunk.filter_mask & (1 << pos):
             continue  # this filter was skipped when the chunk was written
         if code == _DEFLATE:
-            data = zlib.decompress(data, bufsize=nbytes)
+            data = inflate(data, nbytes)
         else:  # shuffle: byte b of every element is stored contiguously
             buf = np.frombuffer(data, dtype=np.uint8)
             n = buf.size // itemsize
@@ -432,8 +435,10 @@ class Decoder:
                     dec.add(fetch_window(dset, sel, locate=True), out=dst)
             blocks = dec.finish()
 
-    Locating (under an HDF5 lock) then overlaps reading and decoding, a
-    batch of many small windows costs one thread hand-off, and no window
+    Fetched windows (bytes in hand) are decoded while the caller fetches
+    more; located ones wait for ``finish`` (they hold no bytes, and decoding
+    alongside the caller's many small HDF5 calls only contends for the GIL).
+    A batch of many small windows costs one thread hand-off, and no window
     waits for another's last chunk. Needs no h5py object.
 
     Parameters
@@ -503,12 +508,17 @@ class Decoder:
 
     def _seal(self) -> None:
         """Hand the current batch to the pool (helpers start if worth it)."""
-        if not self._batch:
+        if self._batch:
+            self._queue.put(self._batch)
+            self._queued += len(self._batch)
+            self._queued_bytes += self._batch_stored
+            self._batch, self._batch_stored = [], 0
+        # Located chunks hold no bytes, so they can wait: decoding while the
+        # caller still locates only makes both fight for the GIL (measured
+        # with 3,488 small datasets: 1.03x raw h5py overlapped, 0.81x after).
+        # Fetched chunks hold their bytes: decode them as they come.
+        if self._source is not None and not self._done:
             return
-        self._queue.put(self._batch)
-        self._queued += len(self._batch)
-        self._queued_bytes += self._batch_stored
-        self._batch, self._batch_stored = [], 0
         if not self._helpers and _worth_parallel(self._queued, self._queued_bytes):
             pool, size = _get_pool()
             self._helpers = [pool.submit(self._drain, True) for _ in range(size - 1)]

@@ -42,6 +42,19 @@ def deflate(data: Any, level: int, *, gzip: bool = False) -> bytes:
     return c.compress(data) + c.flush()
 
 
+def inflate(data: Any, bufsize: int = zlib.DEF_BUF_SIZE) -> bytes:
+    """The content of a zlib stream (HDF5's deflate filter); raises ``zlib.error``.
+
+    ``bufsize`` is the expected size (a chunk's), to allocate once.
+    """
+    if _isal is not None:
+        try:
+            return bytes(_isal.decompress(data, bufsize=bufsize))
+        except Exception as err:  # isal_zlib.error: one type for callers
+            raise zlib.error(str(err)) from err
+    return zlib.decompress(data, bufsize=bufsize)
+
+
 def inflate_gzip(raw: bytes) -> bytes:
     """The content of a gzip file (all members); raises ``zlib.error``."""
     if _isal is not None:

@@ -12,22 +12,7 @@ import argparse
 import sys
 from typing import Any
 
-_TERM_STATS = ("estimate", "std.error", "statistic", "p.value")
-_MODEL_STATS = (
-    "r.squared",
-    "adj.r.squared",
-    "sigma",
-    "statistic",
-    "p.value",
-    "df",
-    "logLik",
-    "AIC",
-    "BIC",
-    "deviance",
-    "df.residual",
-    "nobs",
-)
-_METHODS = ("holm", "hochberg", "hommel", "bonferroni", "BH", "BY", "fdr", "none")
+from xarray_clusterh5.stats.names import MODEL_STATS, PADJUST_METHODS, TERM_STATS
 
 
 def element_range(text: str) -> range:
@@ -65,30 +50,30 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument(
         "--var-terms",
         nargs="+",
-        choices=_TERM_STATS,
+        choices=TERM_STATS,
         default=["estimate", "statistic", "p.value"],
         metavar="STAT",
-        help=f"per-term statistics, from {', '.join(_TERM_STATS)} "
+        help=f"per-term statistics, from {', '.join(TERM_STATS)} "
         "(default: estimate statistic p.value)",
     )
     p.add_argument(
         "--var-model",
         nargs="+",
-        choices=_MODEL_STATS,
+        choices=MODEL_STATS,
         default=["adj.r.squared", "p.value"],
         metavar="STAT",
-        help=f"model statistics, from {', '.join(_MODEL_STATS)} "
+        help=f"model statistics, from {', '.join(MODEL_STATS)} "
         "(default: adj.r.squared p.value)",
     )
     for what in ("terms", "model"):
         p.add_argument(
             f"--correct-p-value-{what}",
             nargs="+",
-            choices=_METHODS,
+            choices=PADJUST_METHODS,
             default=["fdr"],
             metavar="METHOD",
             help=f"R p.adjust method(s) for the {what} p-values: "
-            f"{', '.join(_METHODS)} (default: fdr)",
+            f"{', '.join(PADJUST_METHODS)} (default: fdr)",
         )
     p.add_argument(
         "--num-subj-lthr-abs", type=float, default=10, help="minimum finite subjects"

@@ -44,6 +44,7 @@ except ImportError as err:  # scipy (and formulaic) come with the "models" extra
         f"element-wise models need the 'models' extra ({err.name} is missing): "
         "pip install 'xarray-clusterh5[models]'"
     ) from err
+from xarray_clusterh5.stats import names as stat_names
 from xarray_clusterh5.stats.formula import Design, FormulaError, design_matrix
 from xarray_clusterh5.stats.padjust import METHODS, p_adjust
 
@@ -191,7 +192,7 @@ def _statistics(
 ) -> tuple[list[str], list[str]]:
     """Deduplicated, validated ``var_terms`` and ``var_model`` (R's checks)."""
     if full:
-        return list(ols.TERM_STATS), list(ols.MODEL_STATS)
+        return list(stat_names.TERM_STATS), list(stat_names.MODEL_STATS)
     terms_v = list(
         dict.fromkeys([var_terms] if isinstance(var_terms, str) else var_terms)
     )
@@ -201,8 +202,8 @@ def _statistics(
     if not terms_v and not model_v:
         raise ClusterH5Error(what, "var_terms and var_model are both empty")
     for given, valid, label in (
-        (terms_v, ols.TERM_STATS, "var_terms"),
-        (model_v, ols.MODEL_STATS, "var_model"),
+        (terms_v, stat_names.TERM_STATS, "var_terms"),
+        (model_v, stat_names.MODEL_STATS, "var_model"),
     ):
         bad = [v for v in given if v not in valid]
         if bad:

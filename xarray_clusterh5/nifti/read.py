@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,9 @@ def volume_info(path: str | os.PathLike[str]) -> VolumeInfo:
     p = os.fspath(path)
     if not os.path.exists(p):
         raise FileNotFoundError(f"{p}: no such file")
+    quick = _quick_info(p)
+    if quick is not None:
+        return quick
     try:
         import nibabel as nib
 
@@ -56,6 +60,25 @@ def volume_info(path: str | os.PathLike[str]) -> VolumeInfo:
         return VolumeInfo(p, shape, np.asarray(img.affine), img.get_data_dtype())
     except Exception as err:
         raise ClusterH5Error(p, f"cannot read the NIfTI header: {err}") from err
+
+
+def _quick_info(path: str) -> VolumeInfo | None:
+    """:func:`volume_info` from the file's first bytes (inflated if gzipped),
+    parsed by nibabel's header class; None when that is not enough (then the
+    whole image is loaded by nibabel). Checking a cohort's headers this way
+    costs a fraction of ``nibabel.load`` per file."""
+    with open(path, "rb") as fh:
+        head = fh.read(1 << 16)
+    try:
+        if head[:2] == b"\x1f\x8b":
+            head = zlib.decompressobj(31).decompress(head, 1 << 14)
+        hdr = _header(path, head)
+        shape = tuple(int(s) for s in hdr.get_data_shape())
+        return VolumeInfo(
+            path, shape, np.asarray(hdr.get_best_affine()), hdr.get_data_dtype()
+        )
+    except Exception:
+        return None
 
 
 def _scaled(hdr: Any) -> bool:

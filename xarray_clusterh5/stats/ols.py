@@ -35,23 +35,6 @@ GROUP_MIN = 16
 #: elements per stacked (masked) QR batch
 STACK_BATCH = 256
 
-TERM_STATS: tuple[str, ...] = ("estimate", "std.error", "statistic", "p.value")
-MODEL_STATS: tuple[str, ...] = (
-    "r.squared",
-    "adj.r.squared",
-    "sigma",
-    "statistic",
-    "p.value",
-    "df",
-    "logLik",
-    "AIC",
-    "BIC",
-    "deviance",
-    "df.residual",
-    "nobs",
-)
-
-
 _FIELDS = ("beta", "se_unit", "rss", "mss", "nobs", "rank")
 
 
@@ -83,8 +66,9 @@ class _Fit:
 class OLSResult:
     """Statistics of every element; NaN rows for elements not fitted.
 
-    ``terms[stat]`` is (elements, coefficients) for each of :data:`TERM_STATS`;
-    ``model[stat]`` is (elements,) for each of :data:`MODEL_STATS`;
+    ``terms[stat]`` is (elements, coefficients) for each of
+    :data:`~xarray_clusterh5.stats.names.TERM_STATS`; ``model[stat]`` is
+    (elements,) for each of :data:`~xarray_clusterh5.stats.names.MODEL_STATS`;
     ``n_aliased`` counts fitted elements with at least one aliased column.
     """
 

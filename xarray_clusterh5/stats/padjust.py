@@ -11,17 +11,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-#: R's ``p.adjust.methods``
-METHODS: tuple[str, ...] = (
-    "holm",
-    "hochberg",
-    "hommel",
-    "bonferroni",
-    "BH",
-    "BY",
-    "fdr",
-    "none",
-)
+from xarray_clusterh5.stats.names import PADJUST_METHODS as METHODS
 
 
 def p_adjust(p: np.ndarray, method: str) -> np.ndarray:
@@ -30,7 +20,8 @@ def p_adjust(p: np.ndarray, method: str) -> np.ndarray:
     Parameters
     ----------
     p : 1-D array of p-values; NaN marks a missing value (R's NA/NaN).
-    method : one of :data:`METHODS` (``"fdr"`` is ``"BH"``).
+    method : one of :data:`~xarray_clusterh5.stats.names.PADJUST_METHODS`
+        (``"fdr"`` is ``"BH"``).
 
     Returns
     -------
