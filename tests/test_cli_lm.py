@@ -9,12 +9,13 @@ import h5py
 import numpy as np
 import pytest
 
-from tests._helpers import MODELARRAY, assert_same_export
-from tests._lm_fixtures import (
+from tests._helpers import (
     ANALYSES,
     COHORT,
+    MODELARRAY,
     PHENOTYPES,
     assert_matches_r,
+    assert_same_export,
     not_constant,
     r_columns,
     r_results,

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import xarray as xr
 
-from tests._lm_fixtures import (
+from tests._helpers import (
     ANALYSES,
     COHORT,
     CONSTANT,

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests._lm_fixtures import ANALYSES, phenotypes, r_columns
+from tests._helpers import ANALYSES, phenotypes, r_columns
 from xarray_clusterh5.stats.formula import (
     FormulaError,
     deparse,

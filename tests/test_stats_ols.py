@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests._lm_fixtures import (
+from tests._helpers import (
     CONSTANT,
     assert_matches_r,
     fa_values,

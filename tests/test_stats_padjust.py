@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from tests._lm_fixtures import ANALYSES, LM, r_results
+from tests._helpers import ANALYSES, LM, r_results
 from xarray_clusterh5.stats.padjust import METHODS, p_adjust
 
 
