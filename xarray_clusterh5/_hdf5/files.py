@@ -274,20 +274,6 @@ def read_attr_str(obj: h5py.HLObject, name: str) -> str | None:
     return decode_str(obj.attrs[name])
 
 
-def read_attr_bool(obj: h5py.HLObject, name: str) -> bool | None:
-    """A logical attribute (hdf5r enum FALSE/TRUE/NA, h5py bool, or int).
-
-    NA is returned as None, as is a missing attribute.
-    """
-    if name not in obj.attrs:
-        return None
-    value = np.asarray(obj.attrs[name]).reshape(-1)
-    if value.size != 1:
-        return None
-    v = int(value[0])
-    return None if v == 2 else bool(v)
-
-
 def read_strings(path: str | os.PathLike[str], dset: h5py.Dataset) -> np.ndarray:
     """A string dataset (vlen or fixed, any shape) as a NumPy array of str."""
     if dset.dtype.kind not in "SOU":

@@ -861,11 +861,3 @@ def _read_matrix(block: DataBlock) -> np.ndarray:
     if raw.size != count:
         raise ClusterH5Error(block.path, "truncated: the data block ended early")
     return raw.reshape(block.n_elements, block.n_maps).T
-
-
-def read_map(
-    path: str | os.PathLike[str], *, map_index: int | None = None
-) -> np.ndarray:
-    """One map of a dense CIFTI-2 file as float32 (nibabel parse; for single files)."""
-    ref, block = read_reference(path, map_index=map_index)
-    return read_columns(block, 0, ref.n_elements)

@@ -98,16 +98,6 @@ def metadata_group(scan: str) -> str:
     return f"{SCANS}/{scan}/metadata"
 
 
-def r_cluster_chunks(n_time: int, n_voxels: int) -> tuple[int, int]:
-    """fmristore's chunk shape for ``cluster_<id>`` (h5py order ``(T, Nc)``)."""
-    return (max(1, min(n_time, 128)), max(1, min(n_voxels, 1024)))
-
-
-def r_summary_chunks(n_clusters: int, n_time: int) -> tuple[int, int]:
-    """fmristore's chunk shape for ``summary_data`` (h5py order ``(K, T)``)."""
-    return (max(1, min(n_clusters, 256)), max(1, min(n_time, 128)))
-
-
 def generation_of_class(cls: str) -> str | None:
     """The fmristore generation ("2025"/"2026") a scan or root class belongs to."""
     for table in (FULL_CLASSES, SUMMARY_CLASSES, EXPERIMENT_CLASSES):

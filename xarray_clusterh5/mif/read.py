@@ -15,7 +15,7 @@ import numpy as np
 
 from xarray_clusterh5._hdf5.deflate import read_file
 from xarray_clusterh5.errors import ClusterH5Error
-from xarray_clusterh5.mif.header import MifHeader, is_gzip, parse_header
+from xarray_clusterh5.mif.header import MifHeader, parse_header
 
 
 def disk_to_logical(flat: np.ndarray, h: MifHeader) -> np.ndarray:
@@ -124,8 +124,3 @@ def read_range(path: str, h: MifHeader, start: int, stop: int) -> np.ndarray:
     if rev:
         values = values[::-1]
     return np.asarray(values, dtype=np.float32)
-
-
-def is_mif_gz(path: str) -> bool:
-    """True when the file is gzip-compressed (whatever its name)."""
-    return is_gzip(path)
