@@ -255,6 +255,16 @@ def sample(n: int, seed: int) -> list[Mutant]:
     return chosen
 
 
+def at_lines(places: list[str]) -> list[Mutant]:
+    """Every mutant whose site starts on one of ``module:line``."""
+    out = []
+    for place in places:
+        module, line = place.rsplit(":", 1)
+        found = sites(ROOT / PACKAGE / module)
+        out += [Mutant(module, i, *s) for i, s in enumerate(found) if s[0] == int(line)]
+    return out
+
+
 def _scratch_copies(n: int) -> Iterator[Path]:
     for _ in range(n):
         d = Path(tempfile.mkdtemp(prefix="clusterh5_mut_"))
@@ -396,6 +406,17 @@ def main() -> int:
         help="run again the survivors listed in this results JSON (after new tests)",
     )
     ap.add_argument(
+        "--at",
+        nargs="*",
+        metavar="MODULE:LINE",
+        help="instead of a sample: every mutant on these lines (fmristore/read.py:432)",
+    )
+    ap.add_argument(
+        "--tests",
+        nargs="*",
+        help="run these test files for every mutant instead of a coverage map",
+    )
+    ap.add_argument(
         "--reuse-coverage",
         action="store_true",
         help="reuse the saved line-to-tests map of an earlier run",
@@ -423,6 +444,8 @@ def main() -> int:
             for m in old
             if m["status"] == "survived"
         ]
+    if args.at:
+        mutants = at_lines(args.at)
     if args.only:
         mutants = [m for m in mutants if m.module in args.only]
     modules = sorted({m.module for m in mutants})
@@ -440,11 +463,14 @@ def _run_all(
     mutants: list[Mutant], modules: list[str], copies: list[Path], args: Any
 ) -> list[Mutant]:
     start = time.perf_counter()
-    cover = coverage_map(copies[0], modules, reuse=args.reuse_coverage)
-    print(
-        f"coverage map of {len(_all_test_files())} test files in "
-        f"{time.perf_counter() - start:.0f} s"
-    )
+    if args.tests:
+        cover: dict[str, dict[int, set[str]]] = {}
+    else:
+        cover = coverage_map(copies[0], modules, reuse=args.reuse_coverage)
+        print(
+            f"coverage map of {len(_all_test_files())} test files in "
+            f"{time.perf_counter() - start:.0f} s"
+        )
     free = list(copies)
     start = time.perf_counter()
     results: list[Mutant] = []
@@ -454,7 +480,8 @@ def _run_all(
             return None
         copy = free.pop()
         try:
-            return run_mutant(copy, m, tests_of(m, cover), args.timeout)
+            tests = args.tests or tests_of(m, cover)
+            return run_mutant(copy, m, tests, args.timeout)
         finally:
             free.append(copy)
 
