@@ -17,7 +17,7 @@ from tests._helpers import MODELARRAY, assert_same_export
 from xarray_clusterh5._hdf5.names import safe_output_name
 from xarray_clusterh5.cifti import read as cifti
 from xarray_clusterh5.cifti import write as cifti_write
-from xarray_clusterh5.errors import ClusterH5Error
+from xarray_clusterh5.errors import ClusterH5Error, CorruptFileError
 from xarray_clusterh5.modelarray import export
 from xarray_clusterh5.modelarray import h5 as modelarray_io
 from xarray_clusterh5.modelarray.layout import export_file_names
@@ -265,6 +265,90 @@ def test_not_cifti_inputs(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(ClusterH5Error, match="empty or truncated"):
         cifti.read_reference(empty)
+
+
+def _with_vox_offset(src: Path, dst: Path, vox_offset: int) -> Path:
+    raw = bytearray(src.read_bytes())
+    raw[168:176] = np.array([vox_offset], dtype="<i8").tobytes()  # NIfTI-2 field
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+def test_damaged_vox_offset_is_named(tmp_path):
+    size = THICK[0].stat().st_size
+    # pointing into the header: the data would be read from the XML bytes
+    low = _with_vox_offset(THICK[0], tmp_path / "low.dscalar.nii", 100)
+    with pytest.raises(ClusterH5Error, match=r"vox_offset too small") as err:
+        cifti.read_reference(low)
+    assert str(low) in str(err.value)
+    past = _with_vox_offset(THICK[0], tmp_path / "past.dscalar.nii", size + 1)
+    with pytest.raises(
+        CorruptFileError,
+        match=rf"vox_offset {size + 1} is past the end of the file \({size} bytes\)",
+    ):
+        cifti.read_reference(past)
+    # the header is whole, the data block is missing: the error says how much
+    vox_offset = int(np.frombuffer(THICK[0].read_bytes()[168:176], "<i8")[0])
+    cut = tmp_path / "cut.dscalar.nii"
+    cut.write_bytes(THICK[0].read_bytes()[:vox_offset])
+    with pytest.raises(
+        ClusterH5Error,
+        match=rf"truncated: {vox_offset} bytes, the data block needs {vox_offset + 400}",
+    ):
+        cifti.read_reference(cut)
+
+
+def test_nifti2_without_extensions_is_not_cifti(tmp_path):
+    # nibabel writes a plain NIfTI-2 volume with vox_offset 544: no room for XML
+    nii2 = tmp_path / "vol2.nii"
+    nib.Nifti2Image(np.zeros((2, 2, 2), np.float32), np.eye(4)).to_filename(nii2)
+    assert np.frombuffer(nii2.read_bytes()[168:176], "<i8")[0] == 544
+    with pytest.raises(ClusterH5Error, match="has no NIfTI extensions, so no CIFTI"):
+        cifti.read_reference(nii2)
+
+
+@pytest.mark.parametrize(
+    ("intent", "match"),
+    [
+        # the axes (parcels x brain models) are no type we read: the intent names it
+        ("ConnParcelDense", "is a CIFTI-2 pdconn file; supported are dscalar"),
+        ("ConnUnknown", r"unsupported CIFTI-2 axes \('PARCELS', 'BRAIN_MODELS'\) "
+         r"\(intent 3000\)"),
+        (3005, r"unsupported CIFTI-2 axes .* \(intent 3005\)"),  # not a CIFTI type
+    ],
+)  # fmt: skip
+def test_unsupported_axes_are_named_by_intent_code(tmp_path, intent, match):
+    parcels = ca.ParcelsAxis.from_brain_models(
+        [(f"P{i}", _fixture_axis()[i * 50 : (i + 1) * 50]) for i in range(2)]
+    )
+    path = _write(
+        tmp_path / "x.pdconn.nii", np.zeros((2, 100), np.float32),
+        (parcels, _fixture_axis()), intent=intent if isinstance(intent, str) else 3000,
+    )  # fmt: skip
+    if isinstance(intent, int):
+        raw = bytearray(path.read_bytes())
+        raw[504:508] = np.array([intent], dtype="<i4").tobytes()  # intent_code
+        path.write_bytes(bytes(raw))
+    with pytest.raises(ClusterH5Error, match=match) as err:
+        cifti.read_reference(path)
+    assert str(path) in str(err.value)
+
+
+def test_pconn_values_are_read_row_major(tmp_path):
+    # ModelArrayIO flattens a pconn matrix row-major; the file stores it by column
+    parcels = ca.ParcelsAxis.from_brain_models(
+        [(f"P{i}", _fixture_axis()[i * 20 : (i + 1) * 20]) for i in range(5)]
+    )
+    data = np.arange(25, dtype=np.float32).reshape(5, 5) * 1.5
+    path = _write(tmp_path / "c.pconn.nii", data, (parcels, parcels))
+    ref, block = cifti.read_reference(path)
+    assert ref.shape == (5, 5)
+    assert block.pconn
+    np.testing.assert_array_equal(cifti.read_columns(block, 0, 25), data.ravel())
+    np.testing.assert_array_equal(cifti.read_columns(block, 7, 12), data.ravel()[7:12])
+    np.testing.assert_array_equal(
+        cifti.read_columns(cifti.check_file(path, ref), 0, 25), data.ravel()
+    )
 
 
 def test_truncated_data_block(tmp_path):
