@@ -218,6 +218,14 @@ def test_bad_input_names_the_file_and_culprit(cohort: xr.Dataset) -> None:
         with pytest.raises(ClusterH5Error, match=message) as info:
             lm(cohort, formula, table, **kw)
         assert name in str(info.value)
+    with pytest.raises(
+        ClusterH5Error, match="no subject has every variable of"
+    ) as info:
+        lm(cohort, "FA ~ age + iq", ph.assign(iq=np.nan))
+    assert name in str(info.value)
+    bare = cohort.drop_vars("source_file")
+    with pytest.raises(ClusterH5Error, match="'FA' has no 'source_file' coordinate"):
+        lm(bare, "FA ~ age", ph)
     text = cohort.assign(FA=cohort.FA.astype(str))
     with pytest.raises(ClusterH5Error, match="not numeric"):
         lm(text, "FA ~ age", ph)
@@ -316,6 +324,11 @@ def test_merge_of_disjoint_parts_is_the_whole_run(cohort: xr.Dataset) -> None:
     )
     with pytest.raises(ValueError, match="overlap"):
         merge_results([parts[0], parts[0]])
+    with pytest.raises(ValueError, match="merge needs at least one part"):
+        merge_results([])
+    other = lm(cohort, "FA ~ age", phenotypes(), element_subset=slice(0, 5))
+    with pytest.raises(ValueError, match="part 1 has other statistics than part 0"):
+        merge_results([parts[1], other])
 
 
 @pytest.fixture
