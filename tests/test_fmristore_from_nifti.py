@@ -98,9 +98,21 @@ def test_write_reopen_reconstructs_volume(
     ds = from_nifti(
         {"rest": nifti_files["rest"][0], "task": nifti_files["task"][0]},
         atlas=nifti_files["atlas"],
-        metadata={"rest": {"task": "rest", "fd_max": 0.31, "flag": True}},
-        cluster_metadata={"cluster_id": [10, 3, 7], "name": ["c10", "c3", "c7"]},
+        metadata={
+            "rest": {"task": "rest", "fd_max": 0.31, "flag": True, "n_echo": 3},
+            # NumPy types R has no equivalent for: typed as writing types them
+            "task": {"run_id": np.uint32(7), "gain": np.float16(1.5)},
+        },
+        cluster_metadata={
+            "cluster_id": [10, 3, 7],
+            "name": ["c10", "c3", "c7"],
+            "rank": np.array([1, 3, 2], dtype=np.uint32),
+            "size": np.array([24, 36, 7], dtype=np.int64),
+        },
     )
+    stored = {k: ds[k].attrs["fmristore_dtype"] for k in ("n_echo", "run_id", "gain")}
+    assert stored == {"n_echo": "<i4", "run_id": "<i4", "gain": "<f8"}
+    assert ds["rank"].dtype == ds["size"].dtype == np.int32
     out = to_fmristore(ds, tmp_path / "sub.h5")
     with xr.open_dataset(out, engine="clusterh5") as back:
         back = back.load()
@@ -188,3 +200,5 @@ def test_errors_name_the_problem(nifti_files: dict, tmp_path: Path) -> None:
         from_nifti({"a": rest}, atlas=np.zeros(SHAPE, int))
     with pytest.raises(ValueError, match="not in runs"):
         from_nifti({"a": rest}, atlas=_atlas(), metadata={"b": {"x": 1}})
+    with pytest.raises(ValueError, match="'x' of scan 'a' does not fit R's 32-bit"):
+        from_nifti({"a": rest}, atlas=_atlas(), metadata={"a": {"x": 2**31}})

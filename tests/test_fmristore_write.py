@@ -11,6 +11,7 @@ import h5py
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
+import xarray as xr
 from hypothesis import given
 from hypothesis import strategies as st
 from nibabel.quaternions import quat2mat
@@ -297,6 +298,23 @@ BAD = [
     ({"affine": np.diag([2.0, 2, 2, 1]), "spacing": (1, 1, 1)}, "disagrees"),
     ({"mask": np.ones((2, 2))}, "3-D"),
     ({"mask": np.zeros((2, 2, 2), dtype=bool), "cluster_map": []}, "empty"),
+    ({"cluster_map": np.array([1, 2, 1, 2**31])}, "cluster ids must fit in 32-bit"),
+    ({"runs": {"rést": np.zeros((4, 2))}}, "scan name 'rést' is not ASCII"),
+    # callables show their number of time points only when written
+    (
+        {
+            "runs": {"rest": Run(summary=lambda: np.zeros((2, 5)))},
+            "scan_metadata": {"rest": {"n_time": 7}},
+        },
+        "metadata n_time=7 but the data have 5 time points",
+    ),
+    (
+        {
+            "runs": {"rest": lambda cid: np.zeros((2, 5))},
+            "scan_metadata": {"rest": {"n_time": 7}},
+        },
+        "metadata n_time=7 but the data have 5 time points",
+    ),
 ]
 
 
@@ -306,6 +324,47 @@ def test_bad_input_is_named(tmp_path: Path, change: dict, message: str) -> None:
         write_experiment(tmp_path / "bad.h5", **_tiny(**change))
     assert not (tmp_path / "bad.h5").exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_cluster_ids_at_the_limits_of_int32(tmp_path: Path) -> None:
+    top, bottom = 2**31 - 1, -(2**31)
+    out = write_experiment(
+        tmp_path / "top.h5", **_tiny(cluster_map=np.array([1, top, 1, top]))
+    )
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["clusters/cluster_ids"][()], [1, top])
+        assert f["scans/rest/clusters"][f"cluster_{top}"].shape == (5, 2)
+    with pytest.warns(UserWarning, match="<= 0"):
+        out = write_experiment(
+            tmp_path / "bottom.h5",
+            nonpositive_ids="warn",
+            **_tiny(cluster_map=np.array([1, bottom, 1, bottom])),
+        )
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["cluster_map"][()], [1, bottom, 1, bottom])
+
+
+def test_summaries_given_as_callables_and_without_time_points(
+    tmp_path: Path,
+) -> None:
+    summ = np.arange(10, dtype=np.float32).reshape(2, 5)
+    runs = {
+        "s": Run(summary=lambda: summ),
+        "empty": Run(data=np.zeros((4, 0)), summary=np.zeros((2, 0))),
+    }
+    out = write_experiment(
+        tmp_path / "s.h5",
+        **_tiny(runs=runs, scan_metadata={"s": {"n_time": 5}}),
+    )
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["scans/s/clusters_summary/summary_data"], summ)
+        # R writes empty matrices contiguous, without filters
+        empty = f["scans/empty/clusters_summary/summary_data"]
+        assert (empty.shape, empty.chunks) == ((2, 0), None)
+        empty = f["scans/empty/clusters/cluster_2"]
+        assert (empty.shape, empty.chunks) == ((0, 2), None)
+    with xr.open_dataset(out, engine="clusterh5", group="empty") as ds:
+        assert ds.sizes["time"] == 0
 
 
 def test_labelled_mask_and_boolean_without_map(tmp_path: Path) -> None:

@@ -429,7 +429,7 @@ def _read_scan(
     n_time: int | None = None
     for source in (metadata.get("n_time"), group.attrs.get(L.ATTR_N_TIME)):
         if source is not None and np.size(source) == 1:
-            n_time = int(np.asarray(source).reshape(-1)[0])
+            n_time = int(np.asarray(source).item())
             break
     if has_data:
         assert isinstance(clusters, h5py.Group)
