@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -365,6 +366,30 @@ def test_summaries_given_as_callables_and_without_time_points(
         assert (empty.shape, empty.chunks) == ((0, 2), None)
     with xr.open_dataset(out, engine="clusterh5", group="empty") as ds:
         assert ds.sizes["time"] == 0
+
+
+def test_progress_bar_counts_blocks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = np.zeros((4, 3))
+    runs = {
+        "both": Run(data, np.zeros((2, 3))),
+        "full": data,
+        "s": Run(summary=data[:2]),
+    }
+    write_experiment(tmp_path / "quiet.h5", **_tiny(runs=runs))
+    assert capsys.readouterr().err == ""  # no bar unless asked
+    write_experiment(tmp_path / "bar.h5", progress=True, **_tiny(runs=runs))
+    err = capsys.readouterr().err
+    # 2 clusters of 2 full scans and 2 summaries
+    assert "writing bar.h5: 100%" in err
+    assert " 6/6 " in err
+
+
+def test_run_is_immutable() -> None:
+    run = Run(data=np.zeros((4, 3)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.summary = np.zeros((2, 3))  # type: ignore[misc]
 
 
 def test_labelled_mask_and_boolean_without_map(tmp_path: Path) -> None:

@@ -164,7 +164,7 @@ def flat_coords(
     ijk: np.ndarray,
     cluster_vars: Mapping[str, xr.Variable],
     *,
-    in_tree: bool = False,
+    in_tree: bool,
 ) -> xr.Coordinates:
     """Coordinates of the flat views: ClusterIndex, voxel geometry, cluster table.
 
