@@ -180,10 +180,14 @@ def test_errors_name_the_problem(nifti_files: dict, tmp_path: Path) -> None:
         from_nifti({"a": rest}, atlas=np.where(_atlas() > 0, np.nan, 0))
     with pytest.raises(ValueError, match="non-integer"):
         from_nifti({"a": rest}, atlas=_atlas() * 0.5)
-    with pytest.raises(ValueError, match="negative labels"):
+    with pytest.raises(ValueError, match=r"negative labels \[-10, -7, -3\];"):
         from_nifti({"a": rest}, atlas=-_atlas())
-    with pytest.raises(ValueError, match="duplicate scan names"):
-        from_nifti([("a", rest), ("a", rest)], atlas=_atlas())
+    many = -np.arange(SHAPE[0] * SHAPE[1] * SHAPE[2]).reshape(SHAPE)
+    first = ", ".join(str(-v) for v in range(209, 199, -1))
+    with pytest.raises(ValueError, match=rf"negative labels \[{first}\];"):
+        from_nifti({"a": rest}, atlas=many)  # the first 10 are listed
+    with pytest.raises(ValueError, match=r"duplicate scan names \['a'\]$"):
+        from_nifti([("a", rest), ("b", rest), ("a", rest)], atlas=_atlas())
     with pytest.raises(ValueError, match="not a valid HDF5 name"):
         from_nifti({"a/b": rest}, atlas=_atlas())
     with pytest.raises(FileNotFoundError, match=r"nope\.nii"):

@@ -494,6 +494,32 @@ def test_streaming_reads_one_cluster_at_a_time(tmp_path: Path) -> None:
         assert np.all(f["scans/rest/clusters/cluster_2"][()] == 2)
 
 
+def test_contiguous_clusters_are_read_as_slices(tmp_path: Path) -> None:
+    """An (N, T) source (h5py, zarr, dask) is asked once for each cluster's rows:
+    as a slice when they are contiguous in mask order (cheap on disk), else a list."""
+    keys: list = []
+
+    class Source:
+        def __init__(self, values: np.ndarray) -> None:
+            self.values, self.shape, self.ndim = values, values.shape, 2
+
+        def __getitem__(self, key):  # type: ignore[no-untyped-def]
+            keys.append(key)
+            return self.values[key]
+
+    data = np.arange(20.0).reshape(4, 5)
+    cmap = np.array([1, 1, 2, 2])
+    out = write_experiment(
+        tmp_path / "c.h5", **_tiny(cluster_map=cmap, runs={"rest": Source(data)})
+    )
+    assert keys == [slice(0, 2), slice(2, 4)]
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["scans/rest/clusters/cluster_2"], data[2:].T)
+    keys.clear()
+    write_experiment(tmp_path / "s.h5", **_tiny(runs={"rest": Source(data)}))
+    assert [np.asarray(k).tolist() for k in keys] == [[0, 2], [1, 3]]
+
+
 def test_pandas_cluster_metadata(tmp_path: Path) -> None:
     pd = pytest.importorskip("pandas")
     table = pd.DataFrame(
