@@ -99,6 +99,18 @@ CORRUPTIONS: dict[str, tuple[Callable[[h5py.File], None], str]] = {
         lambda f: _replace(f, "header/dim", np.array([3, 13, 11, 9], "i4")),
         r"/header/dim must start with 4",
     ),
+    "cluster_id_not_integer": (
+        lambda f: _replace(
+            f, "clusters/cluster_meta/cluster_id", np.array([2, 5.5, 17, 40])
+        ),
+        r"/clusters/cluster_meta/cluster_id is not integer",
+    ),
+    "cluster_id_infinite": (
+        lambda f: _replace(
+            f, "clusters/cluster_meta/cluster_id", np.array([2, np.inf, 17, 40])
+        ),
+        r"/clusters/cluster_meta/cluster_id is not integer",
+    ),
     "mask_not_a_dataset": (
         lambda f: (f.__delitem__("mask"), f.create_group("mask")),
         r"no /mask dataset",

@@ -101,7 +101,13 @@ def test_write_reopen_reconstructs_volume(
         metadata={
             "rest": {"task": "rest", "fd_max": 0.31, "flag": True, "n_echo": 3},
             # NumPy types R has no equivalent for: typed as writing types them
-            "task": {"run_id": np.uint32(7), "gain": np.float16(1.5)},
+            "task": {
+                "run_id": np.uint32(7),
+                "gain": np.float16(1.5),
+                "site": b"lab1",
+                "labels": np.array(["x", "y"], dtype=object),
+                "counts": np.array([1, 2], dtype=object),
+            },
         },
         cluster_metadata={
             "cluster_id": [10, 3, 7],
@@ -113,6 +119,8 @@ def test_write_reopen_reconstructs_volume(
     stored = {k: ds[k].attrs["fmristore_dtype"] for k in ("n_echo", "run_id", "gain")}
     assert stored == {"n_echo": "<i4", "run_id": "<i4", "gain": "<f8"}
     assert ds["rank"].dtype == ds["size"].dtype == np.int32
+    assert ds["site"].values.tolist() == ["", "lab1"]
+    assert ds["counts"].attrs["fmristore_dtype"] == "<i4"
     out = to_fmristore(ds, tmp_path / "sub.h5")
     with xr.open_dataset(out, engine="clusterh5") as back:
         back = back.load()
@@ -206,3 +214,12 @@ def test_errors_name_the_problem(nifti_files: dict, tmp_path: Path) -> None:
         from_nifti({"a": rest}, atlas=_atlas(), metadata={"b": {"x": 1}})
     with pytest.raises(ValueError, match="'x' of scan 'a' does not fit R's 32-bit"):
         from_nifti({"a": rest}, atlas=_atlas(), metadata={"a": {"x": 2**31}})
+
+
+def test_atlas_with_a_trailing_axis_of_one(nifti_files: dict, tmp_path: Path) -> None:
+    # atlases saved as (X, Y, Z, 1) volumes, as some tools write them
+    path = tmp_path / "atlas4d.nii.gz"
+    nib.save(nib.Nifti1Image(_atlas()[..., None], AFFINE), path)
+    ds = from_nifti({"a": nifti_files["task"][0]}, atlas=path)
+    assert ds["cluster"].values.tolist() == [3, 7, 10]
+    np.testing.assert_array_equal(ds["n_voxels"].values, [36, 7, 24])

@@ -283,6 +283,10 @@ BAD = [
     ({"scan_metadata": {"nope": {"a": 1}}}, "not in runs"),
     ({"scan_metadata": {"rest": {"n_time": 7}}}, "n_time=7"),
     ({"scan_metadata": {"rest": {"x": None}}}, "None"),
+    (
+        {"scan_metadata": {"rest": {"x": np.array([1, None], dtype=object)}}},
+        "'x' of scan 'rest' holds values fmristore cannot store",
+    ),
     ({"scan_metadata": {"rest": {"x": np.zeros((2, 2))}}}, "only scalars and 1-D"),
     ({"cluster_metadata": {"name": ["a", "b"]}}, "needs a 'cluster_id' column"),
     ({"cluster_metadata": {"cluster_id": [1, 2, 3]}}, "\\[3\\] missing from the"),
@@ -440,7 +444,11 @@ def test_single_cluster_and_single_voxel(tmp_path: Path) -> None:
         cluster_map=[4],
         runs={"a": np.ones((1, 3)), "b": Run(summary=np.ones((1, 3)))},
         cluster_metadata={"cluster_id": [4], "name": ["only"]},
-        scan_metadata={"a": {"v": [1.5], "flag": True, "n": 3}},
+        scan_metadata={
+            "a": {"v": [1.5], "flag": True, "n": 3},
+            # object arrays (pandas) are typed by their values
+            "b": {"o": np.array([1.5, 2], dtype=object)},
+        },
     )
     with h5py.File(out) as f:
         assert f["cluster_map"].shape == (1,)  # R's reader needs 1-D
@@ -449,6 +457,8 @@ def test_single_cluster_and_single_voxel(tmp_path: Path) -> None:
         assert f["scans/a/metadata/v"].shape == ()
         assert f["scans/a/metadata/flag"].dtype == np.int8
         assert f["scans/a/metadata/n"].dtype == np.dtype("<i4")
+        assert f["scans/b/metadata/o"].dtype == np.dtype("<f8")
+        np.testing.assert_array_equal(f["scans/b/metadata/o"], [1.5, 2.0])
         assert f["scans/a/clusters/cluster_4"].shape == (3, 1)
         assert f["scans/a"].attrs["class"][0] == "H5ParcellatedScan"
         assert f["scans/b"].attrs["class"][0] == "H5ParcellatedScanSummary"

@@ -223,12 +223,13 @@ def _cluster_table(
 def _typed_metadata(value: Any, what: str) -> Any:
     """Metadata values with the types the reader gives for what the writer stores."""
     arr = np.asarray(value)
-    if arr.dtype.kind in "US":
+    if arr.dtype.kind == "U":  # text, non-ASCII too: the writer's option decides
         return str(arr[()]) if arr.size == 1 else arr.astype(str)
-    if arr.dtype.kind == "O":
-        return arr.reshape(())[()] if arr.size == 1 else arr
-    # numbers: the writer's own typing (R's int32 and double, int8 logicals)
+    # the writer's own typing (R's int32 and double, int8 logicals)
     stored = r_value(value, what, "error")
+    if stored.dtype.kind == "O":  # bytes or strings among objects, ASCII
+        stored = stored.astype(bytes).astype(str)
+        return str(stored) if stored.ndim == 0 else stored
     return stored[()] if stored.ndim == 0 else stored
 
 

@@ -107,7 +107,7 @@ def positive_seconds(value: Any, what: str) -> float:
 def check_spacing(spacing: Any, what: str) -> tuple[float, float, float]:
     """Voxel sizes as 3 floats, refusing zero, negative and non-finite ones."""
     try:
-        sizes = tuple(float(s) for s in np.asarray(spacing, dtype=float).reshape(-1))
+        sizes = tuple(float(s) for s in np.asarray(spacing, dtype=float).ravel())
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be 3 numbers, got {spacing!r}") from None
     if len(sizes) != 3 or not all(math.isfinite(s) and s > 0 for s in sizes):
@@ -180,7 +180,7 @@ def r_value(value: Any, what: str, non_ascii: str) -> np.ndarray:
         arr = arr.reshape(())
     kind = arr.dtype.kind
     if kind == "O" and not any(
-        isinstance(v, str | bytes | np.str_ | np.bytes_) for v in arr.reshape(-1)
+        isinstance(v, str | bytes | np.str_ | np.bytes_) for v in arr.ravel()
     ):
         # object arrays of numbers or bools (pandas): type them by their values
         typed = np.array(arr.tolist())
@@ -194,7 +194,7 @@ def r_value(value: Any, what: str, non_ascii: str) -> np.ndarray:
             )
             if isinstance(v, str | bytes | np.str_ | np.bytes_)
             else _not_a_string(v, what)
-            for v in arr.reshape(-1)
+            for v in arr.ravel()
         ]
         out = np.empty(len(flat), dtype=_ASCII)
         out[:] = flat
@@ -253,9 +253,8 @@ def affine_to_header(
         qfac = -1.0
         rot[:, -1] *= -1
     p, _s, qs = np.linalg.svd(rot)
+    # NIfTI keeps a >= 0 and stores only b, c, d: mat2quat returns a >= 0
     quat = mat2quat(p @ qs)
-    if quat[0] < 0:  # NIfTI keeps a >= 0 and stores only b, c, d
-        quat = -quat
     fields = {
         "quatern_b": float(quat[1]),
         "quatern_c": float(quat[2]),
@@ -333,7 +332,7 @@ def _geometry(mask: Any, cluster_map: Any, nonpositive_ids: str) -> _Geometry:
                 "labelled volume, pass cluster_map=None"
             )
         mask_index = np.flatnonzero(m.ravel(order="F"))
-        cmap = _as_int_ids(cluster_map, "cluster_map").reshape(-1)
+        cmap = _as_int_ids(cluster_map, "cluster_map").ravel()
         if cmap.size != mask_index.size:
             raise ValueError(
                 f"cluster_map has {cmap.size} entries but the mask has "
