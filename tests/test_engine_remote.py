@@ -203,3 +203,33 @@ def test_from_cohort_with_remote_source_files(
         table.to_csv(tmp_path / "missing.csv", index=False)
         with pytest.raises(FileNotFoundError, match=r"missing\.dscalar\.nii"):
             cohort.from_cohort(tmp_path / "missing.csv")
+
+
+def test_from_cohort_storage_options_reach_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pandas as pd
+
+    from xarray_clusterh5.modelarray import cohort
+
+    local_dir = MODELARRAY / "cohort"
+    table = pd.read_csv(local_dir / "cohort_thickness.csv")
+    monkeypatch.chdir(local_dir)
+    want = cohort.from_cohort("cohort_thickness.csv")
+    secret = "c0hort-s3cr3t"
+    with serve(local_dir, token=secret) as server:
+        table["source_file"] = [f"{server.url}/{s}" for s in table["source_file"]]
+        table.to_csv(tmp_path / "remote.csv", index=False)
+        with pytest.raises((ClusterH5Error, FileNotFoundError)) as err:
+            cohort.from_cohort(tmp_path / "remote.csv")  # no credentials
+        assert server.url in str(err.value)
+        assert not list(Path(remote._copies_dir.name).glob("*.part"))
+        auth = {"headers": {"Authorization": f"Bearer {secret}"}}
+        got = cohort.from_cohort(tmp_path / "remote.csv", storage_options=auth)
+        np.testing.assert_array_equal(got["thickness"].values, want["thickness"].values)
+        bad = {"headers": {"Authorization": f"Bearer {secret}-wrong"}}
+        table.loc[0, "source_file"] += "?other"  # not in the download cache
+        table.to_csv(tmp_path / "bad.csv", index=False)
+        with pytest.raises((ClusterH5Error, FileNotFoundError)) as err:
+            cohort.from_cohort(tmp_path / "bad.csv", storage_options=bad)
+        assert secret not in str(err.value)

@@ -556,3 +556,37 @@ def test_file_ranges_only_for_plain_local_files(tmp_path: Path) -> None:
         f["x"] = np.ones(3)
     with h5py.File(path, "r") as f:
         assert _chunkread.FileRanges.of(f) is None  # addresses shifted
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.integers(1, 70),
+    cols=st.integers(1, 12),
+    chunk=st.tuples(st.integers(1, 32), st.integers(1, 5)),
+    window=st.tuples(
+        st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1)
+    ),
+)
+def test_located_chunks_are_where_hdf5_says(
+    rows: int, cols: int, chunk: tuple[int, int], window: tuple[float, ...]
+) -> None:
+    # whole windows locate every chunk in one H5Dchunk_iter pass, small ones
+    # look chunks up one by one: both must give HDF5's own byte ranges
+    chunk = (min(chunk[0], rows), min(chunk[1], cols))
+    r0, r1 = sorted(int(w * rows) for w in window[:2])
+    c0, c1 = sorted(int(w * cols) for w in window[2:])
+    r1, c1 = max(r1, r0 + 1), max(c1, c0 + 1)
+    data = np.arange(rows * cols, dtype=np.float32).reshape(rows, cols)
+    with memfile() as f:
+        dset = f.create_dataset("d", data=data, chunks=chunk, compression="gzip")
+        sel = (slice(r0, r1), slice(c0, c1))
+        win = _chunkread.fetch_window(dset.id, sel, locate=True)
+        assert win is not None
+        got = sorted(c.at for c in win.chunks)
+        want = sorted(
+            (info.byte_offset, info.size)
+            for orow in range(r0 - r0 % chunk[0], r1, chunk[0])
+            for ocol in range(c0 - c0 % chunk[1], c1, chunk[1])
+            for info in [dset.id.get_chunk_info_by_coord((orow, ocol))]
+        )
+        assert got == want

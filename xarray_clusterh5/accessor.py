@@ -461,6 +461,7 @@ class ClusterH5DatasetAccessor(_WritesFmristore):
         scalar_columns: Sequence[str] | None = None,
         batch_size: int = 64,
         relative_to: str | os.PathLike[str] | None = None,
+        storage_options: dict[str, Any] | None = None,
         map_index: int | None = None,
         mask: str | os.PathLike[str] | None = None,
         index_file: str | os.PathLike[str] | None = None,
@@ -480,7 +481,11 @@ class ClusterH5DatasetAccessor(_WritesFmristore):
         batch_size
             Subjects read per dask task.
         relative_to
-            Folder the file names are relative to (default: the CSV's).
+            Base of relative file names: None is ModelArrayIO's rule (the
+            working directory, then the CSV's folder with a warning); ``"cwd"``,
+            ``"csv"`` or a folder uses only that.
+        storage_options
+            fsspec options (credentials, headers) for file names that are URLs.
         map_index
             CIFTI files with several maps: the one to read.
         mask
@@ -492,7 +497,7 @@ class ClusterH5DatasetAccessor(_WritesFmristore):
         progress
             Show a progress bar while checking the files.
         threads
-            Decompression threads.
+            Threads reading file headers (default up to 4).
 
         Returns
         -------
@@ -503,7 +508,8 @@ class ClusterH5DatasetAccessor(_WritesFmristore):
 
         return from_cohort(
             cohort_csv, scalar_columns=scalar_columns, batch_size=batch_size,
-            relative_to=relative_to, map_index=map_index, mask=mask,
+            relative_to=relative_to, storage_options=storage_options,
+            map_index=map_index, mask=mask,
             index_file=index_file, directions_file=directions_file,
             allow_affine_mismatch=allow_affine_mismatch, progress=progress,
             threads=threads,

@@ -131,7 +131,8 @@ def _pipeline(
     of small cluster datasets.
     """
     dsid = dset.id if isinstance(dset, h5py.Dataset) else dset
-    if dsid.rank != 2 or dsid.dtype not in _SUPPORTED:
+    dtype = dsid.dtype  # each property call is an HDF5 call: once per dataset
+    if dsid.rank != 2 or dtype not in _SUPPORTED:
         return None
     if plist is None:
         plist = dsid.get_create_plist()
@@ -146,7 +147,7 @@ def _pipeline(
     if not any(code == _DEFLATE for _, code in filters):
         return None  # nothing to decompress: h5py reads raw chunks as fast
     rows, cols = plist.get_chunk()
-    return _Pipeline(tuple(filters), (int(rows), int(cols)), dsid.dtype)
+    return _Pipeline(tuple(filters), (int(rows), int(cols)), dtype)
 
 
 def _bounds(sel: object, n: int) -> tuple[int, int] | None:
@@ -621,12 +622,16 @@ def fetch_window(
     if r1 <= r0 or c1 <= c0:
         return None
     cr, cc = pipe.chunks
+    located = _all_located(dsid, shape, pipe.chunks, b0, b1) if locate else None
     chunks: list[_Chunk] = []
     for orow in range(r0 - r0 % cr, r1, cr):
         rs, re = max(r0, orow), min(r1, orow + cr)
         for ocol in range(c0 - c0 % cc, c1, cc):
             cs, ce = max(c0, ocol), min(c1, ocol + cc)
-            stored = _stored_chunk(dsid, (orow, ocol), locate)
+            if located is not None:
+                stored = located.get((orow, ocol))
+            else:
+                stored = _stored_chunk(dsid, (orow, ocol), locate)
             if stored is None:
                 return None  # unallocated chunk (fill value): let h5py do it
             raw, mask, at = stored
@@ -642,9 +647,48 @@ def fetch_window(
     return RawWindow((r1 - r0, c1 - c0), pipe, chunks)
 
 
+_Stored = tuple[bytes | None, int, tuple[int, int]]
+
+
+def _all_located(
+    dsid: h5py.h5d.DatasetID,
+    shape: tuple[int, ...],
+    chunk: tuple[int, int],
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+) -> dict[tuple[int, int], _Stored] | None:
+    """Every stored chunk's location in one ``H5Dchunk_iter`` pass, or None.
+
+    One pass costs about what one ``get_chunk_info_by_coord`` lookup does, so
+    it pays when the window needs at least half of the dataset's chunks (a
+    whole small cluster dataset: the common case). Unallocated chunks are
+    absent from the result.
+    """
+    if not hasattr(dsid, "chunk_iter"):  # HDF5 older than 1.14
+        return None
+    total = -(-shape[0] // chunk[0]) * -(-shape[1] // chunk[1])
+    needed = (-(-rows[1] // chunk[0]) - rows[0] // chunk[0]) * (
+        -(-cols[1] // chunk[1]) - cols[0] // chunk[1]
+    )
+    if 2 * needed < total:
+        return None
+    out: dict[tuple[int, int], _Stored] = {}
+
+    def visit(info: Any) -> None:
+        if info.byte_offset is not None and info.size > 0:
+            where = (int(info.byte_offset), int(info.size))
+            out[tuple(info.chunk_offset)] = (None, int(info.filter_mask), where)
+
+    try:
+        dsid.chunk_iter(visit)
+    except (RuntimeError, OSError, KeyError, ValueError):
+        return None
+    return out
+
+
 def _stored_chunk(
     dsid: h5py.h5d.DatasetID, offset: tuple[int, int], locate: bool
-) -> tuple[bytes | None, int, tuple[int, int]] | None:
+) -> _Stored | None:
     """``(bytes or None, filter mask, (byte offset, size))`` of one chunk."""
     try:
         if not locate:

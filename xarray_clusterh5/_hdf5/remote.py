@@ -244,19 +244,32 @@ def local_copies(
         key = hashlib.sha256(url.encode()).hexdigest()[:20]
         local = os.path.join(_copies_dir.name, f"{key}-{os.path.basename(name)}")
         if not os.path.exists(local):
-            with open_url(url, storage_options) as src:
-                try:
-                    data = src.read()
-                except FileNotFoundError:
-                    raise FileNotFoundError(f"{name}: no such file") from None
-                except Exception as err:
-                    detail = scrub(f"{type(err).__name__}: {err}", storage_options, url)
-                    raise _error(name, f"cannot be read ({detail})") from None
-            with open(local + ".part", "wb") as dst:
-                dst.write(data)
-            os.replace(local + ".part", local)
+            _download(url, name, local, storage_options)
         out.append(local)
     return out
+
+
+def _download(
+    url: str, name: str, local: str, storage_options: dict[str, Any] | None
+) -> None:
+    # streamed in blocks under a temporary name: a large source never sits in
+    # memory whole, and a failed download leaves nothing behind
+    import shutil
+
+    part = f"{local}.part"
+    try:
+        with open_url(url, storage_options) as src, open(part, "wb") as dst:
+            try:
+                shutil.copyfileobj(src, dst, BLOCK_SIZE)
+            except FileNotFoundError:
+                raise FileNotFoundError(f"{name}: no such file") from None
+            except Exception as err:
+                detail = scrub(f"{type(err).__name__}: {err}", storage_options, url)
+                raise _error(name, f"cannot be read ({detail})") from None
+        os.replace(part, local)
+    finally:
+        if os.path.exists(part):
+            os.remove(part)
 
 
 def _error(name: str, problem: str) -> Exception:

@@ -73,6 +73,7 @@ def from_cohort(
     scalar_columns: Sequence[str] | None = None,
     batch_size: int = DEFAULT_BATCH,
     relative_to: str | os.PathLike[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
     map_index: int | None = None,
     mask: str | os.PathLike[str] | None = None,
     index_file: str | os.PathLike[str] | None = None,
@@ -104,6 +105,10 @@ def from_cohort(
     relative_to : base of relative paths; None = ModelArrayIO's rule (working
         directory) with a warned fallback to the CSV's folder; ``"cwd"``,
         ``"csv"`` or a folder to use only that (see :func:`resolve_sources`).
+    storage_options : fsspec options (credentials, headers) for ``source_file``
+        and ``source_mask_file`` values that are URLs (``https://``, ``s3://``,
+        any fsspec protocol; the ``remote`` extra). Each URL is downloaded once,
+        whole, into a temporary folder removed at exit.
     map_index : CIFTI: take this map of multi-map files (and allow
         dtseries/dlabel inputs); None requires single-map dscalar files.
     mask : NIfTI: the group mask (required).
@@ -142,7 +147,8 @@ def from_cohort(
     kind = modelarray_io.check_modality(csv, table.source_file)
     rows = modelarray_io.scalar_rows(table.scalar_name)
     src = open_cohort(
-        table, rows, kind, relative_to=relative_to, map_index=map_index,
+        table, rows, kind, relative_to=relative_to,
+        storage_options=storage_options, map_index=map_index,
         mask=mask, index_file=index_file, directions_file=directions_file,
         allow_affine_mismatch=allow_affine_mismatch, progress=progress,
         threads=threads,

@@ -774,12 +774,14 @@ def resolve_sources(
     cohort_csv: str | os.PathLike[str],
     sources: Sequence[str],
     relative_to: str | os.PathLike[str] | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> list[str]:
     """Absolute paths of ``source_file`` values (local copies of URLs).
 
     URLs (``https://``, ``s3://``, any fsspec protocol; credentials from
-    fsspec's usual configuration) are downloaded once into a temporary
-    folder removed at exit: a conversion reads every byte of every file.
+    ``storage_options`` or fsspec's usual configuration) are downloaded once
+    into a temporary folder removed at exit: a conversion reads every byte of
+    every file.
 
     Rule: with ``relative_to=None`` a relative path is looked up as ModelArrayIO
     does, against the current working directory; if it is not there, the cohort
@@ -795,7 +797,8 @@ def resolve_sources(
     out: list[str] = []
     fell_back = 0
     urls = [s for s in sources if remote.is_url(s)]
-    copies = dict(zip(urls, remote.local_copies(urls), strict=True)) if urls else {}
+    fetched = remote.local_copies(urls, storage_options) if urls else []
+    copies = dict(zip(urls, fetched, strict=True))
     for s in sources:
         if s in copies:  # fetched once into a temporary cache: conversions read it all
             out.append(copies[s])
@@ -1000,7 +1003,7 @@ class ScalarStream:
 
 
 def check_outputs(
-    plan: Sequence[tuple[Path, list[str]]], overwrite: bool, parents: bool = False
+    plan: Sequence[tuple[Path, list[str]]], overwrite: bool, parents: bool
 ) -> None:
     """Refuse existing outputs unless ``overwrite``, and missing folders unless
     ``parents`` (before anything is read)."""
@@ -1017,9 +1020,9 @@ def write_modelarray(
     n_elements: int,
     options: StorageOptions,
     *,
-    overwrite: bool = False,
-    progress: bool = False,
-    parents: bool = False,
+    overwrite: bool,
+    progress: bool,
+    parents: bool,
 ) -> list[Path]:
     """Write ModelArray files: the one loop of ``to_modelarray`` and the CLI.
 

@@ -156,6 +156,7 @@ def _open_cifti(
 def _open_nifti(
     csv: str, table: modelarray_io.CohortTable, resolved: Sequence[str],
     rows: dict[str, np.ndarray], mask: str, relative_to: Any,
+    storage_options: dict[str, Any] | None,
     allow_affine_mismatch: bool, progress: bool, threads: int,
 ) -> CohortSource:  # fmt: skip
     from xarray_clusterh5.modelarray import voxels
@@ -165,7 +166,7 @@ def _open_nifti(
     col = table.column("source_mask_file")
     listed = [i for i, v in enumerate(col) if v is not None]
     paths = modelarray_io.resolve_sources(
-        csv, [str(col[i]) for i in listed], relative_to
+        csv, [str(col[i]) for i in listed], relative_to, storage_options
     )
     for i, p in zip(listed, paths, strict=True):
         masks[i] = p
@@ -271,6 +272,7 @@ def open_cohort(
     kind: str,
     *,
     relative_to: Any = None,
+    storage_options: dict[str, Any] | None = None,
     map_index: int | None = None,
     mask: Any = None,
     index_file: Any = None,
@@ -289,7 +291,9 @@ def open_cohort(
     """
     csv = table.path
     check_modality_options(csv, kind, mask, index_file, directions_file)
-    resolved = modelarray_io.resolve_sources(csv, table.source_file, relative_to)
+    resolved = modelarray_io.resolve_sources(
+        csv, table.source_file, relative_to, storage_options
+    )
     n_threads = threads or default_threads()
     if kind == "cifti":
         return _open_cifti(resolved, rows, map_index, progress, threads)
@@ -297,7 +301,7 @@ def open_cohort(
         raise ValueError("map_index (--cifti-map) applies to CIFTI cohorts only")
     if kind == "nifti":
         return _open_nifti(
-            csv, table, resolved, rows, str(mask), relative_to,
+            csv, table, resolved, rows, str(mask), relative_to, storage_options,
             allow_affine_mismatch, progress, n_threads,
         )  # fmt: skip
     if kind == "mif":
