@@ -135,6 +135,52 @@ def test_same_count_other_vertices_is_refused(tmp_path):
     assert str(bad) in str(err.value)
 
 
+def test_same_count_other_structures_is_refused(tmp_path):
+    axis = _fixture_axis()
+    names = axis.name.copy()
+    names[95] = "CIFTI_STRUCTURE_BRAIN_STEM"  # one thalamus voxel renamed
+    moved = ca.BrainModelAxis(
+        names, voxel=axis.voxel, vertex=axis.vertex, affine=axis.affine,
+        volume_shape=axis.volume_shape, nvertices=axis.nvertices,
+    )  # fmt: skip
+    bad = _write(
+        tmp_path / "st.dscalar.nii", np.zeros((1, 100), np.float32),
+        (ca.ScalarAxis(["m"]), moved),
+    )  # fmt: skip
+    ref, _ = cifti.read_reference(THICK[0])
+    with pytest.raises(
+        ClusterH5Error,
+        match="greyordinate 95 is in CIFTI_STRUCTURE_BRAIN_STEM, the first file has "
+        "CIFTI_STRUCTURE_THALAMUS_RIGHT",
+    ):
+        cifti.check_file(bad, ref)
+
+
+def test_damaged_brain_model_xml_is_named(tmp_path):
+    # the fast parser gives up, nibabel refuses: a ClusterH5Error naming the file
+    raw = THICK[0].read_bytes()
+    for old, new in [
+        (b"VolumeDimensions", b"VolumeDimensionz"),
+        (b"</VoxelIndicesIJK>", b"</VoxelIndicesIJQ>"),
+    ]:
+        bad = tmp_path / "bad.dscalar.nii"
+        bad.write_bytes(raw.replace(old, new))
+        with pytest.raises(ClusterH5Error, match="nibabel cannot read its CIFTI-2 "):
+            cifti.read_reference(bad)
+
+
+def test_file_truncated_after_its_check_is_named(tmp_path):
+    # cohorts are read lazily: a file cut between the header check and the read
+    path = tmp_path / "s.dscalar.nii"
+    path.write_bytes(THICK[1].read_bytes())
+    ref, _ = cifti.read_reference(THICK[0])
+    block = cifti.check_file(path, ref)
+    path.write_bytes(THICK[1].read_bytes()[:-40])
+    with pytest.raises(ClusterH5Error, match="the data block ended early") as err:
+        cifti.read_columns(block, 0, 100)
+    assert str(path) in str(err.value)
+
+
 def test_same_count_other_voxels_is_refused(tmp_path):
     axis = _fixture_axis()
     voxel = axis.voxel.copy()
@@ -224,18 +270,22 @@ def test_other_dtypes_equal_nibabel(tmp_path, dtype):
     np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), expected)
 
 
-def test_scaled_data_goes_through_nibabel(tmp_path):
+@pytest.mark.parametrize(
+    ("slope", "inter", "value"),
+    [(2.5, 1.0, 3.5), (2.5, 0.0, 2.5), (1.0, 1.0, 2.0), (0.0, 0.0, 1.0)],
+)
+def test_scaled_data_goes_through_nibabel(tmp_path, slope, inter, value):
     data = np.ones((1, 100), np.float32)
     path = _write(
         tmp_path / "s.dscalar.nii", data, (ca.ScalarAxis(["m"]), _fixture_axis())
     )
     raw = bytearray(path.read_bytes())
-    raw[176:192] = np.array([2.5, 1.0], dtype="<f8").tobytes()  # scl_slope, scl_inter
+    raw[176:192] = np.array([slope, inter], dtype="<f8").tobytes()  # scl_slope/inter
     path.write_bytes(bytes(raw))
     _, block = cifti.read_reference(path)
-    assert block.use_nibabel
+    assert block.use_nibabel == (value != 1.0)  # slope 0 means unscaled (NIfTI)
     expected = nib.load(path).get_fdata()[0].astype(np.float32)
-    np.testing.assert_array_equal(expected, np.full(100, 3.5, np.float32))
+    np.testing.assert_array_equal(expected, np.full(100, value, np.float32))
     np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), expected)
 
 
@@ -378,14 +428,40 @@ def test_unsupported_axes_are_named_by_intent_code(tmp_path, intent, match):
     assert str(path) in str(err.value)
 
 
+def _parcels(n: int, size: int) -> ca.ParcelsAxis:
+    return ca.ParcelsAxis.from_brain_models(
+        [(f"P{i}", _fixture_axis()[i * size : (i + 1) * size]) for i in range(n)]
+    )
+
+
+def test_pscalar_cohort_checks(tmp_path):
+    data = np.arange(10, dtype=np.float32)[None]
+    first = _write(
+        tmp_path / "a.pscalar.nii", data, (ca.ScalarAxis(["a"]), _parcels(10, 10))
+    )
+    ref, _ = cifti.read_reference(first)
+    # the same parcels with other number formatting, and another map name
+    second = _write(
+        tmp_path / "b.pscalar.nii", data * 2, (ca.ScalarAxis(["b"]), _parcels(10, 10))
+    )
+    raw = second.read_bytes()
+    assert b"-2.0000000000" in raw
+    second.write_bytes(raw.replace(b"-2.0000000000", b"-2.00000000e0"))
+    block = cifti.check_file(second, ref)
+    np.testing.assert_array_equal(cifti.read_columns(block, 0, 10), data[0] * 2)
+    fewer = _write(
+        tmp_path / "c.pscalar.nii", data[:, :5], (ca.ScalarAxis(["c"]), _parcels(5, 20))
+    )
+    with pytest.raises(
+        ClusterH5Error,
+        match=rf"has 5 values per map; the first file \({first}\) has 10",
+    ):
+        cifti.check_file(fewer, ref)
+
+
 def test_pconn_values_are_read_row_major(tmp_path):
     # ModelArrayIO flattens a pconn matrix row-major; the file stores it by column
-    def parcels(n: int, size: int) -> ca.ParcelsAxis:
-        return ca.ParcelsAxis.from_brain_models(
-            [(f"P{i}", _fixture_axis()[i * size : (i + 1) * size]) for i in range(n)]
-        )
-
-    rows, cols = parcels(5, 20), parcels(4, 25)  # other parcels on each axis
+    rows, cols = _parcels(5, 20), _parcels(4, 25)  # other parcels on each axis
     data = np.arange(20, dtype=np.float32).reshape(5, 4) * 1.5
     path = _write(tmp_path / "c.pconn.nii", data, (rows, cols))
     ref, block = cifti.read_reference(path)

@@ -229,6 +229,31 @@ def test_header_padding_for_every_header_length(tmp_path, pad):
     np.testing.assert_array_equal(back.reshape(-1), np.arange(300))
 
 
+@pytest.mark.parametrize("dim", [(2, 1, 1), (1, 3, 1), (1, 1, 4), (5,)])
+@pytest.mark.parametrize("rev", [False, True])
+def test_range_reads_along_any_axis(tmp_path, dim, rev):
+    ndim = len(dim)
+    axis = int(np.argmax(dim))
+    h = MifHeader("t", dim, (1.0,) * ndim, tuple(range(ndim)),
+                  tuple(rev and a == axis for a in range(ndim)), np.dtype("<f4"),
+                  np.eye(3, 4), None)  # fmt: skip
+    values = np.arange(1, max(dim) + 1, dtype=np.float32)
+    out = write_mif(tmp_path / "r.mif", h, values.reshape(dim))
+    h = read_header(out)
+    np.testing.assert_array_equal(read_range(str(out), h, 0, max(dim)), values)
+    np.testing.assert_array_equal(read_range(str(out), h, 1, 2), values[1:2])
+    with pytest.raises(IndexError, match=rf"outside 0:{max(dim)}"):
+        read_range(str(out), h, 0, max(dim) + 1)
+
+
+def test_range_reads_need_one_axis(tmp_path):
+    h = MifHeader("t", (2, 2, 1), (1.0,) * 3, (0, 1, 2), (False,) * 3,
+                  np.dtype("<f4"), np.eye(3, 4), None)  # fmt: skip
+    out = write_mif(tmp_path / "two.mif", h, np.zeros((2, 2, 1)))
+    with pytest.raises(ValueError, match=r"one non-singleton axis, dim \(2, 2, 1\)"):
+        read_range(str(out), read_header(out), 0, 1)
+
+
 def test_one_fixel_image_range_reads(tmp_path):
     # a fixel image of one fixel: every axis has size 1
     h = MifHeader("t", (1, 1, 1), (1.0, 1.0, 1.0), (0, 1, 2), (False,) * 3,
