@@ -17,7 +17,7 @@ from tests._helpers import MODELARRAY, assert_same_export
 from xarray_clusterh5._hdf5.names import safe_output_name
 from xarray_clusterh5.cifti import read as cifti
 from xarray_clusterh5.cifti import write as cifti_write
-from xarray_clusterh5.errors import ClusterH5Error
+from xarray_clusterh5.errors import ClusterH5Error, CorruptFileError
 from xarray_clusterh5.modelarray import export
 from xarray_clusterh5.modelarray import h5 as modelarray_io
 from xarray_clusterh5.modelarray.layout import export_file_names
@@ -85,6 +85,19 @@ def test_fast_reads_equal_modelarrayio_values(files):
         )
 
 
+def test_fixture_files_take_the_fast_path(monkeypatch):
+    # every ModelArrayIO/Workbench file of the fixtures: no nibabel parse at all
+    expected = {p: nib.load(p).header.get_axis(1) for p in THICK + AREA}
+    monkeypatch.setattr(cifti, "_nib_load", _no_nibabel)
+    for files in (THICK, AREA):
+        ref, block = cifti.read_reference(files[0])
+        assert ref.axis == expected[files[0]]
+        assert not block.use_nibabel
+        for path in files[1:]:
+            assert not cifti.check_file(path, ref).use_nibabel
+        assert cifti.parse_brain_models(ref.xml, 100, str(files[0])) is not None
+
+
 def test_nan_greyordinates_kept():
     ref, block = cifti.read_reference(THICK[0])
     row = cifti.read_columns(block, 0, ref.n_elements)
@@ -120,6 +133,52 @@ def test_same_count_other_vertices_is_refused(tmp_path):
     with pytest.raises(ClusterH5Error, match="vertex") as err:
         cifti.check_file(bad, ref)
     assert str(bad) in str(err.value)
+
+
+def test_same_count_other_structures_is_refused(tmp_path):
+    axis = _fixture_axis()
+    names = axis.name.copy()
+    names[95] = "CIFTI_STRUCTURE_BRAIN_STEM"  # one thalamus voxel renamed
+    moved = ca.BrainModelAxis(
+        names, voxel=axis.voxel, vertex=axis.vertex, affine=axis.affine,
+        volume_shape=axis.volume_shape, nvertices=axis.nvertices,
+    )  # fmt: skip
+    bad = _write(
+        tmp_path / "st.dscalar.nii", np.zeros((1, 100), np.float32),
+        (ca.ScalarAxis(["m"]), moved),
+    )  # fmt: skip
+    ref, _ = cifti.read_reference(THICK[0])
+    with pytest.raises(
+        ClusterH5Error,
+        match="greyordinate 95 is in CIFTI_STRUCTURE_BRAIN_STEM, the first file has "
+        "CIFTI_STRUCTURE_THALAMUS_RIGHT",
+    ):
+        cifti.check_file(bad, ref)
+
+
+def test_damaged_brain_model_xml_is_named(tmp_path):
+    # the fast parser gives up, nibabel refuses: a ClusterH5Error naming the file
+    raw = THICK[0].read_bytes()
+    for old, new in [
+        (b"VolumeDimensions", b"VolumeDimensionz"),
+        (b"</VoxelIndicesIJK>", b"</VoxelIndicesIJQ>"),
+    ]:
+        bad = tmp_path / "bad.dscalar.nii"
+        bad.write_bytes(raw.replace(old, new))
+        with pytest.raises(ClusterH5Error, match="nibabel cannot read its CIFTI-2 "):
+            cifti.read_reference(bad)
+
+
+def test_file_truncated_after_its_check_is_named(tmp_path):
+    # cohorts are read lazily: a file cut between the header check and the read
+    path = tmp_path / "s.dscalar.nii"
+    path.write_bytes(THICK[1].read_bytes())
+    ref, _ = cifti.read_reference(THICK[0])
+    block = cifti.check_file(path, ref)
+    path.write_bytes(THICK[1].read_bytes()[:-40])
+    with pytest.raises(ClusterH5Error, match="the data block ended early") as err:
+        cifti.read_columns(block, 0, 100)
+    assert str(path) in str(err.value)
 
 
 def test_same_count_other_voxels_is_refused(tmp_path):
@@ -194,7 +253,9 @@ def test_intent_unknown_is_read_from_the_xml(tmp_path):
     np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), data[0])
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.int16, np.uint8, np.int32])
+@pytest.mark.parametrize(
+    "dtype", [np.float32, np.float64, np.int16, np.uint8, np.int32, np.int8, np.uint16]
+)
 def test_other_dtypes_equal_nibabel(tmp_path, dtype):
     rng = np.random.default_rng(0)
     data = (rng.uniform(0, 100, size=(1, 100))).astype(dtype)
@@ -203,22 +264,28 @@ def test_other_dtypes_equal_nibabel(tmp_path, dtype):
         dtype=dtype,
     )  # fmt: skip
     _, block = cifti.read_reference(path)
+    assert not block.use_nibabel  # read directly: the cast is exact for these types
+    assert block.dtype == np.dtype(dtype).newbyteorder("<")
     expected = nib.load(path).get_fdata()[0].astype(np.float32)  # ModelArrayIO's rule
     np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), expected)
 
 
-def test_scaled_data_goes_through_nibabel(tmp_path):
+@pytest.mark.parametrize(
+    ("slope", "inter", "value"),
+    [(2.5, 1.0, 3.5), (2.5, 0.0, 2.5), (1.0, 1.0, 2.0), (0.0, 0.0, 1.0)],
+)
+def test_scaled_data_goes_through_nibabel(tmp_path, slope, inter, value):
     data = np.ones((1, 100), np.float32)
     path = _write(
         tmp_path / "s.dscalar.nii", data, (ca.ScalarAxis(["m"]), _fixture_axis())
     )
     raw = bytearray(path.read_bytes())
-    raw[176:192] = np.array([2.5, 1.0], dtype="<f8").tobytes()  # scl_slope, scl_inter
+    raw[176:192] = np.array([slope, inter], dtype="<f8").tobytes()  # scl_slope/inter
     path.write_bytes(bytes(raw))
     _, block = cifti.read_reference(path)
-    assert block.use_nibabel
+    assert block.use_nibabel == (value != 1.0)  # slope 0 means unscaled (NIfTI)
     expected = nib.load(path).get_fdata()[0].astype(np.float32)
-    np.testing.assert_array_equal(expected, np.full(100, 3.5, np.float32))
+    np.testing.assert_array_equal(expected, np.full(100, value, np.float32))
     np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), expected)
 
 
@@ -265,6 +332,152 @@ def test_not_cifti_inputs(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(ClusterH5Error, match="empty or truncated"):
         cifti.read_reference(empty)
+    # cut after the header size field: a NIfTI-2 start, then nothing
+    cut = tmp_path / "cut.dscalar.nii"
+    cut.write_bytes(THICK[0].read_bytes()[:4])
+    with pytest.raises(ClusterH5Error, match="truncated NIfTI-2 header"):
+        cifti.read_reference(cut)
+    cut.write_bytes(THICK[0].read_bytes()[:3])
+    with pytest.raises(ClusterH5Error, match="empty or truncated"):
+        cifti.read_reference(cut)
+
+
+@pytest.mark.parametrize(
+    ("dim", "match"),
+    [
+        ([3, 1, 1, 1, 1, 1, 100, 1], r"dims \[3, 1, 1, 1\]"),
+        ([6, 1, 1, 1, 2, 1, 100, 1], r"dims \[6, 1, 1, 1, 2, 1, 100\]"),
+        ([6, 1, 1, 1, 1, 1, 10**9, 1], "impossible in a file"),
+    ],
+)
+def test_damaged_nifti_dims_are_named(tmp_path, dim, match):
+    raw = bytearray(THICK[0].read_bytes())
+    raw[16:80] = np.array(dim, dtype="<i8").tobytes()  # NIfTI-2 dim[8]
+    bad = tmp_path / "dims.dscalar.nii"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(ClusterH5Error, match=match) as err:
+        cifti.read_reference(bad)
+    assert str(bad) in str(err.value)
+
+
+def _with_vox_offset(src: Path, dst: Path, vox_offset: int) -> Path:
+    raw = bytearray(src.read_bytes())
+    raw[168:176] = np.array([vox_offset], dtype="<i8").tobytes()  # NIfTI-2 field
+    dst.write_bytes(bytes(raw))
+    return dst
+
+
+def test_damaged_vox_offset_is_named(tmp_path):
+    size = THICK[0].stat().st_size
+    # pointing into the header: the data would be read from the XML bytes
+    low = _with_vox_offset(THICK[0], tmp_path / "low.dscalar.nii", 100)
+    with pytest.raises(ClusterH5Error, match=r"vox_offset too small") as err:
+        cifti.read_reference(low)
+    assert str(low) in str(err.value)
+    past = _with_vox_offset(THICK[0], tmp_path / "past.dscalar.nii", size + 1)
+    with pytest.raises(
+        CorruptFileError,
+        match=rf"vox_offset {size + 1} is past the end of the file \({size} bytes\)",
+    ):
+        cifti.read_reference(past)
+    # the header is whole, the data block is missing: the error says how much
+    vox_offset = int(np.frombuffer(THICK[0].read_bytes()[168:176], "<i8")[0])
+    cut = tmp_path / "cut.dscalar.nii"
+    cut.write_bytes(THICK[0].read_bytes()[:vox_offset])
+    need = vox_offset + 100 * 4  # 100 float32 greyordinates
+    with pytest.raises(
+        ClusterH5Error,
+        match=rf"truncated: {vox_offset} bytes, the data block needs {need}",
+    ):
+        cifti.read_reference(cut)
+
+
+def test_nifti2_without_extensions_is_not_cifti(tmp_path):
+    # nibabel writes a plain NIfTI-2 volume with vox_offset 544: no room for XML
+    nii2 = tmp_path / "vol2.nii"
+    nib.Nifti2Image(np.zeros((2, 2, 2), np.float32), np.eye(4)).to_filename(nii2)
+    assert np.frombuffer(nii2.read_bytes()[168:176], "<i8")[0] == 544
+    with pytest.raises(ClusterH5Error, match="has no NIfTI extensions, so no CIFTI"):
+        cifti.read_reference(nii2)
+
+
+@pytest.mark.parametrize(
+    ("intent", "match"),
+    [
+        # the axes (parcels x brain models) are no type we read: the intent names it
+        ("ConnParcelDense", "is a CIFTI-2 pdconn file; supported are dscalar"),
+        ("ConnUnknown", r"unsupported CIFTI-2 axes \('PARCELS', 'BRAIN_MODELS'\) "
+         r"\(intent 3000\)"),
+        (3005, r"unsupported CIFTI-2 axes .* \(intent 3005\)"),  # not a CIFTI type
+    ],
+)  # fmt: skip
+def test_unsupported_axes_are_named_by_intent_code(tmp_path, intent, match):
+    parcels = ca.ParcelsAxis.from_brain_models(
+        [(f"P{i}", _fixture_axis()[i * 50 : (i + 1) * 50]) for i in range(2)]
+    )
+    path = _write(
+        tmp_path / "x.pdconn.nii", np.zeros((2, 100), np.float32),
+        (parcels, _fixture_axis()), intent=intent if isinstance(intent, str) else 3000,
+    )  # fmt: skip
+    if isinstance(intent, int):
+        raw = bytearray(path.read_bytes())
+        raw[504:508] = np.array([intent], dtype="<i4").tobytes()  # intent_code
+        path.write_bytes(bytes(raw))
+    with pytest.raises(ClusterH5Error, match=match) as err:
+        cifti.read_reference(path)
+    assert str(path) in str(err.value)
+
+
+def _parcels(n: int, size: int) -> ca.ParcelsAxis:
+    return ca.ParcelsAxis.from_brain_models(
+        [(f"P{i}", _fixture_axis()[i * size : (i + 1) * size]) for i in range(n)]
+    )
+
+
+def test_pscalar_cohort_checks(tmp_path):
+    data = np.arange(10, dtype=np.float32)[None]
+    first = _write(
+        tmp_path / "a.pscalar.nii", data, (ca.ScalarAxis(["a"]), _parcels(10, 10))
+    )
+    ref, _ = cifti.read_reference(first)
+    # the same parcels with other number formatting, and another map name
+    second = _write(
+        tmp_path / "b.pscalar.nii", data * 2, (ca.ScalarAxis(["b"]), _parcels(10, 10))
+    )
+    raw = second.read_bytes()
+    assert b"-2.0000000000" in raw
+    second.write_bytes(raw.replace(b"-2.0000000000", b"-2.00000000e0"))
+    block = cifti.check_file(second, ref)
+    np.testing.assert_array_equal(cifti.read_columns(block, 0, 10), data[0] * 2)
+    fewer = _write(
+        tmp_path / "c.pscalar.nii", data[:, :5], (ca.ScalarAxis(["c"]), _parcels(5, 20))
+    )
+    with pytest.raises(
+        ClusterH5Error,
+        match=rf"has 5 values per map; the first file \({first}\) has 10",
+    ):
+        cifti.check_file(fewer, ref)
+
+
+def test_pconn_values_are_read_row_major(tmp_path):
+    # ModelArrayIO flattens a pconn matrix row-major; the file stores it by column
+    rows, cols = _parcels(5, 20), _parcels(4, 25)  # other parcels on each axis
+    data = np.arange(20, dtype=np.float32).reshape(5, 4) * 1.5
+    path = _write(tmp_path / "c.pconn.nii", data, (rows, cols))
+    ref, block = cifti.read_reference(path)
+    assert ref.shape == (5, 4)
+    assert ref.n_elements == 20
+    names = ref.element_names()
+    assert names["parcel_from"].tolist() == [f"P{i}" for i in range(5) for _ in "abcd"]
+    assert names["parcel_to"].tolist() == [f"P{i}" for i in range(4)] * 5
+    assert block.pconn
+    np.testing.assert_array_equal(cifti.read_columns(block, 0, 20), data.ravel())
+    np.testing.assert_array_equal(cifti.read_columns(block, 7, 12), data.ravel()[7:12])
+    np.testing.assert_array_equal(
+        cifti.read_columns(cifti.check_file(path, ref), 0, 20), data.ravel()
+    )
+    with pytest.raises(ClusterH5Error, match="a pconn file has no maps to pick from"):
+        cifti.read_reference(path, map_index=0)
 
 
 def test_truncated_data_block(tmp_path):
@@ -305,12 +518,19 @@ def brain_models(draw: st.DrawFn) -> ca.BrainModelAxis:
     return axis
 
 
+def _no_nibabel(path: str) -> None:
+    raise AssertionError(f"nibabel fallback used for {path}")
+
+
 @given(axis=brain_models())
 def test_fast_xml_parse_equals_nibabel(tmp_path_factory, axis):
     path = tmp_path_factory.mktemp("bm") / "r.dscalar.nii"
     data = np.arange(len(axis), dtype=np.float32)[None]
     _write(path, data, (ca.ScalarAxis(["m"]), axis))
-    ref, block = cifti.read_reference(path)
+    with pytest.MonkeyPatch.context() as mp:
+        # the fast parser takes every file nibabel writes, without the fallback
+        mp.setattr(cifti, "_nib_load", _no_nibabel)
+        ref, block = cifti.read_reference(path)
     parsed = nib.load(path).header.get_axis(1)
     assert ref.axis == parsed
     np.testing.assert_array_equal(ref.voxel, parsed.voxel)
@@ -377,6 +597,22 @@ def test_export_with_multi_map_template_is_refused(tmp_path):
     )
     with pytest.raises(ClusterH5Error, match="single-map dscalar"):
         cifti_write.load_template(tmpl)
+
+
+@pytest.mark.parametrize("shape", [(99,), (100, 1), (1, 100)])
+def test_export_row_of_another_shape_is_refused(tmp_path, shape):
+    template = cifti_write.load_template(THICK[0])
+    with pytest.raises(
+        ClusterH5Error,
+        match=rf"template has 100 greyordinates but the data has shape {shape}".replace(
+            "(", r"\("
+        ).replace(")", r"\)"),
+    ) as err:
+        cifti_write.write_dscalar_row(
+            tmp_path / "o.dscalar.nii", np.zeros(shape), template, overwrite=False
+        )
+    assert str(THICK[0]) in str(err.value)
+    assert not list(tmp_path.iterdir())
 
 
 def test_export_with_integer_template_goes_through_nibabel(tmp_path):
@@ -508,6 +744,11 @@ def test_dtseries_bad_inputs(tmp_path):
             (5, 5, 5),
             1,
         )
+    for bad_ijk in (ijk[:, :2], ijk.ravel()):
+        with pytest.raises(ValueError, match=r"must have shape \(n, 3\), got"):
+            cifti_write.write_dtseries(
+                tmp_path / "a.dtseries.nii", data, bad_ijk, AFFINE, (5, 5, 5), 1
+            )
     with pytest.raises(ValueError, match="TR"):
         cifti_write.write_dtseries(
             tmp_path / "a.dtseries.nii", data, ijk, AFFINE, (5, 5, 5), 0

@@ -78,6 +78,24 @@ def test_vector_metadata_adds_no_dimension(tmp_path: Path) -> None:
         assert "slice_timing" not in f["scans/c/metadata"]
 
 
+def test_metadata_mixing_string_vectors_and_numbers_is_text(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.h5"
+    mask = np.ones((2, 2, 1), dtype=bool)
+    write_experiment(
+        path,
+        mask=mask,
+        cluster_map=[1, 1, 2, 2],
+        runs={name: np.zeros((4, 3)) for name in "abc"},
+        scan_metadata={"a": {"tags": ["x", "y"]}, "b": {"tags": 3}},
+    )
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        tags = ds["tags"]
+        assert tags.dims == ("run",)
+        assert tags.dtype.kind == "U"
+        assert tags.values[1:].tolist() == ["3", ""]
+        assert tags.attrs["fmristore_missing"] == ["c"]
+
+
 def test_fixture_dims_are_exact(fixture_name: str) -> None:
     exp = fmristore_expected(fixture_name)
     with xr.open_dataset(fmristore_path(fixture_name), engine="clusterh5") as ds:

@@ -118,7 +118,8 @@ def _assert_mrtrix_header_rules(raw: bytes, h: MifHeader) -> None:
     head = raw[: raw.index(b"\nEND\n") + 5].decode("latin-1")
     assert head.splitlines()[-2] == f"file: . {h.data_offset}"
     assert h.data_offset % 4 == 0
-    assert h.data_offset >= len(head)
+    # the first multiple of 4 after END, as MRtrix writes it: at most 3 pad bytes
+    assert len(head) <= h.data_offset < len(head) + 4
     assert set(raw[len(head) : h.data_offset]) <= {0}
     assert len(raw) == h.data_offset + h.n_values * h.dtype.itemsize
 
@@ -215,6 +216,54 @@ def test_path_objects_and_missing_files(tmp_path):
         read_mif(Path(tmp_path / "none.mif"))
     with pytest.raises(FileNotFoundError):
         read_header(tmp_path / "none.mif")
+
+
+@pytest.mark.parametrize("pad", range(8))
+def test_header_padding_for_every_header_length(tmp_path, pad):
+    # a key of every length modulo 4 (and a 2-digit to 3-digit offset change)
+    h = read_header(INPUTS / "sub-01_FD.mif")
+    h.keyvals = [("comment", "x" * pad)]
+    out = write_mif(tmp_path / "p.mif", h, np.arange(300, dtype=np.float32))
+    back_h, back = read_mif(out)
+    _assert_mrtrix_header_rules(out.read_bytes(), back_h)
+    np.testing.assert_array_equal(back.reshape(-1), np.arange(300))
+
+
+@pytest.mark.parametrize("dim", [(2, 1, 1), (1, 3, 1), (1, 1, 4), (5,)])
+@pytest.mark.parametrize("rev", [False, True])
+def test_range_reads_along_any_axis(tmp_path, dim, rev):
+    ndim = len(dim)
+    axis = int(np.argmax(dim))
+    h = MifHeader("t", dim, (1.0,) * ndim, tuple(range(ndim)),
+                  tuple(rev and a == axis for a in range(ndim)), np.dtype("<f4"),
+                  np.eye(3, 4), None)  # fmt: skip
+    values = np.arange(1, max(dim) + 1, dtype=np.float32)
+    out = write_mif(tmp_path / "r.mif", h, values.reshape(dim))
+    h = read_header(out)
+    np.testing.assert_array_equal(read_range(str(out), h, 0, max(dim)), values)
+    np.testing.assert_array_equal(read_range(str(out), h, 1, 2), values[1:2])
+    with pytest.raises(IndexError, match=rf"outside 0:{max(dim)}"):
+        read_range(str(out), h, 0, max(dim) + 1)
+
+
+def test_range_reads_need_one_axis(tmp_path):
+    h = MifHeader("t", (2, 2, 1), (1.0,) * 3, (0, 1, 2), (False,) * 3,
+                  np.dtype("<f4"), np.eye(3, 4), None)  # fmt: skip
+    out = write_mif(tmp_path / "two.mif", h, np.zeros((2, 2, 1)))
+    with pytest.raises(ValueError, match=r"one non-singleton axis, dim \(2, 2, 1\)"):
+        read_range(str(out), read_header(out), 0, 1)
+
+
+def test_one_fixel_image_range_reads(tmp_path):
+    # a fixel image of one fixel: every axis has size 1
+    h = MifHeader("t", (1, 1, 1), (1.0, 1.0, 1.0), (0, 1, 2), (False,) * 3,
+                  np.dtype("<f4"), np.eye(3, 4), None)  # fmt: skip
+    out = write_mif(tmp_path / "one.mif", h, np.array([0.25], np.float32))
+    h = read_header(out)
+    np.testing.assert_array_equal(read_range(str(out), h, 0, 1), [0.25])
+    assert read_range(str(out), h, 1, 1).size == 0
+    with pytest.raises(IndexError, match="range 0:2 outside 0:1"):
+        read_range(str(out), h, 0, 2)
 
 
 @pytest.mark.parametrize("path", [p for p in SUBJECTS if not p.name.endswith(".gz")])

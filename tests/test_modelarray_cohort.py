@@ -124,7 +124,7 @@ def test_wide_cohort_with_a_missing_cell(tmp_path):
 
 def test_relative_paths_fall_back_to_the_csv_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # not where the files are
-    with pytest.warns(UserWarning, match="cohort file's folder"):
+    with pytest.warns(UserWarning, match=r"^5 source file\(s\) of .*cohort file's"):
         ds = cohort.from_cohort(COHORT / "cohort_thickness.csv")
     np.testing.assert_array_equal(
         ds["thickness"].values, _values("thickness.h5", "thickness")
@@ -451,3 +451,7 @@ def test_cohort_array_indexing_equals_numpy(rows, cols):
     expected = full[np.ix_(np.atleast_1d(r), np.atleast_1d(c))]
     expected = expected[tuple(0 if np.ndim(k) == 0 else slice(None) for k in (r, c))]
     np.testing.assert_array_equal(arr[rows, cols], expected)
+    # Ellipsis anywhere, as numpy reads it
+    np.testing.assert_array_equal(arr[..., cols], full[:, cols])
+    np.testing.assert_array_equal(arr[rows, ...], full[rows])
+    np.testing.assert_array_equal(arr[...], full)

@@ -278,6 +278,26 @@ def test_external_links_are_refused(tmp_path):
         xr.open_dataset(path, engine="clusterh5")
 
 
+@pytest.mark.parametrize(
+    ("table", "match"),
+    [
+        (np.zeros(100), r"/greyordinates must be 2-D, has shape \(100,\)"),
+        (np.full((2, 100), 7), "structure_id outside structure_names"),
+    ],
+)
+def test_damaged_greyordinates_are_named(tmp_path, table, match):
+    path = tmp_path / "g.h5"
+    path.write_bytes((MODELARRAY / "modelarrayio" / "thickness.h5").read_bytes())
+    with h5py.File(path, "a") as f:
+        attrs = dict(f["greyordinates"].attrs)
+        del f["greyordinates"]
+        f["greyordinates"] = table
+        f["greyordinates"].attrs.update(attrs)
+    with pytest.raises(ClusterH5Error, match=match) as err:
+        xr.open_dataset(path, engine="clusterh5")
+    assert str(path) in str(err.value)
+
+
 # --------------------------------------------------------------------------
 # the xarray view of ModelArray files
 # --------------------------------------------------------------------------

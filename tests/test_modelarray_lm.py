@@ -209,6 +209,8 @@ def test_bad_input_names_the_file_and_culprit(cohort: xr.Dataset) -> None:
         ("FA ~ age", {"scalar": "MD"}, ph, "response is 'FA' but scalar='MD'"),
         ("FA ~ age", {"var_terms": ["beta"]}, ph, "'beta' is not valid for var_terms"),
         ("FA ~ age", {"element_subset": [0, 1000]}, ph, "element_subset must lie"),
+        ("FA ~ age", {"element_subset": slice(5, 5)}, ph, "must be a non-empty"),
+        ("FA ~ age", {"element_subset": []}, ph, "must be a non-empty"),
         ("FA ~ age", {"var_terms": [], "var_model": []}, ph, "both empty"),
         ("FA ~ age", {}, ph.assign(FA=1.0), "a column 'FA', the scalar's name"),
     ]
@@ -219,6 +221,30 @@ def test_bad_input_names_the_file_and_culprit(cohort: xr.Dataset) -> None:
     text = cohort.assign(FA=cohort.FA.astype(str))
     with pytest.raises(ClusterH5Error, match="not numeric"):
         lm(text, "FA ~ age", ph)
+
+
+def test_only_term_or_only_model_statistics(cohort: xr.Dataset) -> None:
+    ph = phenotypes()
+    full = lm(cohort, "FA ~ age", ph).compute()
+    only_model = lm(
+        cohort, "FA ~ age", ph, var_terms=[], var_model=["p.value"],
+        correct_p_value_terms="none",
+    )  # fmt: skip
+    assert only_model.stat.values.tolist() == [
+        "element_id", "model.p.value", "model.p.value.fdr",
+    ]  # fmt: skip
+    np.testing.assert_array_equal(
+        only_model.values, full.sel(stat=only_model.stat.values).values
+    )
+    only_terms = lm(
+        cohort, "FA ~ age", ph, var_terms=["p.value"], var_model=[],
+        correct_p_value_model="none",
+    )  # fmt: skip
+    assert "model.p.value" not in only_terms.stat.values
+    np.testing.assert_array_equal(
+        only_terms.sel(stat="age.p.value.fdr").values,
+        full.sel(stat="age.p.value.fdr").values,
+    )
 
 
 def test_p_value_missing_from_var_terms_warns(cohort: xr.Dataset) -> None:

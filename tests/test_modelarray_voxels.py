@@ -58,6 +58,26 @@ def test_engine_file_round_trip(work, tmp_path):
     assert_same_file(out[0], NIFTI / "out" / "modelarray.h5")
 
 
+def test_dataset_with_only_ijk_coordinates_writes_voxels(work, tmp_path):
+    # a Dataset built by hand: values and i, j, k only, then source file names
+    with xr.open_dataset("out/modelarray.h5", engine="clusterh5") as mai:
+        ds = xr.Dataset(
+            {s: (("subject", "element"), mai[s].values) for s in ("FA", "MD")},
+            coords={c: ("element", mai[c].values) for c in ("i", "j", "k")},
+        )
+    # the element table is understood; what is missing is named
+    with pytest.raises(ValueError, match="'FA': no source-file coordinate along"):
+        to_modelarray(ds, tmp_path / "h.h5", progress=False)
+    ds = ds.assign_coords(source_file=("subject", [f"s{n}.nii" for n in range(8)]))
+    out = to_modelarray(ds, tmp_path / "h.h5", progress=False)
+    with h5py.File(out[0], "r") as got, h5py.File("out/modelarray.h5", "r") as want:
+        np.testing.assert_array_equal(got["voxels"][()], want["voxels"][()])
+        for s in ("FA", "MD"):
+            np.testing.assert_array_equal(
+                got[f"scalars/{s}/values"][()], want[f"scalars/{s}/values"][()]
+            )
+
+
 def _shift_affine(path: str, dx: float) -> None:
     img = nib.load(path)
     affine = img.affine.copy()

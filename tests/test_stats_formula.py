@@ -93,6 +93,21 @@ def test_translation_to_python() -> None:
         ("I(x == 'a')", 'I(x == "a")'),
         ("I(2.5 * x)", "I(2.5 * x)"),
         ("f(", "f("),
+        # parentheses exactly where R's deparse keeps them
+        ("I(a - (b - c))", "I(a - (b - c))"),
+        ("I(a - b - c)", "I(a - b - c)"),
+        ("I(a / (b * c))", "I(a/(b * c))"),
+        ("I((a ** b) ** c)", "I((a^b)^c)"),
+        ("I(a ** b ** c)", "I(a^b^c)"),
+        ("I(-(a + b))", "I(-(a + b))"),
+        ("I((-a) ** 2)", "I((-a)^2)"),
+        ("I(-a * b)", "I(-a * b)"),
+        ("I(a % 2 + b // 3)", "I(a%%2 + b%/%3)"),
+        ("I((a > 1) * b)", "I((a > 1) * b)"),
+        ("I(a + (b <= 1))", "I(a + (b <= 1))"),
+        ("I(x != (y < 2))", "I(x != (y < 2))"),
+        ("I(a >= -1)", "I(a >= -1)"),
+        ("log(a + 1)", "log(a + 1)"),
     ],
 )
 def test_deparse_like_r(python: str, r: str) -> None:

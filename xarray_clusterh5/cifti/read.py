@@ -182,7 +182,7 @@ class BrainModel:
         return cls(
             np.asarray(axis.name, dtype=str),
             np.asarray(axis.vertex, dtype=np.int64),
-            np.asarray(axis.voxel, dtype=np.int64).reshape(-1, 3),
+            np.asarray(axis.voxel, dtype=np.int64),  # (n, 3) in nibabel
             {str(k): int(v) for k, v in axis.nvertices.items()},
             None if axis.affine is None else np.asarray(axis.affine, dtype=float),
             None if shape is None else _shape3(shape),

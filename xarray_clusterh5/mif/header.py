@@ -264,11 +264,8 @@ def format_header(h: MifHeader, dtype: np.dtype, *, scaling: bool = False) -> by
         lines.append(f"scaling: {h.scaling[0]},{h.scaling[1]}")
     lines += [f"{k}: {v}" for k, v in h.keyvals]
     head = ("\n".join(lines) + "\n").encode("latin-1")
-    offset = len(head) + len(b"file: . \nEND\n") + 1
-    while True:
-        offset += (4 - offset % 4) % 4
-        tail = f"file: . {offset}\nEND\n".encode("latin-1")
-        if len(head) + len(tail) <= offset:
-            break
-        offset += 1
+    offset = len(head) - len(head) % 4  # multiples of 4 up to the first that fits
+    while len(head) + len(f"file: . {offset}\nEND\n") > offset:
+        offset += 4
+    tail = f"file: . {offset}\nEND\n".encode("latin-1")
     return head + tail + b"\0" * (offset - len(head) - len(tail))

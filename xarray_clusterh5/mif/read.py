@@ -105,15 +105,15 @@ def read_range(path: str, h: MifHeader, start: int, stop: int) -> np.ndarray:
     Same values as ``read_values(path)[start:stop]``; a reversed axis is read
     mirrored and flipped.
     """
-    axes = [a for a, d in enumerate(h.dim) if d > 1] or [0]
-    if len(axes) != 1:
+    axes = [a for a, d in enumerate(h.dim) if d > 1]
+    if len(axes) > 1:
         raise ValueError(
             f"{path}: read_range needs one non-singleton axis, dim {h.dim}"
         )
-    n = h.dim[axes[0]]
+    n = h.n_values
     if not 0 <= start <= stop <= n:
         raise IndexError(f"{path}: range {start}:{stop} outside 0:{n}")
-    rev = h.reversed_axes[axes[0]]
+    rev = any(h.reversed_axes[a] for a in axes)  # (a one-value image reads the same)
     lo = n - stop if rev else start
     item = h.dtype.itemsize
     with open(path, "rb") as fh:

@@ -100,5 +100,5 @@ def cohort_to_h5(
         }
         return modelarray_io.write_modelarray(
             plan, src.write_elements, streams, src.n_elements, options,
-            overwrite=overwrite, progress=progress,
+            overwrite=overwrite, progress=progress, parents=parents,
         )  # fmt: skip

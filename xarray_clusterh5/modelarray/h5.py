@@ -1003,7 +1003,7 @@ class ScalarStream:
 
 
 def check_outputs(
-    plan: Sequence[tuple[Path, list[str]]], overwrite: bool, parents: bool = False
+    plan: Sequence[tuple[Path, list[str]]], overwrite: bool, parents: bool
 ) -> None:
     """Refuse existing outputs unless ``overwrite``, and missing folders unless
     ``parents`` (before anything is read)."""
@@ -1020,9 +1020,9 @@ def write_modelarray(
     n_elements: int,
     options: StorageOptions,
     *,
-    overwrite: bool = False,
-    progress: bool = False,
-    parents: bool = False,
+    overwrite: bool,
+    progress: bool,
+    parents: bool,
 ) -> list[Path]:
     """Write ModelArray files: the one loop of ``to_modelarray`` and the CLI.
 

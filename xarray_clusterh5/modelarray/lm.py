@@ -122,7 +122,7 @@ def lm(
     pheno = _phenotypes(var, subject_dim, phenotypes, what, table)
     design = _design(formula, pheno, str(var.name), what, table)
     positions = _positions(element_subset, var.sizes[ELEMENT_DIM], what)
-    contiguous = positions.size > 0 and bool(np.all(np.diff(positions) == 1))
+    contiguous = bool(np.all(np.diff(positions) == 1))  # positions are never empty
     pick = slice(positions[0], positions[-1] + 1) if contiguous else positions
     var = var.isel({ELEMENT_DIM: pick}).transpose(subject_dim, ELEMENT_DIM)
     columns = _Columns(design.names, terms_v, model_v, corr_t, corr_m)
@@ -334,13 +334,14 @@ def _design(
 
 def _positions(subset: Any, n: int, what: str) -> np.ndarray:
     if subset is None:
-        return np.arange(n)
-    if isinstance(subset, slice):
-        return np.arange(n)[subset]
-    pos = np.asarray(subset)
+        subset = slice(None)
+    # a slice gives integers; an empty one is refused like an empty list
+    pos = np.arange(n)[subset] if isinstance(subset, slice) else np.asarray(subset)
     if pos.ndim != 1 or pos.size == 0 or pos.dtype.kind not in "iu":
         raise ClusterH5Error(
-            what, "element_subset must be a non-empty 1-D set of integers"
+            what,
+            "element_subset must be a non-empty 1-D set of integers (the scalar "
+            f"has {n} elements)",
         )
     if pos.min() < 0 or pos.max() >= n:
         raise ClusterH5Error(
@@ -355,10 +356,9 @@ def _default_chunk(var: xr.DataArray) -> int:
     n_subj = var.shape[0]
     width = max(1, CHUNK_BYTES // (8 * max(n_subj, 1)))
     disk = var.encoding.get("chunksizes")
-    if disk:
-        step = int(disk[list(var.dims).index(ELEMENT_DIM)]) if len(disk) == 2 else 0
-        if step > 0:
-            width = max(step, width // step * step)
+    if disk:  # (subject, element) chunks on disk: whole ones per dask chunk
+        step = int(disk[list(var.dims).index(ELEMENT_DIM)])
+        width = max(step, width // step * step)
     return int(min(width, var.shape[1]))
 
 
