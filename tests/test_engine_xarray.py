@@ -203,6 +203,9 @@ def test_derived_results_and_tree_to_netcdf(tmp_path: Path) -> None:
         with xr.open_dataset(tmp_path / "run.nc", engine="h5netcdf") as back:
             again = back.clusterh5.set_cluster_index()
             xr.testing.assert_identical(again.sel(cluster=17), run.sel(cluster=17))
+            # the index put back survives a selection, as the engine's does
+            pair = again.sel(cluster=[17, 2])
+            xr.testing.assert_identical(pair.sel(cluster=2), run.sel(cluster=2))
 
 
 def test_views_convert_consistently() -> None:
@@ -219,6 +222,8 @@ def test_views_convert_consistently() -> None:
         with xr.open_dataset(path, engine="clusterh5", group="zeta_full") as run:
             unpadded = padded.clusterh5.unpad("zeta_full")
             xr.testing.assert_identical(unpadded, run)
+            pair = unpadded.sel(cluster=[17, 2])  # its index survives selections
+            xr.testing.assert_identical(pair.sel(cluster=2), run.sel(cluster=2))
             xr.testing.assert_identical(dt.clusterh5.run("zeta_full"), run)
         xr.testing.assert_identical(
             dt.clusterh5.to_padded().compute(), padded.compute()

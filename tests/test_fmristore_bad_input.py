@@ -13,6 +13,7 @@ import xarray as xr
 
 from tests._helpers import fmristore_path
 from xarray_clusterh5 import ClusterH5Error
+from xarray_clusterh5.fmristore.read import read_experiment
 
 
 def _copy(tmp_path: Path, stem: str = "irregular") -> Path:
@@ -97,6 +98,35 @@ CORRUPTIONS: dict[str, tuple[Callable[[h5py.File], None], str]] = {
     "header": (
         lambda f: _replace(f, "header/dim", np.array([3, 13, 11, 9], "i4")),
         r"/header/dim must start with 4",
+    ),
+    "cluster_id_not_integer": (
+        lambda f: _replace(
+            f, "clusters/cluster_meta/cluster_id", np.array([2, 5.5, 17, 40])
+        ),
+        r"/clusters/cluster_meta/cluster_id is not integer",
+    ),
+    "cluster_id_infinite": (
+        lambda f: _replace(
+            f, "clusters/cluster_meta/cluster_id", np.array([2, np.inf, 17, 40])
+        ),
+        r"/clusters/cluster_meta/cluster_id is not integer",
+    ),
+    "mask_not_a_dataset": (
+        lambda f: (f.__delitem__("mask"), f.create_group("mask")),
+        r"no /mask dataset",
+    ),
+    # R believes a stored n_time: one that contradicts the data is refused
+    "n_time_metadata": (
+        lambda f: f.create_dataset("scans/alpha_full/metadata/n_time", data=40),
+        r"cluster_5 has shape \(64, 203\), expected \(n_time=40, n_voxels=203\)",
+    ),
+    "n_time_attribute": (
+        lambda f: f["scans/alpha_full"].attrs.create("n_time", [40]),
+        r"cluster_5 has shape \(64, 203\), expected \(n_time=40, n_voxels=203\)",
+    ),
+    "n_time_summary": (
+        lambda f: f.create_dataset("scans/beta_summary/metadata/n_time", data=20),
+        r"summary_data has 23 time points, the scan's voxel data 20",
     ),
 }
 
@@ -220,3 +250,15 @@ def test_one_cluster_file_with_scalar_vectors(tmp_path: Path) -> None:
         assert ds.sizes == {"run": 1, "cluster": 1, "voxel": 108, "time": 100}
         np.testing.assert_array_equal(ds.data.values[0, 0], run.T)
         assert ds.clusterh5.cluster_metadata()["name"].tolist() == ["only"]
+
+
+def test_errors_name_the_path_given_for_an_open_file(tmp_path: Path) -> None:
+    # a file opened by the caller (an fsspec URL, say) is named as the caller says
+    path = _copy(tmp_path)
+    _edit(path, lambda f: f.__delitem__("mask"))
+    with h5py.File(path) as f:
+        with pytest.raises(ClusterH5Error, match=r"^s3://lab/run\.h5: no /mask"):
+            read_experiment(f, "s3://lab/run.h5")
+        with pytest.raises(ClusterH5Error, match="no /mask") as info:
+            read_experiment(f)
+        assert str(info.value).startswith(f"{path}: ")

@@ -98,9 +98,29 @@ def test_write_reopen_reconstructs_volume(
     ds = from_nifti(
         {"rest": nifti_files["rest"][0], "task": nifti_files["task"][0]},
         atlas=nifti_files["atlas"],
-        metadata={"rest": {"task": "rest", "fd_max": 0.31, "flag": True}},
-        cluster_metadata={"cluster_id": [10, 3, 7], "name": ["c10", "c3", "c7"]},
+        metadata={
+            "rest": {"task": "rest", "fd_max": 0.31, "flag": True, "n_echo": 3},
+            # NumPy types R has no equivalent for: typed as writing types them
+            "task": {
+                "run_id": np.uint32(7),
+                "gain": np.float16(1.5),
+                "site": b"lab1",
+                "labels": np.array(["x", "y"], dtype=object),
+                "counts": np.array([1, 2], dtype=object),
+            },
+        },
+        cluster_metadata={
+            "cluster_id": [10, 3, 7],
+            "name": ["c10", "c3", "c7"],
+            "rank": np.array([1, 3, 2], dtype=np.uint32),
+            "size": np.array([24, 36, 7], dtype=np.int64),
+        },
     )
+    stored = {k: ds[k].attrs["fmristore_dtype"] for k in ("n_echo", "run_id", "gain")}
+    assert stored == {"n_echo": "<i4", "run_id": "<i4", "gain": "<f8"}
+    assert ds["rank"].dtype == ds["size"].dtype == np.int32
+    assert ds["site"].values.tolist() == ["", "lab1"]
+    assert ds["counts"].attrs["fmristore_dtype"] == "<i4"
     out = to_fmristore(ds, tmp_path / "sub.h5")
     with xr.open_dataset(out, engine="clusterh5") as back:
         back = back.load()
@@ -168,10 +188,14 @@ def test_errors_name_the_problem(nifti_files: dict, tmp_path: Path) -> None:
         from_nifti({"a": rest}, atlas=np.where(_atlas() > 0, np.nan, 0))
     with pytest.raises(ValueError, match="non-integer"):
         from_nifti({"a": rest}, atlas=_atlas() * 0.5)
-    with pytest.raises(ValueError, match="negative labels"):
+    with pytest.raises(ValueError, match=r"negative labels \[-10, -7, -3\];"):
         from_nifti({"a": rest}, atlas=-_atlas())
-    with pytest.raises(ValueError, match="duplicate scan names"):
-        from_nifti([("a", rest), ("a", rest)], atlas=_atlas())
+    many = -np.arange(SHAPE[0] * SHAPE[1] * SHAPE[2]).reshape(SHAPE)
+    first = ", ".join(str(-v) for v in range(209, 199, -1))
+    with pytest.raises(ValueError, match=rf"negative labels \[{first}\];"):
+        from_nifti({"a": rest}, atlas=many)  # the first 10 are listed
+    with pytest.raises(ValueError, match=r"duplicate scan names \['a'\]$"):
+        from_nifti([("a", rest), ("b", rest), ("a", rest)], atlas=_atlas())
     with pytest.raises(ValueError, match="not a valid HDF5 name"):
         from_nifti({"a/b": rest}, atlas=_atlas())
     with pytest.raises(FileNotFoundError, match=r"nope\.nii"):
@@ -188,3 +212,14 @@ def test_errors_name_the_problem(nifti_files: dict, tmp_path: Path) -> None:
         from_nifti({"a": rest}, atlas=np.zeros(SHAPE, int))
     with pytest.raises(ValueError, match="not in runs"):
         from_nifti({"a": rest}, atlas=_atlas(), metadata={"b": {"x": 1}})
+    with pytest.raises(ValueError, match="'x' of scan 'a' does not fit R's 32-bit"):
+        from_nifti({"a": rest}, atlas=_atlas(), metadata={"a": {"x": 2**31}})
+
+
+def test_atlas_with_a_trailing_axis_of_one(nifti_files: dict, tmp_path: Path) -> None:
+    # atlases saved as (X, Y, Z, 1) volumes, as some tools write them
+    path = tmp_path / "atlas4d.nii.gz"
+    nib.save(nib.Nifti1Image(_atlas()[..., None], AFFINE), path)
+    ds = from_nifti({"a": nifti_files["task"][0]}, atlas=path)
+    assert ds["cluster"].values.tolist() == [3, 7, 10]
+    np.testing.assert_array_equal(ds["n_voxels"].values, [36, 7, 24])

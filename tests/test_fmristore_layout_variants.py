@@ -96,3 +96,36 @@ def test_utf8_strings(tmp_path: Path) -> None:
         )
     with xr.open_dataset(path, engine="clusterh5") as ds:
         assert ds.clusterh5.scan_metadata()["rest_run"]["task"] == "répos"
+
+
+def _replace_columns(path: Path, columns: dict[str, object]) -> None:
+    with h5py.File(path, "r+") as f:
+        del f["clusters/cluster_meta"]
+        for name, values in columns.items():
+            f[f"clusters/cluster_meta/{name}"] = values
+
+
+def test_cluster_meta_without_cluster_id_is_in_cluster_order(tmp_path: Path) -> None:
+    path = _copy(tmp_path, "irregular")
+    _replace_columns(path, {"label": np.array([b"a", b"b", b"c", b"d"], dtype=object)})
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        assert ds["label"].values.tolist() == ["a", "b", "c", "d"]
+
+
+def test_cluster_meta_with_float_ids_and_missing_rows(tmp_path: Path) -> None:
+    # one row (allow_missing_rows=True writes such files), ids stored as doubles
+    path = _copy(tmp_path, "irregular")
+    _replace_columns(
+        path,
+        {
+            "cluster_id": np.array([17.0]),
+            "volume_mm3": np.array([131.25]),
+            "label": np.array([b"parcel_17"], dtype=object),
+        },
+    )
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        assert ds["cluster"].values.tolist() == [2, 5, 17, 40]
+        np.testing.assert_array_equal(
+            ds["volume_mm3"].values, [np.nan, np.nan, 131.25, np.nan]
+        )
+        assert ds["label"].values.tolist() == ["", "", "parcel_17", ""]

@@ -6,6 +6,9 @@ R (see tests/data/fmristore/README.md); nothing here is computed by our code.
 
 from __future__ import annotations
 
+import dataclasses
+
+import h5py
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,6 +16,7 @@ import xarray as xr
 
 import xarray_clusterh5  # noqa: F401  (accessor)
 from tests._helpers import FMRISTORE, fmristore_expected, fmristore_path
+from xarray_clusterh5.fmristore.read import read_experiment
 
 
 def _csv(stem: str, kind: str) -> np.ndarray:
@@ -221,3 +225,12 @@ def test_generations_read_identically(view: str) -> None:
             assert a.attrs["fmristore_generation"] == "2025"
             assert b.attrs["fmristore_generation"] == "2026"
             assert b.attrs["fmristore_class"] == "H5ParcellatedMultiScan"
+
+
+def test_file_description_is_immutable() -> None:
+    with h5py.File(fmristore_path("vignette")) as f:
+        exp = read_experiment(f)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        exp.path = "other.h5"  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        exp.scans[0].n_time = 1  # type: ignore[misc]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import warnings
@@ -11,6 +12,7 @@ import h5py
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
+import xarray as xr
 from hypothesis import given
 from hypothesis import strategies as st
 from nibabel.quaternions import quat2mat
@@ -281,6 +283,10 @@ BAD = [
     ({"scan_metadata": {"nope": {"a": 1}}}, "not in runs"),
     ({"scan_metadata": {"rest": {"n_time": 7}}}, "n_time=7"),
     ({"scan_metadata": {"rest": {"x": None}}}, "None"),
+    (
+        {"scan_metadata": {"rest": {"x": np.array([1, None], dtype=object)}}},
+        "'x' of scan 'rest' holds values fmristore cannot store",
+    ),
     ({"scan_metadata": {"rest": {"x": np.zeros((2, 2))}}}, "only scalars and 1-D"),
     ({"cluster_metadata": {"name": ["a", "b"]}}, "needs a 'cluster_id' column"),
     ({"cluster_metadata": {"cluster_id": [1, 2, 3]}}, "\\[3\\] missing from the"),
@@ -297,6 +303,23 @@ BAD = [
     ({"affine": np.diag([2.0, 2, 2, 1]), "spacing": (1, 1, 1)}, "disagrees"),
     ({"mask": np.ones((2, 2))}, "3-D"),
     ({"mask": np.zeros((2, 2, 2), dtype=bool), "cluster_map": []}, "empty"),
+    ({"cluster_map": np.array([1, 2, 1, 2**31])}, "cluster ids must fit in 32-bit"),
+    ({"runs": {"rést": np.zeros((4, 2))}}, "scan name 'rést' is not ASCII"),
+    # callables show their number of time points only when written
+    (
+        {
+            "runs": {"rest": Run(summary=lambda: np.zeros((2, 5)))},
+            "scan_metadata": {"rest": {"n_time": 7}},
+        },
+        "metadata n_time=7 but the data have 5 time points",
+    ),
+    (
+        {
+            "runs": {"rest": lambda cid: np.zeros((2, 5))},
+            "scan_metadata": {"rest": {"n_time": 7}},
+        },
+        "metadata n_time=7 but the data have 5 time points",
+    ),
 ]
 
 
@@ -306,6 +329,71 @@ def test_bad_input_is_named(tmp_path: Path, change: dict, message: str) -> None:
         write_experiment(tmp_path / "bad.h5", **_tiny(**change))
     assert not (tmp_path / "bad.h5").exists()
     assert os.listdir(tmp_path) == []
+
+
+def test_cluster_ids_at_the_limits_of_int32(tmp_path: Path) -> None:
+    top, bottom = 2**31 - 1, -(2**31)
+    out = write_experiment(
+        tmp_path / "top.h5", **_tiny(cluster_map=np.array([1, top, 1, top]))
+    )
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["clusters/cluster_ids"][()], [1, top])
+        assert f["scans/rest/clusters"][f"cluster_{top}"].shape == (5, 2)
+    with pytest.warns(UserWarning, match="<= 0"):
+        out = write_experiment(
+            tmp_path / "bottom.h5",
+            nonpositive_ids="warn",
+            **_tiny(cluster_map=np.array([1, bottom, 1, bottom])),
+        )
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["cluster_map"][()], [1, bottom, 1, bottom])
+
+
+def test_summaries_given_as_callables_and_without_time_points(
+    tmp_path: Path,
+) -> None:
+    summ = np.arange(10, dtype=np.float32).reshape(2, 5)
+    runs = {
+        "s": Run(summary=lambda: summ),
+        "empty": Run(data=np.zeros((4, 0)), summary=np.zeros((2, 0))),
+    }
+    out = write_experiment(
+        tmp_path / "s.h5",
+        **_tiny(runs=runs, scan_metadata={"s": {"n_time": 5}}),
+    )
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["scans/s/clusters_summary/summary_data"], summ)
+        # R writes empty matrices contiguous, without filters
+        empty = f["scans/empty/clusters_summary/summary_data"]
+        assert (empty.shape, empty.chunks) == ((2, 0), None)
+        empty = f["scans/empty/clusters/cluster_2"]
+        assert (empty.shape, empty.chunks) == ((0, 2), None)
+    with xr.open_dataset(out, engine="clusterh5", group="empty") as ds:
+        assert ds.sizes["time"] == 0
+
+
+def test_progress_bar_counts_blocks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = np.zeros((4, 3))
+    runs = {
+        "both": Run(data, np.zeros((2, 3))),
+        "full": data,
+        "s": Run(summary=data[:2]),
+    }
+    write_experiment(tmp_path / "quiet.h5", **_tiny(runs=runs))
+    assert capsys.readouterr().err == ""  # no bar unless asked
+    write_experiment(tmp_path / "bar.h5", progress=True, **_tiny(runs=runs))
+    err = capsys.readouterr().err
+    # 2 clusters of 2 full scans and 2 summaries
+    assert "writing bar.h5: 100%" in err
+    assert " 6/6 " in err
+
+
+def test_run_is_immutable() -> None:
+    run = Run(data=np.zeros((4, 3)))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        run.summary = np.zeros((2, 3))  # type: ignore[misc]
 
 
 def test_labelled_mask_and_boolean_without_map(tmp_path: Path) -> None:
@@ -356,7 +444,11 @@ def test_single_cluster_and_single_voxel(tmp_path: Path) -> None:
         cluster_map=[4],
         runs={"a": np.ones((1, 3)), "b": Run(summary=np.ones((1, 3)))},
         cluster_metadata={"cluster_id": [4], "name": ["only"]},
-        scan_metadata={"a": {"v": [1.5], "flag": True, "n": 3}},
+        scan_metadata={
+            "a": {"v": [1.5], "flag": True, "n": 3},
+            # object arrays (pandas) are typed by their values
+            "b": {"o": np.array([1.5, 2], dtype=object)},
+        },
     )
     with h5py.File(out) as f:
         assert f["cluster_map"].shape == (1,)  # R's reader needs 1-D
@@ -365,6 +457,8 @@ def test_single_cluster_and_single_voxel(tmp_path: Path) -> None:
         assert f["scans/a/metadata/v"].shape == ()
         assert f["scans/a/metadata/flag"].dtype == np.int8
         assert f["scans/a/metadata/n"].dtype == np.dtype("<i4")
+        assert f["scans/b/metadata/o"].dtype == np.dtype("<f8")
+        np.testing.assert_array_equal(f["scans/b/metadata/o"], [1.5, 2.0])
         assert f["scans/a/clusters/cluster_4"].shape == (3, 1)
         assert f["scans/a"].attrs["class"][0] == "H5ParcellatedScan"
         assert f["scans/b"].attrs["class"][0] == "H5ParcellatedScanSummary"
@@ -408,6 +502,32 @@ def test_streaming_reads_one_cluster_at_a_time(tmp_path: Path) -> None:
     assert seen == [1, 2]
     with h5py.File(out) as f:
         assert np.all(f["scans/rest/clusters/cluster_2"][()] == 2)
+
+
+def test_contiguous_clusters_are_read_as_slices(tmp_path: Path) -> None:
+    """An (N, T) source (h5py, zarr, dask) is asked once for each cluster's rows:
+    as a slice when they are contiguous in mask order (cheap on disk), else a list."""
+    keys: list = []
+
+    class Source:
+        def __init__(self, values: np.ndarray) -> None:
+            self.values, self.shape, self.ndim = values, values.shape, 2
+
+        def __getitem__(self, key):  # type: ignore[no-untyped-def]
+            keys.append(key)
+            return self.values[key]
+
+    data = np.arange(20.0).reshape(4, 5)
+    cmap = np.array([1, 1, 2, 2])
+    out = write_experiment(
+        tmp_path / "c.h5", **_tiny(cluster_map=cmap, runs={"rest": Source(data)})
+    )
+    assert keys == [slice(0, 2), slice(2, 4)]
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["scans/rest/clusters/cluster_2"], data[2:].T)
+    keys.clear()
+    write_experiment(tmp_path / "s.h5", **_tiny(runs={"rest": Source(data)}))
+    assert [np.asarray(k).tolist() for k in keys] == [[0, 2], [1, 3]]
 
 
 def test_pandas_cluster_metadata(tmp_path: Path) -> None:

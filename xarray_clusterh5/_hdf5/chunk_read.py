@@ -251,7 +251,7 @@ def _decode_into(pipe: _Pipeline, chunk: _Chunk, out: np.ndarray) -> None:
             buf = np.frombuffer(data, dtype=np.uint8)
             n = buf.size // itemsize
             body = buf[: n * itemsize].reshape(itemsize, n).T
-            data = np.concatenate([body.reshape(-1), buf[n * itemsize :]])
+            data = np.concatenate([body.ravel(), buf[n * itemsize :]])
     values = np.frombuffer(data, dtype=pipe.dtype)
     if values.size != pipe.chunks[0] * pipe.chunks[1]:
         raise ValueError("decoded chunk has the wrong size")

@@ -56,7 +56,7 @@ def _axis(key: Any, size: int) -> tuple[np.ndarray, bool]:
         return np.array([k + size if k < 0 else k], dtype=np.int64), False
     if isinstance(key, slice):
         return np.arange(size, dtype=np.int64)[key], True
-    return np.asarray(key, dtype=np.int64).reshape(-1), True
+    return np.asarray(key, dtype=np.int64).ravel(), True
 
 
 def _window(idx: np.ndarray, *, known: bool = False) -> tuple[slice, np.ndarray | None]:

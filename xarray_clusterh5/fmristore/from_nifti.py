@@ -28,6 +28,7 @@ from xarray_clusterh5.fmristore.write import (
     R_FMRISTORE_VERSION,
     check_spacing,
     positive_seconds,
+    r_value,
 )
 
 __all__ = ["from_nifti", "nifti_tr"]
@@ -210,34 +211,26 @@ def _cluster_table(
                 values = values.astype(str)
             elif all(isinstance(v, bool | np.bool_) for v in values):
                 values = values.astype(bool)
-        if values.dtype == bool:
-            values = values.astype(np.int8)  # R's logical, as fmristore stores it
-        elif values.dtype.kind == "i" and values.dtype.itemsize > 4:
-            values = values.astype(np.int32)
+        if values.dtype.kind not in "USO":
+            what = f"cluster_metadata[{name!r}]"
+            values = r_value(values, what, "error").reshape(values.shape)
         out[name] = values
         dtypes[name] = "str" if values.dtype.kind in "USO" else values.dtype.str
     missing = {k: np.zeros(cluster_ids.size, dtype=bool) for k in out}
     return out, missing, dtypes
 
 
-def _typed_metadata(value: Any) -> Any:
+def _typed_metadata(value: Any, what: str) -> Any:
     """Metadata values with the types the reader gives for what the writer stores."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool | np.bool_):
-        return np.int8(value)
-    if isinstance(value, int) and not isinstance(value, np.integer):
-        return np.int32(value)
-    if isinstance(value, float) and not isinstance(value, np.floating):
-        return np.float64(value)
     arr = np.asarray(value)
-    if arr.dtype.kind in "US":
+    if arr.dtype.kind == "U":  # text, non-ASCII too: the writer's option decides
         return str(arr[()]) if arr.size == 1 else arr.astype(str)
-    if arr.dtype == bool:
-        arr = arr.astype(np.int8)
-    elif arr.dtype.kind == "i" and arr.dtype.itemsize > 4:
-        arr = arr.astype(np.int32)
-    return arr.reshape(())[()] if arr.size == 1 else arr
+    # the writer's own typing (R's int32 and double, int8 logicals)
+    stored = r_value(value, what, "error")
+    if stored.dtype.kind == "O":  # bytes or strings among objects, ASCII
+        stored = stored.astype(bytes).astype(str)
+        return str(stored) if stored.ndim == 0 else stored
+    return stored[()] if stored.ndim == 0 else stored
 
 
 _Images = list[tuple[str, ImageLike, Any]]  # (name, source, nibabel image)
@@ -381,7 +374,7 @@ def _scans(
             L.check_hdf5_name(key, f"metadata key of scan {n!r}")
             if key == "TR":
                 positive_seconds(value, f"metadata['TR'] of scan {n!r}")
-            meta[key] = _typed_metadata(value)
+            meta[key] = _typed_metadata(value, f"metadata {key!r} of scan {n!r}")
         meta = dict(sorted(meta.items(), key=lambda kv: kv[0].encode()))
         # the class string the writer will give the scan (format "2026")
         cls = (L.FULL_CLASSES if with_data else L.SUMMARY_CLASSES)["2026"]

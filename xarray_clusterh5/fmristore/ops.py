@@ -89,7 +89,7 @@ def as_numpy(obj: Any) -> np.ndarray:
 
 def volume_shape(ds: xr.Dataset) -> tuple[int, int, int]:
     """(X, Y, Z) of the volume the clusters live in."""
-    x, y, z = (int(v) for v in np.asarray(ds.attrs["volume_shape"]).reshape(-1))
+    x, y, z = (int(v) for v in np.asarray(ds.attrs["volume_shape"]).ravel())
     return x, y, z
 
 
@@ -160,7 +160,7 @@ def scan_metadata(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
         missing = set(np.atleast_1d(coord.attrs.get("fmristore_missing", [])).tolist())
         dtype = coord.attrs.get("fmristore_dtype")
         is_json = coord.attrs.get("fmristore_encoding") == JSON_ENCODING
-        values = as_numpy(coord).reshape(-1)
+        values = as_numpy(coord).ravel()
         for r, run in enumerate(runs):
             if run in missing:
                 continue
@@ -200,16 +200,16 @@ def mask_volume(ds: xr.Dataset) -> xr.DataArray:
 def _mask_linear(ds: xr.Dataset) -> np.ndarray:
     """0-based linear (x fastest) index of every in-mask voxel, in mask order."""
     x, y, _ = volume_shape(ds)
-    ii, jj, kk = (as_numpy(ds[c]).reshape(-1) for c in "ijk")
+    ii, jj, kk = (as_numpy(ds[c]).ravel() for c in "ijk")
     valid = ii >= 0
-    order = np.argsort(as_numpy(ds["mask_index"]).reshape(-1)[valid], kind="stable")
+    order = np.argsort(as_numpy(ds["mask_index"]).ravel()[valid], kind="stable")
     lin = (ii + x * (jj + y * kk))[valid]
     return lin[order]
 
 
 def _locate(ds: xr.Dataset, mask_index: Sequence[int] | np.ndarray) -> tuple[Any, ...]:
     """Where each mask index lives: (cluster position, slot) or flat voxel position."""
-    wanted = np.asarray(mask_index, dtype=np.int64).reshape(-1)
+    wanted = np.asarray(mask_index, dtype=np.int64).ravel()
     mi = as_numpy(ds["mask_index"])
     n_mask = int((mi >= 0).sum())
     bad = (wanted < 0) | (wanted >= n_mask)
@@ -218,7 +218,7 @@ def _locate(ds: xr.Dataset, mask_index: Sequence[int] | np.ndarray) -> tuple[Any
             f"mask indices {wanted[bad][:5].tolist()} outside 0..{n_mask - 1} "
             "(0-based; fmristore's R indices are 1-based)"
         )
-    flat = mi.reshape(-1)
+    flat = mi.ravel()
     where = np.empty(n_mask, dtype=np.int64)
     valid = np.flatnonzero(flat >= 0)
     where[flat[valid]] = valid
@@ -257,7 +257,7 @@ def series(
         out = ds["data"].isel(voxel=xr.DataArray(p, dims="voxel_pick"))
     out = out.drop_vars([v for v in out.coords if v not in ("time",)])
     out = out.rename({"voxel_pick": "voxel"}).transpose("time", "voxel")
-    return out.assign_coords(mask_index=("voxel", np.asarray(mask_index).reshape(-1)))
+    return out.assign_coords(mask_index=("voxel", np.asarray(mask_index).ravel()))
 
 
 def series_concat(

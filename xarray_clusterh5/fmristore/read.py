@@ -33,8 +33,6 @@ from xarray_clusterh5._hdf5.files import (
 )
 from xarray_clusterh5.fmristore import layout as L
 
-ScanKind = Literal["full", "summary", "both"]
-
 #: Which header fields hold the orientation (the views' ``affine_form``
 #: attribute, which tells a writer what header to write back): ``"srow"``:
 #: ``srow_x/y/z`` (and the quaternion); ``"quaternion"``: ``quatern_b/c/d`` and
@@ -78,13 +76,6 @@ class ScanInfo:
     n_time: int
     class_attr: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def kind(self) -> ScanKind:
-        """``"full"``, ``"summary"`` or ``"both"``."""
-        if self.has_data and self.has_summary:
-            return "both"
-        return "full" if self.has_data else "summary"
 
 
 @dataclass(frozen=True)
@@ -175,14 +166,14 @@ def _read_header(
     header = get_link(path, f, L.HEADER)
     if not isinstance(header, h5py.Group) or "dim" not in header:
         raise ClusterH5Error(path, "no /header/dim: not an fmristore clustered file")
-    dim = np.asarray(header["dim"][()]).reshape(-1)
+    dim = np.asarray(header["dim"][()]).ravel()
     if dim.size < 4 or int(dim[0]) != 4:
         raise ClusterH5Error(path, f"/header/dim must start with 4, got {dim.tolist()}")
     shape = (int(dim[1]), int(dim[2]), int(dim[3]))
     if min(shape) < 1:
         raise ClusterH5Error(path, f"/header/dim gives an empty volume {shape}")
     pixdim = (
-        np.asarray(header["pixdim"][()], dtype=float).reshape(-1)
+        np.asarray(header["pixdim"][()], dtype=float).ravel()
         if "pixdim" in header
         else np.ones(8)
     )
@@ -193,10 +184,10 @@ def _read_header(
     def scalar(name: str) -> float | None:
         if name not in header:
             return None
-        return float(np.asarray(header[name][()]).reshape(-1)[0])
+        return float(np.asarray(header[name][()]).ravel()[0])
 
     if all(s in header for s in L.SROWS):
-        rows = [np.asarray(header[s][()], dtype=float).reshape(-1) for s in L.SROWS]
+        rows = [np.asarray(header[s][()], dtype=float).ravel() for s in L.SROWS]
         if all(r.size == 4 for r in rows):
             affine = np.vstack([*rows, [0.0, 0.0, 0.0, 1.0]])
             return shape, spacing, affine, "header srow_x/y/z (sform)", "srow"
@@ -429,7 +420,7 @@ def _read_scan(
     n_time: int | None = None
     for source in (metadata.get("n_time"), group.attrs.get(L.ATTR_N_TIME)):
         if source is not None and np.size(source) == 1:
-            n_time = int(np.asarray(source).reshape(-1)[0])
+            n_time = int(np.asarray(source).item())
             break
     if has_data:
         assert isinstance(clusters, h5py.Group)

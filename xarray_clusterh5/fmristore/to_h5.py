@@ -62,7 +62,7 @@ def _header_kwargs(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _volume_shape(attrs: Mapping[str, Any]) -> tuple[int, int, int]:
-    x, y, z = (int(n) for n in np.asarray(attrs["volume_shape"]).reshape(-1))
+    x, y, z = (int(n) for n in np.asarray(attrs["volume_shape"]).ravel())
     return x, y, z
 
 

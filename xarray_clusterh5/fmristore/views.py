@@ -61,7 +61,7 @@ def geometry_attrs(exp: Experiment) -> dict[str, Any]:
     attrs: dict[str, Any] = {
         "volume_shape": np.array(exp.volume_shape, dtype=np.int64),
         "spacing": np.array(exp.spacing, dtype=np.float64),
-        "affine": np.asarray(exp.affine, dtype=np.float64).reshape(-1),
+        "affine": np.asarray(exp.affine, dtype=np.float64).ravel(),
         "affine_source": exp.affine_source,
         "affine_form": exp.affine_form,
         "fmristore_generation": exp.generation,
@@ -164,7 +164,7 @@ def flat_coords(
     ijk: np.ndarray,
     cluster_vars: Mapping[str, xr.Variable],
     *,
-    in_tree: bool = False,
+    in_tree: bool,
 ) -> xr.Coordinates:
     """Coordinates of the flat views: ClusterIndex, voxel geometry, cluster table.
 

@@ -107,7 +107,7 @@ def positive_seconds(value: Any, what: str) -> float:
 def check_spacing(spacing: Any, what: str) -> tuple[float, float, float]:
     """Voxel sizes as 3 floats, refusing zero, negative and non-finite ones."""
     try:
-        sizes = tuple(float(s) for s in np.asarray(spacing, dtype=float).reshape(-1))
+        sizes = tuple(float(s) for s in np.asarray(spacing, dtype=float).ravel())
     except (TypeError, ValueError):
         raise ValueError(f"{what} must be 3 numbers, got {spacing!r}") from None
     if len(sizes) != 3 or not all(math.isfinite(s) and s > 0 for s in sizes):
@@ -153,7 +153,7 @@ def _ascii_check(text: str, what: str, non_ascii: str) -> bytes:
     return raw
 
 
-def _r_value(value: Any, what: str, non_ascii: str) -> np.ndarray:
+def r_value(value: Any, what: str, non_ascii: str) -> np.ndarray:
     """A value as fmristore's ``guess_h5_type`` would type it.
 
     character -> vlen ASCII string, logical -> int8, integer -> int32,
@@ -180,13 +180,13 @@ def _r_value(value: Any, what: str, non_ascii: str) -> np.ndarray:
         arr = arr.reshape(())
     kind = arr.dtype.kind
     if kind == "O" and not any(
-        isinstance(v, str | bytes | np.str_ | np.bytes_) for v in arr.reshape(-1)
+        isinstance(v, str | bytes | np.str_ | np.bytes_) for v in arr.ravel()
     ):
         # object arrays of numbers or bools (pandas): type them by their values
         typed = np.array(arr.tolist())
         if typed.dtype == object:
             raise ValueError(f"{what} holds values fmristore cannot store: {arr!r}")
-        return _r_value(typed, what, non_ascii)
+        return r_value(typed, what, non_ascii)
     if kind in "USO":
         flat = [
             _ascii_check(
@@ -194,7 +194,7 @@ def _r_value(value: Any, what: str, non_ascii: str) -> np.ndarray:
             )
             if isinstance(v, str | bytes | np.str_ | np.bytes_)
             else _not_a_string(v, what)
-            for v in arr.reshape(-1)
+            for v in arr.ravel()
         ]
         out = np.empty(len(flat), dtype=_ASCII)
         out[:] = flat
@@ -253,9 +253,8 @@ def affine_to_header(
         qfac = -1.0
         rot[:, -1] *= -1
     p, _s, qs = np.linalg.svd(rot)
+    # NIfTI keeps a >= 0 and stores only b, c, d: mat2quat returns a >= 0
     quat = mat2quat(p @ qs)
-    if quat[0] < 0:  # NIfTI keeps a >= 0 and stores only b, c, d
-        quat = -quat
     fields = {
         "quatern_b": float(quat[1]),
         "quatern_c": float(quat[2]),
@@ -333,7 +332,7 @@ def _geometry(mask: Any, cluster_map: Any, nonpositive_ids: str) -> _Geometry:
                 "labelled volume, pass cluster_map=None"
             )
         mask_index = np.flatnonzero(m.ravel(order="F"))
-        cmap = _as_int_ids(cluster_map, "cluster_map").reshape(-1)
+        cmap = _as_int_ids(cluster_map, "cluster_map").ravel()
         if cmap.size != mask_index.size:
             raise ValueError(
                 f"cluster_map has {cmap.size} entries but the mask has "
@@ -561,7 +560,7 @@ def _cluster_metadata_columns(
         _check_name(name, "cluster_metadata column", non_ascii)
         what = f"cluster_metadata[{name!r}]"
         if name == "cluster_id":
-            out[name] = _r_value(ids.astype(np.int32), what, non_ascii)
+            out[name] = r_value(ids.astype(np.int32), what, non_ascii)
             continue
         arr = np.asarray(col)
         if arr.dtype == object:
@@ -570,7 +569,7 @@ def _cluster_metadata_columns(
                 arr = arr.astype(str)
             elif all(isinstance(v, bool | np.bool_) for v in arr):
                 arr = arr.astype(bool)
-        out[name] = _r_value(arr, what, non_ascii)
+        out[name] = r_value(arr, what, non_ascii)
     return out
 
 
@@ -687,7 +686,7 @@ def _typed_scan_metadata(
             _check_name(key, f"metadata key of scan {name!r}", non_ascii)
             if key == "TR":
                 positive_seconds(value, f"TR (metadata) of scan {name!r}")
-            typed[name][key] = _r_value(
+            typed[name][key] = r_value(
                 value, f"metadata {key!r} of scan {name!r}", non_ascii
             )
     return typed
@@ -726,7 +725,7 @@ def _scan_sources(
         t = (
             sources[name].n_time
             if name in sources
-            else getattr(summaries[name], "shape", (0, None))[1]
+            else getattr(summaries[name], "shape", (None, None))[1]
         )
         _check_n_time(name, typed_meta[name], t)
     return sources, summaries
@@ -851,8 +850,8 @@ def _write_full_scan(
 
 def _write_summary(
     group: h5py.Group, name: str, writer: ChunkWriter, plan: _Plan, bar: Any
-) -> None:
-    """``clusters_summary/summary_data`` (K, T) of one scan."""
+) -> int:
+    """``clusters_summary/summary_data`` (K, T) of one scan; returns T."""
     k = plan.geom.cluster_ids.size
     summ = plan.summaries[name]
     summ = np.asarray(summ() if callable(summ) else summ, L.DATA_DTYPE)
@@ -872,6 +871,7 @@ def _write_summary(
         )
         writer.write(d, summ)
     bar.update(1)
+    return t
 
 
 def _write_scans(f: h5py.File, plan: _Plan, writer: ChunkWriter, bar: Any) -> None:
@@ -891,11 +891,15 @@ def _write_scans(f: h5py.File, plan: _Plan, writer: ChunkWriter, bar: Any) -> No
             mg = g.create_group("metadata")
             for key, value in plan.scan_metadata[name].items():
                 _small_dataset(mg, key, value)
+        t: int | None = None
         if full:
             cg = g.create_group("clusters")
             _write_full_scan(cg, plan.sources[name], writer, plan, bar)
+            t = plan.sources[name].n_time
         if name in plan.summaries:
-            _write_summary(g, name, writer, plan, bar)
+            t = _write_summary(g, name, writer, plan, bar)
+        # data and summaries given as callables show their length only now
+        _check_n_time(name, plan.scan_metadata[name], t)
 
 
 def _write_plan(
