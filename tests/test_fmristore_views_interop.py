@@ -61,6 +61,7 @@ def test_vector_metadata_adds_no_dimension(tmp_path: Path) -> None:
     for name, expected in meta.items():
         _assert_same_metadata(got[name], expected)
     assert "slice_timing" not in got["c"]
+    assert type(got["a"]["TR"]) is np.float64  # scalars, not 0-d arrays
     # exact in the run views and in the tree nodes, as attributes
     with xr.open_dataset(path, engine="clusterh5", group="a") as run:
         np.testing.assert_array_equal(
