@@ -749,6 +749,10 @@ def test_dtseries_bad_inputs(tmp_path):
             cifti_write.write_dtseries(
                 tmp_path / "a.dtseries.nii", data, bad_ijk, AFFINE, (5, 5, 5), 1
             )
+    with pytest.raises(ValueError, match="no voxels to write"):
+        cifti_write.write_dtseries(
+            tmp_path / "a.dtseries.nii", data[:0], ijk[:0], AFFINE, (5, 5, 5), 1
+        )
     with pytest.raises(ValueError, match="TR"):
         cifti_write.write_dtseries(
             tmp_path / "a.dtseries.nii", data, ijk, AFFINE, (5, 5, 5), 0
@@ -780,6 +784,13 @@ def test_ptseries_one_parcel_per_cluster(tmp_path):
     assert series.step == 0.8
     assert series.size == 9
     np.testing.assert_array_equal(np.asarray(img.dataobj), summary.T)
+    with pytest.raises(
+        ValueError,
+        match=r"summary shape \(3, 9\), 2 names and 3 voxel lists must agree",
+    ):
+        cifti_write.write_ptseries(
+            tmp_path / "d.ptseries.nii", summary, names[:2], parcels, AFFINE, shape, 1.0
+        )
     with pytest.raises(ValueError, match="unique"):
         cifti_write.write_ptseries(
             tmp_path / "d.ptseries.nii", summary, ["a", "a", "b"], parcels, AFFINE,

@@ -98,6 +98,33 @@ def test_open_subjects_with_dask_chunks_matches_eager(
         )
 
 
+#: the stacked view's small coordinates (per run and per subject, and geometry)
+SMALL_COORDS = ("n_time", "has_data", "has_summary", "mask_index", "i", "n_voxels")
+
+
+@pytest.mark.filterwarnings("ignore::zarr.errors.UnstableSpecificationWarning")
+def test_chunked_subjects_keep_coordinates_in_numpy_and_round_trip(
+    subject_files: list[Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("zarr")
+    with (
+        subj.open_subjects(subject_files) as eager,
+        subj.open_subjects(subject_files, chunks={}) as lazy,
+    ):
+        assert lazy["data"].chunks is not None
+        for name in SMALL_COORDS:
+            assert isinstance(lazy[name].variable._data, np.ndarray), name
+            xr.testing.assert_identical(lazy[name], eager[name])
+        np.testing.assert_array_equal(lazy["n_time"].sel(run="rest").values, [7, 9, 3])
+        expected = eager.load()
+        lazy.to_zarr(tmp_path / "s.zarr", zarr_format=3, consolidated=False)
+        lazy.to_netcdf(tmp_path / "s.nc", engine="h5netcdf")
+    with xr.open_zarr(tmp_path / "s.zarr", zarr_format=3, consolidated=False) as back:
+        xr.testing.assert_equal(back.load(), expected)
+    with xr.open_dataset(tmp_path / "s.nc", engine="h5netcdf") as back:
+        xr.testing.assert_equal(back.load(), expected)
+
+
 def test_open_mfdataset_nested_concat_works(subject_files: list[Path]) -> None:
     # the plain xarray route: no geometry check, but the same data
     with (

@@ -178,6 +178,64 @@ def test_chunked_tree_writes_zarr_and_netcdf(tmp_path: Path) -> None:
                 )
 
 
+#: the small coordinates of each view: metadata built in memory at open
+_GEOMETRY = ["mask_index", "i", "j", "k", "n_voxels", "label"]
+SMALL_COORDS = {
+    "padded": ["n_time", "has_data", "has_summary", "TR", *_GEOMETRY],
+    "run": _GEOMETRY,
+    "root": _GEOMETRY,
+}
+
+
+@pytest.mark.parametrize("view", ["padded", "run", "root"])
+def test_chunked_views_keep_xarrays_coordinate_operations(view: str) -> None:
+    """Under ``chunks={}`` the small coordinates are plain coordinates.
+
+    xarray makes every coordinate that no index owns a dask array; an index
+    owning them (to keep them NumPy) would make ``reset_coords`` refuse them,
+    ``stack`` refuse two indexes along a dim (or ``drop_vars`` refuse one of a
+    group), and padded ``reindex`` or alignment of other cluster selections
+    fail; an index of per-run values would give every subject the first one's
+    ``n_time`` when subjects are combined. The README ("Zarr and netCDF")
+    says so; this test keeps those operations working.
+    """
+    path = fmristore_path("irregular")
+    with _open_view(path, view) as ds, _open_view(path, view) as eager:
+        eager = eager.compute()
+        names = SMALL_COORDS[view]
+        for name in names:
+            assert name in ds.coords
+            xr.testing.assert_identical(ds[name].compute(), eager[name])
+        # raises when variables are chunked differently along a dim
+        assert all(isinstance(c, tuple) for c in ds.chunks.values())
+        # the README's way to hold them in memory
+        loaded = ds.assign_coords(
+            {k: v.variable.compute() for k, v in ds.coords.items() if v.chunks}
+        )
+        for name in names:
+            assert isinstance(loaded[name].variable._data, np.ndarray), name
+            xr.testing.assert_identical(loaded[name], eager[name])
+        reset = ds.reset_coords(names)
+        assert set(names) <= set(reset.data_vars)
+        assert not set(names) & set(ds.reset_coords(drop=True).variables)
+        assert "i" not in ds.drop_vars("i").variables
+        stack_dims = ("cluster", "voxel") if view == "padded" else ("voxel",)
+        stacked = ds[["i", "mask_index"]].stack(s=stack_dims)
+        assert stacked.sizes["s"] == int(np.prod([ds.sizes[d] for d in stack_dims]))
+        np.testing.assert_array_equal(stacked["i"].values, eager["i"].values.ravel())
+        if view == "padded":
+            picked = ds.reindex(cluster=[17, 999])
+            np.testing.assert_array_equal(
+                picked["i"].values[0], eager["i"].sel(cluster=17).values
+            )
+            assert (picked["n_voxels"].isnull().values == [False, True]).all()
+            both = ds["data"].isel(cluster=[0, 1]) + ds["data"].isel(cluster=[1, 2])
+            assert both["cluster"].values.tolist() == [5]
+            np.testing.assert_array_equal(
+                both["i"].values, eager["i"].isel(cluster=[1]).values
+            )
+
+
 # --------------------------------------------------------------------------
 # a padded Dataset reduced to one run
 # --------------------------------------------------------------------------

@@ -166,6 +166,11 @@ def _header_text(**over: str) -> str:
         (_header_text(file=". 200").replace("END\n", ""), "no END"),
         ("nifti\n", "not a MIF file"),
         (_header_text(file=". 200"), "truncated"),
+        (_header_text(transform="1,0,0,0\ntransform: 0,1,0,0"), "3 rows of 4 numbers"),
+        (_header_text(scaling="0,1,2"), r"bad MIF scaling '0,1,2'"),
+        (_header_text(vox="1,x,1"), r"bad MIF vox: '1,x,1'"),
+        (_header_text(dim="2,a,1"), r"bad MIF dim '2,a,1'"),
+        (_header_text(layout="+0,+1,+x"), r"bad MIF layout '\+0,\+1,\+x'"),
     ],
 )
 def test_bad_files_are_named(tmp_path, text, match):

@@ -455,3 +455,5 @@ def test_cohort_array_indexing_equals_numpy(rows, cols):
     np.testing.assert_array_equal(arr[..., cols], full[:, cols])
     np.testing.assert_array_equal(arr[rows, ...], full[rows])
     np.testing.assert_array_equal(arr[...], full)
+    with pytest.raises(IndexError, match="too many indices for a 2-D cohort array"):
+        arr[0, 0, 0]

@@ -89,6 +89,28 @@ def test_index_and_directions_must_agree(work, tmp_path):
         read_fixel_table("inputs/index.mif", "short_dirs.mif")
 
 
+def test_bad_index_and_directions_images_are_named(work):
+    h, idx = read_mif("inputs/index.mif", scaled=False)
+    write_mif("float_index.mif", h, idx, dtype="<f4")
+    with pytest.raises(
+        ClusterH5Error, match="fixel index must be integers, not float32"
+    ):
+        read_fixel_table("float_index.mif", "inputs/directions.mif")
+    h.dim = (6, 6, 5, 1)
+    write_mif("one_volume.mif", h, idx[..., :1], dtype="<u4")
+    with pytest.raises(ClusterH5Error, match="4-D with 2 volumes, this one is"):
+        read_fixel_table("one_volume.mif", "inputs/directions.mif")
+    hd, dirs = read_mif("inputs/directions.mif")
+    hd.dim = (300, 1, 3)
+    write_mif("dirs_zyx.mif", hd, dirs.reshape(300, 1, 3))
+    with pytest.raises(
+        ClusterH5Error,
+        match=r"fixel directions must be N x 3 \(x 1\), not \(300, 1, 3\)",
+    ) as err:
+        read_fixel_table("inputs/index.mif", "dirs_zyx.mif")
+    assert "dirs_zyx.mif" in str(err.value)
+
+
 def test_overlapping_fixel_blocks_are_refused(work):
     h, idx = read_mif("inputs/index.mif", scaled=False)
     idx = idx.copy()

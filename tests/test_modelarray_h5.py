@@ -44,6 +44,16 @@ def test_default_chunks_are_modelarrayios(n_subjects, n_elements, expected):
     assert modelarray_io.chunk_shape(n_subjects, n_elements) == expected
 
 
+def test_empty_matrix_has_no_chunks():
+    for n_subjects, n_elements in [(0, 5), (5, 0)]:
+        with pytest.raises(
+            ValueError,
+            match=rf"cannot chunk an empty matrix \({n_subjects} subjects, "
+            rf"{n_elements} elements\)",
+        ):
+            modelarray_io.chunk_shape(n_subjects, n_elements)
+
+
 def test_chunk_options():
     assert modelarray_io.chunk_shape(200, 91282, chunk_voxels=256) == (200, 256)
     assert modelarray_io.chunk_shape(5, 100, chunk_voxels=1000) == (5, 100)

@@ -218,6 +218,14 @@ def test_bad_input_names_the_file_and_culprit(cohort: xr.Dataset) -> None:
         with pytest.raises(ClusterH5Error, match=message) as info:
             lm(cohort, formula, table, **kw)
         assert name in str(info.value)
+    with pytest.raises(
+        ClusterH5Error, match="no subject has every variable of"
+    ) as info:
+        lm(cohort, "FA ~ age + iq", ph.assign(iq=np.nan))
+    assert name in str(info.value)
+    bare = cohort.drop_vars("source_file")
+    with pytest.raises(ClusterH5Error, match="'FA' has no 'source_file' coordinate"):
+        lm(bare, "FA ~ age", ph)
     text = cohort.assign(FA=cohort.FA.astype(str))
     with pytest.raises(ClusterH5Error, match="not numeric"):
         lm(text, "FA ~ age", ph)
@@ -287,6 +295,18 @@ def test_one_level_factor_is_fitted_and_counted(cohort: xr.Dataset) -> None:
     assert np.isnan(e11.sel(stat="age:sexM.estimate").item())
 
 
+def test_strided_element_subset_fits_those_elements(cohort: xr.Dataset) -> None:
+    ph = phenotypes()
+    whole = lm(cohort, "FA ~ age", ph).compute()
+    part = lm(cohort, "FA ~ age", ph, element_subset=slice(1, 40, 2)).compute()
+    np.testing.assert_array_equal(part.element.values, np.arange(1, 40, 2))
+    np.testing.assert_array_equal(_ids(part), np.arange(1, 40, 2))
+    for stat in ("age.estimate", "age.p.value", "model.adj.r.squared"):
+        np.testing.assert_allclose(  # other batches of the same fits: rounding only
+            part.sel(stat=stat).values, whole.sel(stat=stat).values[1:40:2], rtol=1e-12
+        )
+
+
 def test_merge_of_disjoint_parts_is_the_whole_run(cohort: xr.Dataset) -> None:
     a = ANALYSES[2]
     whole = _fit(cohort, a)
@@ -304,6 +324,11 @@ def test_merge_of_disjoint_parts_is_the_whole_run(cohort: xr.Dataset) -> None:
     )
     with pytest.raises(ValueError, match="overlap"):
         merge_results([parts[0], parts[0]])
+    with pytest.raises(ValueError, match="merge needs at least one part"):
+        merge_results([])
+    other = lm(cohort, "FA ~ age", phenotypes(), element_subset=slice(0, 5))
+    with pytest.raises(ValueError, match="part 1 has other statistics than part 0"):
+        merge_results([parts[1], other])
 
 
 @pytest.fixture

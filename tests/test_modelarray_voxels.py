@@ -93,6 +93,9 @@ def test_affine_mismatch_is_refused_by_name_and_nothing_is_written(work, tmp_pat
     assert "sub-04_MD.nii.gz" in str(err.value)
     assert not out.exists()
     assert list(tmp_path.iterdir()) == [work]
+    with pytest.raises(ClusterH5Error, match="affine differs") as err:
+        from_cohort("cohort.csv", mask=MASK)  # refused by default here too
+    assert "sub-04_MD.nii.gz" in str(err.value)
     with pytest.warns(UserWarning, match="sub-04_MD.nii.gz"):
         cohort_to_h5("cohort.csv", out, mask=MASK, allow_affine_mismatch=True)
     assert_same_file(out, NIFTI / "out" / "modelarray.h5")

@@ -96,6 +96,8 @@ def test_translation_to_python() -> None:
         # parentheses exactly where R's deparse keeps them
         ("I(a - (b - c))", "I(a - (b - c))"),
         ("I(a - b - c)", "I(a - b - c)"),
+        ("I(a - b * c)", "I(a - b * c)"),
+        ("I((a - b) * c)", "I((a - b) * c)"),
         ("I(a / (b * c))", "I(a/(b * c))"),
         ("I((a ** b) ** c)", "I((a^b)^c)"),
         ("I(a ** b ** c)", "I(a^b^c)"),

@@ -86,6 +86,14 @@ def test_exact_non_constant_fit() -> None:
     assert np.all(np.isfinite(res.terms["statistic"][1]))
 
 
+@pytest.mark.parametrize(
+    ("x_shape", "y_shape"), [((5, 2), (4, 5)), ((5,), (5, 3)), ((5, 2), (5,))]
+)
+def test_mismatched_design_and_values_are_refused(x_shape, y_shape) -> None:
+    with pytest.raises(ValueError, match=rf"X \({x_shape[0]},.* do not match"):
+        ols.fit(np.ones(x_shape), np.ones(y_shape), intercept=True)
+
+
 def test_unestimable_term_is_nan_not_shifted() -> None:
     # every "M" subject missing at element 1: sexM and age:sexM cannot be estimated
     ph = phenotypes()

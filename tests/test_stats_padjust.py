@@ -38,6 +38,11 @@ def test_r_corrections_from_r_raw_p_values(analysis: str) -> None:
         assert np.array_equal(np.isnan(ours), np.isnan(df[col].to_numpy()))
 
 
+def test_p_values_must_be_1d() -> None:
+    with pytest.raises(ValueError, match=r"p-values must be 1-D, got shape \(2, 2\)"):
+        p_adjust(np.full((2, 2), 0.5), "fdr")
+
+
 def test_nan_is_missing_and_n_counts_the_rest() -> None:
     p = np.array([0.01, np.nan, 0.04, 0.03, np.nan])
     np.testing.assert_array_equal(

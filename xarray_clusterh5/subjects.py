@@ -145,7 +145,8 @@ def open_subjects(
         None (default): lazy without dask, reading only what is indexed.
         ``{}``: one dask chunk per (subject, run, cluster), as the padded
         view's ``chunks={}``; otherwise as ``Dataset.chunk`` (e.g.
-        ``{"cluster": 20}``: see ``benchmarks/README.md``).
+        ``{"cluster": 20}``: see ``benchmarks/README.md``). Only ``data``
+        and ``summary`` are chunked: coordinates stay NumPy arrays.
     **kwargs
         Passed to ``xr.open_dataset`` for every file: ``lock`` and the
         engine's other options.
@@ -179,8 +180,9 @@ def open_subjects(
         check_same_geometry(datasets, paths)
         stacked = _stack(datasets, names)
         if chunks is not None:
-            stacked = stacked.chunk(
-                {"subject": 1, "run": 1, "cluster": 1} if chunks == {} else chunks
+            stacked = _chunk_voxel_data(
+                stacked,
+                {"subject": 1, "run": 1, "cluster": 1} if chunks == {} else chunks,
             )
     except BaseException:
         _close_all(datasets)
@@ -192,14 +194,27 @@ def open_subjects(
 _STACKED = ("data", "summary")  # lazy voxel data: stacked without reading
 
 
+def _chunk_voxel_data(stacked: xr.Dataset, chunks: Any) -> xr.Dataset:
+    """Dask-chunk the voxel data only: the small coordinates stay NumPy.
+
+    ``Dataset.chunk`` would make every non-index coordinate a dask array too;
+    they hold no file data, and NumPy coordinates write to Zarr as they are.
+    """
+    names = [n for n in _STACKED if n in stacked]
+    chunked = stacked[names].reset_coords(drop=True).chunk(chunks)
+    return stacked.assign({n: chunked.variables[n] for n in names})
+
+
 def _stack(datasets: list[xr.Dataset], names: list[str]) -> xr.Dataset:
     """Concatenate along ``subject``; per-run variables vary, geometry does not.
 
     The voxel data are stacked lazily (``SubjectStack``): ``xr.concat`` of
     backend arrays would read them.
     """
+    # the coordinates are built in memory from the file's metadata: loading
+    # them reads no voxel data, and the stacked view keeps them NumPy
     small = [
-        ds.drop_vars([v for v in _STACKED if v in ds], errors="ignore")
+        ds.drop_vars([v for v in _STACKED if v in ds], errors="ignore").compute()
         for ds in datasets
     ]
     per_run = sorted(
