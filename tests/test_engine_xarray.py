@@ -137,6 +137,9 @@ def test_cluster_selection_lists_and_errors() -> None:
         assert again.data.shape == (273, 64)
         with pytest.raises(KeyError, match="cluster id 3 not found"):
             ds.sel(cluster=3)
+        for picks in (xr.DataArray([2, 40], dims="pick"), xr.DataArray([[2]])):
+            with pytest.raises(ValueError, match="does not support vectorized"):
+                ds.sel(cluster=picks)
     with xr.open_datatree(path, engine="clusterh5") as dt:
         sub = dt.sel(cluster=[5, 40])
         assert sub["zeta_full"]["data"].shape == (204, 37)

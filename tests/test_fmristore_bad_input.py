@@ -14,6 +14,7 @@ import xarray as xr
 from tests._helpers import fmristore_path
 from xarray_clusterh5 import ClusterH5Error
 from xarray_clusterh5.fmristore.read import read_experiment
+from xarray_clusterh5.fmristore.write import write_experiment
 
 
 def _copy(tmp_path: Path, stem: str = "irregular") -> Path:
@@ -176,6 +177,25 @@ def test_bad_probe_dataset_fails_at_open(tmp_path: Path) -> None:
     )
     with pytest.raises(ClusterH5Error, match=r"cluster_5 has shape \(37, 9\)"):
         xr.open_dataset(path, engine="clusterh5")
+
+
+def test_n_time_comes_from_the_cluster_of_the_first_mask_voxel(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "first.h5"
+    write_experiment(
+        path,
+        mask=np.ones((2, 2, 1), dtype=bool),
+        cluster_map=[2, 1, 1, 2],  # the first mask voxel is in cluster 2
+        runs={"a": np.arange(20.0).reshape(4, 5)},
+    )
+    _edit(path, lambda f: _replace(f, "scans/a/clusters/cluster_1", np.zeros((7, 2))))
+    with xr.open_dataset(path, engine="clusterh5", group="a") as ds:
+        assert ds.sizes["time"] == 5
+        expected = [[0.0, 1, 2, 3, 4], [15, 16, 17, 18, 19]]
+        np.testing.assert_array_equal(ds.sel(cluster=2).data, expected)
+        with pytest.raises(ClusterH5Error, match=r"cluster_1 has shape \(7, 2\)"):
+            ds.sel(cluster=1).load()
 
 
 def test_external_link_is_refused(tmp_path: Path) -> None:

@@ -129,3 +129,13 @@ def test_cluster_meta_with_float_ids_and_missing_rows(tmp_path: Path) -> None:
             ds["volume_mm3"].values, [np.nan, np.nan, 131.25, np.nan]
         )
         assert ds["label"].values.tolist() == ["", "", "parcel_17", ""]
+
+
+def test_short_pixdim_gives_the_spacing(tmp_path: Path) -> None:
+    # pixdim needs only its first four values (the voxel sizes follow the qfac)
+    path = _copy(tmp_path, "vignette")
+    with h5py.File(path, "r+") as f:
+        del f["header/pixdim"]
+        f["header/pixdim"] = np.array([1.0, 3.0, 2.5, 2.0])
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        assert ds.attrs["spacing"].tolist() == [3.0, 2.5, 2.0]

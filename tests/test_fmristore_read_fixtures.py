@@ -129,6 +129,10 @@ def test_probe_series_and_concat(fixture_name: str) -> None:
         )
         assert list(got.shape) == concat["shape"]
         np.testing.assert_allclose(got.values, concat["values_rows"], rtol=1e-6)
+        # by default every run with voxel data
+        full = ds.run.values[ds.has_data.values].tolist()
+        every = ds.clusterh5.series_concat(probes)
+        xr.testing.assert_identical(every, ds.clusterh5.series_concat(probes, full))
         ijk = exp["series_ijk"]
         got = ds.clusterh5.series([ijk["equals_mask_index"] - 1], run=ijk["run"])
         np.testing.assert_allclose(got.values[:, 0], ijk["values"], rtol=1e-6)
@@ -149,6 +153,16 @@ def test_summaries(fixture_name: str) -> None:
             fmristore_path(fixture_name), engine="clusterh5", group=run
         ) as one:
             np.testing.assert_array_equal(one.summary.values.T, expected)
+    # by default every run with a summary, in scan order, stacked in time
+    with xr.open_dataset(fmristore_path(fixture_name), engine="clusterh5") as ds:
+        runs = ds.run.values[ds.has_summary.values].tolist()
+        got = ds.clusterh5.matrix_concat()
+        parts = [ds.clusterh5.summary_matrix(r) for r in runs]
+        np.testing.assert_array_equal(
+            got.values, np.concatenate([p.values for p in parts], axis=-1)
+        )
+        labels = np.repeat(runs, [p.sizes["time"] for p in parts])
+        np.testing.assert_array_equal(got["run"].values, labels)
 
 
 def test_values_4d(fixture_name: str) -> None:

@@ -61,6 +61,7 @@ def test_vector_metadata_adds_no_dimension(tmp_path: Path) -> None:
     for name, expected in meta.items():
         _assert_same_metadata(got[name], expected)
     assert "slice_timing" not in got["c"]
+    assert type(got["a"]["TR"]) is np.float64  # scalars, not 0-d arrays
     # exact in the run views and in the tree nodes, as attributes
     with xr.open_dataset(path, engine="clusterh5", group="a") as run:
         np.testing.assert_array_equal(
@@ -78,7 +79,7 @@ def test_vector_metadata_adds_no_dimension(tmp_path: Path) -> None:
         assert "slice_timing" not in f["scans/c/metadata"]
 
 
-def test_metadata_mixing_string_vectors_and_numbers_is_text(tmp_path: Path) -> None:
+def test_metadata_mixing_string_vectors_and_numbers(tmp_path: Path) -> None:
     path = tmp_path / "mixed.h5"
     mask = np.ones((2, 2, 1), dtype=bool)
     write_experiment(
@@ -86,14 +87,22 @@ def test_metadata_mixing_string_vectors_and_numbers_is_text(tmp_path: Path) -> N
         mask=mask,
         cluster_map=[1, 1, 2, 2],
         runs={name: np.zeros((4, 3)) for name in "abc"},
-        scan_metadata={"a": {"tags": ["x", "y"]}, "b": {"tags": 3}},
+        scan_metadata={
+            "a": {"tags": ["x", "y"], "site": "s1"},
+            "b": {"tags": 3, "site": 2},
+        },
     )
     with xr.open_dataset(path, engine="clusterh5") as ds:
         tags = ds["tags"]
         assert tags.dims == ("run",)
-        assert tags.dtype.kind == "U"
-        assert tags.values[1:].tolist() == ["3", ""]
+        assert tags.values.tolist() == ['["x", "y"]', "3", ""]  # JSON texts
         assert tags.attrs["fmristore_missing"] == ["c"]
+        assert ds["site"].values.tolist() == ["s1", "2", ""]
+        got = ds.clusterh5.scan_metadata()
+    # the string vector is exact; the number reads as text next to strings
+    np.testing.assert_array_equal(got["a"]["tags"], np.array(["x", "y"]))
+    assert got["b"]["tags"] == "3"
+    assert "tags" not in got["c"]
 
 
 def test_fixture_dims_are_exact(fixture_name: str) -> None:

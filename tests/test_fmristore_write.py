@@ -278,6 +278,14 @@ BAD = [
     ({"runs": {"a": {1: np.zeros((2, 3)), 2: np.zeros((2, 4))}}}, "different numbers"),
     ({"runs": {"a": Run(summary=np.zeros((3, 4)))}}, "expected \\(n_clusters=2"),
     ({"runs": {"a": Run()}}, "neither data nor summary"),
+    (
+        {"runs": {"a": iter([(1, np.zeros((2, 3))), (9, np.zeros((2, 3)))])}},
+        "scan 'a': data for cluster id 9 missing from the cluster map",
+    ),
+    (
+        {"runs": {"a": iter([(1, np.zeros((2, 3))), (1, np.zeros((2, 3)))])}},
+        "scan 'a': cluster 1 given twice",
+    ),
     ({"scan_metadata": {"rest": {"task": "réste"}}}, "non-ASCII"),
     ({"scan_metadata": {"rest": {"bad/key": 1}}}, "not a valid HDF5 name"),
     ({"scan_metadata": {"nope": {"a": 1}}}, "not in runs"),

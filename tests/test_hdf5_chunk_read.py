@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from xarray_clusterh5._hdf5 import chunk_read as _chunkread
@@ -567,6 +567,7 @@ def test_file_ranges_only_for_plain_local_files(tmp_path: Path) -> None:
         st.floats(0, 1), st.floats(0, 1), st.floats(0, 1), st.floats(0, 1)
     ),
 )
+@example(rows=1, cols=1, chunk=(1, 1), window=(0.0, 0.0, 1.0, 1.0))
 def test_located_chunks_are_where_hdf5_says(
     rows: int, cols: int, chunk: tuple[int, int], window: tuple[float, ...]
 ) -> None:
@@ -575,6 +576,7 @@ def test_located_chunks_are_where_hdf5_says(
     chunk = (min(chunk[0], rows), min(chunk[1], cols))
     r0, r1 = sorted(int(w * rows) for w in window[:2])
     c0, c1 = sorted(int(w * cols) for w in window[2:])
+    r0, c0 = min(r0, rows - 1), min(c0, cols - 1)  # a non-empty window inside
     r1, c1 = max(r1, r0 + 1), max(c1, c0 + 1)
     data = np.arange(rows * cols, dtype=np.float32).reshape(rows, cols)
     with memfile() as f:

@@ -88,6 +88,10 @@ def test_filter_spec_and_refusals(tmp_path: Path) -> None:
         assert filter_spec(d).shuffle is False
         with pytest.raises(ValueError, match="level 4 differs"):
             write_array_chunks(d, np.zeros(4), level=4)
+        with pytest.raises(ValueError, match="shuffle=True differs"):
+            write_array_chunks(d, np.zeros(4), shuffle=True)
+        write_array_chunks(d, np.arange(4.0), level=3, shuffle=False)  # they agree
+        np.testing.assert_array_equal(d[()], np.arange(4.0))
         with pytest.raises(ValueError, match="shape"):
             write_array_chunks(d, np.zeros(5))
         contiguous = f.create_dataset("c", shape=(4,), dtype="f4")

@@ -89,7 +89,7 @@ def filter_spec(dset: h5py.Dataset) -> FilterSpec:
                 raise ValueError(f"{dset.name}: shuffle after deflate is not supported")
             shuffle = True
         elif code == _H5Z_FILTER_DEFLATE:
-            level = int(values[0]) if len(values) else 6
+            level = int(values[0])  # HDF5's deflate filter needs its level
         else:
             raise ValueError(
                 f"{dset.name}: filter {code} is not supported for direct chunk "

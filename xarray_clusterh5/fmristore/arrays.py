@@ -38,8 +38,8 @@ class _Job:
     t_idx: np.ndarray
     dest: np.ndarray  # (len(v_idx), len(t_idx)) view of the result
     # known step-1 runs (a part of indices checked once for the whole request)
-    v_contiguous: bool = False
-    t_contiguous: bool = False
+    v_contiguous: bool
+    t_contiguous: bool
 
     def windows(self) -> tuple[tuple[slice, np.ndarray | None], ...]:
         """Covering slices and local picks of the voxel and time indices."""
@@ -68,14 +68,14 @@ def _window(idx: np.ndarray, *, known: bool = False) -> tuple[slice, np.ndarray 
     if known:
         return slice(lo, hi), None
     # xarray passes non-decreasing indices as they are, duplicates included
-    if hi - lo == len(idx) and (len(idx) < 2 or bool(np.all(np.diff(idx) == 1))):
+    if _is_run(idx):
         return slice(lo, hi), None
     return slice(lo, hi), idx - lo
 
 
 def _is_run(idx: np.ndarray) -> bool:
     """Whether indices go up by exactly one (so does every part of them)."""
-    return len(idx) < 2 or bool(np.all(np.diff(idx) == 1))
+    return bool(np.all(np.diff(idx) == 1))  # also for fewer than two
 
 
 def _finish(out: np.ndarray, keep: list[bool]) -> np.ndarray:

@@ -34,7 +34,12 @@ import xarray as xr
 from xarray_clusterh5.fmristore import ops
 from xarray_clusterh5.fmristore.ops import as_numpy
 from xarray_clusterh5.fmristore.views import ROLE
-from xarray_clusterh5.fmristore.write import Run, check_spacing, write_experiment
+from xarray_clusterh5.fmristore.write import (
+    Run,
+    check_spacing,
+    row_selection,
+    write_experiment,
+)
 
 __all__ = ["to_fmristore"]
 
@@ -362,10 +367,7 @@ def _flat_run(
         var = node["data"].variable.transpose("voxel", "time")
         keys: dict[int, tuple[Any, ...]] = {}
         for cid, r in zip(cluster_ids, rows, strict=True):
-            if r.size and r[-1] - r[0] + 1 == r.size:  # contiguous: a slice
-                keys[int(cid)] = (slice(int(r[0]), int(r[-1]) + 1),)
-            else:
-                keys[int(cid)] = (r,)
+            keys[int(cid)] = (row_selection(r),)
         data = _run_blocks(var, keys, threads)
     if "summary" in node.data_vars:
         svar = node["summary"].variable.transpose("cluster", "time")

@@ -120,19 +120,19 @@ def _scan_values(
     if all(isinstance(v, str) for v in found):
         attrs["fmristore_dtype"] = "str"
         return np.array(["" if v is None else v for v in present], dtype=str), attrs
-    if any(isinstance(v, str) or np.asarray(v).dtype.kind in "UO" for v in found):
-        # strings in some scans and numbers in others: keep them readable as text
-        attrs["fmristore_dtype"] = "str"
-        text = ["" if v is None else str(v) for v in present]
-        return np.array(text, dtype=str), attrs
     arrays = [np.asarray(v) for v in found]
+    # strings in some scans and numbers in others: keep them readable as text
+    strings = any(a.dtype.kind in "UO" for a in arrays)
     dtype = np.result_type(*arrays)
-    attrs["fmristore_dtype"] = dtype.str
+    attrs["fmristore_dtype"] = "str" if strings else dtype.str
     if any(a.ndim > 0 for a in arrays):
         attrs["fmristore_encoding"] = JSON_ENCODING
         text = [
             "" if v is None else json.dumps(np.asarray(v).tolist()) for v in present
         ]
+        return np.array(text, dtype=str), attrs
+    if strings:
+        text = ["" if v is None else str(v) for v in present]
         return np.array(text, dtype=str), attrs
     out_dtype = np.float64 if missing else dtype
     out = np.array([np.nan if v is None else v for v in present], dtype=out_dtype)

@@ -365,6 +365,13 @@ def _geometry(mask: Any, cluster_map: Any, nonpositive_ids: str) -> _Geometry:
     )
 
 
+def row_selection(rows: np.ndarray) -> slice | np.ndarray:
+    """Ascending ``rows`` as a slice when contiguous (cheap on h5py, zarr, dask)."""
+    if rows.size and rows[-1] - rows[0] + 1 == rows.size:
+        return slice(int(rows[0]), int(rows[-1]) + 1)
+    return rows
+
+
 class _FullSource:
     """Yields one cluster's (Nc, T) block at a time, checking shapes."""
 
@@ -428,9 +435,7 @@ class _FullSource:
 
     def _rows(self, cid: int) -> Any:
         rows = self.geom.members[int(np.searchsorted(self.geom.cluster_ids, cid))]
-        if rows.size and rows[-1] - rows[0] + 1 == rows.size:
-            return self._array[int(rows[0]) : int(rows[-1]) + 1]
-        return self._array[rows]
+        return self._array[row_selection(rows)]
 
     def blocks(self) -> Generator[tuple[int, np.ndarray], None, None]:
         """(cluster id, (Nc, T) float32) for every cluster, one at a time."""
