@@ -305,7 +305,7 @@ BAD = [
     ({"cluster_metadata": {"cluster_id": [1, 1]}}, "duplicate cluster ids"),
     ({"cluster_metadata": {"cluster_id": [1, 2], "x": [1.0]}}, "differ in length"),
     ({"format": "2024"}, "format must be"),
-    ({"compression": 11}, "gzip level"),
+    ({"compression": 10}, "gzip level"),
     ({"chunks": {"times": 3}}, "unknown chunk keys"),
     ({"affine": np.eye(3)}, "4x4"),
     ({"affine": np.diag([2.0, 2, 2, 1]), "spacing": (1, 1, 1)}, "disagrees"),
@@ -536,6 +536,22 @@ def test_contiguous_clusters_are_read_as_slices(tmp_path: Path) -> None:
     keys.clear()
     write_experiment(tmp_path / "s.h5", **_tiny(runs={"rest": Source(data)}))
     assert [np.asarray(k).tolist() for k in keys] == [[0, 2], [1, 3]]
+
+
+def test_bad_block_shapes_fail_before_any_block_is_read(tmp_path: Path) -> None:
+    read: list[int] = []
+
+    class Lazy:
+        shape, ndim = (2, 5), 2
+
+        def __array__(self, dtype=None, copy=None):  # type: ignore[no-untyped-def]
+            read.append(1)
+            return np.zeros(self.shape, dtype=dtype or float)
+
+    bad = {1: Lazy(), 2: np.zeros((3, 5))}
+    with pytest.raises(ValueError, match=r"cluster 2 data has shape \(3, 5\)"):
+        write_experiment(tmp_path / "b.h5", **_tiny(runs={"rest": bad}))
+    assert read == []
 
 
 def test_pandas_cluster_metadata(tmp_path: Path) -> None:
