@@ -25,6 +25,7 @@ from tests._helpers import (
     fmristore_path,
     h5ls_listing,
 )
+from xarray_clusterh5 import ClusterH5Error
 from xarray_clusterh5.fmristore.write import Run, affine_to_header, write_experiment
 
 QFIELDS = ("qoffset_x", "qoffset_y", "qoffset_z", "quatern_b", "quatern_c", "quatern_d")
@@ -396,6 +397,15 @@ def test_progress_bar_counts_blocks(
     # 2 clusters of 2 full scans and 2 summaries
     assert "writing bar.h5: 100%" in err
     assert " 6/6 " in err
+
+
+def test_missing_folder_is_made_only_when_asked(tmp_path: Path) -> None:
+    target = tmp_path / "nope" / "out.h5"
+    with pytest.raises(ClusterH5Error, match="no such folder"):
+        write_experiment(target, **_tiny())
+    assert not target.parent.exists()
+    write_experiment(target, parents=True, **_tiny())
+    assert target.is_file()
 
 
 def test_run_is_immutable() -> None:
