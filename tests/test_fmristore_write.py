@@ -536,13 +536,13 @@ def test_contiguous_clusters_are_read_as_slices(tmp_path: Path) -> None:
             return self.values[key]
 
     data = np.arange(20.0).reshape(4, 5)
-    cmap = np.array([1, 1, 2, 2])
+    cmap = np.array([1, 1, 1, 2])
     out = write_experiment(
         tmp_path / "c.h5", **_tiny(cluster_map=cmap, runs={"rest": Source(data)})
     )
-    assert keys == [slice(0, 2), slice(2, 4)]
+    assert keys == [slice(0, 3), slice(3, 4)]
     with h5py.File(out) as f:
-        np.testing.assert_array_equal(f["scans/rest/clusters/cluster_2"], data[2:].T)
+        np.testing.assert_array_equal(f["scans/rest/clusters/cluster_1"], data[:3].T)
     keys.clear()
     write_experiment(tmp_path / "s.h5", **_tiny(runs={"rest": Source(data)}))
     assert [np.asarray(k).tolist() for k in keys] == [[0, 2], [1, 3]]
