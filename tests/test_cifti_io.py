@@ -169,6 +169,28 @@ def test_damaged_brain_model_xml_is_named(tmp_path):
             cifti.read_reference(bad)
 
 
+def test_header_and_xml_disagreeing_are_named(tmp_path):
+    # the NIfTI dims say 90 greyordinates, the XML lists 100
+    raw = bytearray(THICK[0].read_bytes())
+    raw[16:80] = np.array([6, 1, 1, 1, 1, 1, 90, 1], dtype="<i8").tobytes()
+    bad = tmp_path / "dims.dscalar.nii"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(
+        ClusterH5Error, match=r"nibabel cannot read its CIFTI-2 header: .*\(1, 90\)"
+    ):
+        cifti.read_reference(bad)
+    # brain models along the rows: a dscalar by its intent, not by its axes
+    flipped = _write(
+        tmp_path / "t.dscalar.nii", np.zeros((100, 1), np.float32),
+        (_fixture_axis(), ca.ScalarAxis(["m"])), intent="ConnDenseScalar",
+    )  # fmt: skip
+    with pytest.raises(
+        ClusterH5Error, match="second axis is ScalarAxis, not brain models"
+    ) as err:
+        cifti.read_reference(flipped, map_index=0)
+    assert str(flipped) in str(err.value)
+
+
 def test_file_truncated_after_its_check_is_named(tmp_path):
     # cohorts are read lazily: a file cut between the header check and the read
     path = tmp_path / "s.dscalar.nii"
@@ -370,10 +392,11 @@ def _with_vox_offset(src: Path, dst: Path, vox_offset: int) -> Path:
 def test_damaged_vox_offset_is_named(tmp_path):
     size = THICK[0].stat().st_size
     # pointing into the header: the data would be read from the XML bytes
-    low = _with_vox_offset(THICK[0], tmp_path / "low.dscalar.nii", 100)
-    with pytest.raises(ClusterH5Error, match=r"vox_offset too small") as err:
-        cifti.read_reference(low)
-    assert str(low) in str(err.value)
+    for offset in (100, 540, 543):  # 544 is the least with an extension
+        low = _with_vox_offset(THICK[0], tmp_path / "low.dscalar.nii", offset)
+        with pytest.raises(ClusterH5Error, match=r"vox_offset too small") as err:
+            cifti.read_reference(low)
+        assert str(low) in str(err.value)
     past = _with_vox_offset(THICK[0], tmp_path / "past.dscalar.nii", size + 1)
     with pytest.raises(
         CorruptFileError,

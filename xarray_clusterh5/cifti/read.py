@@ -318,10 +318,7 @@ def _brain_model_of(path: str, bm_xml: bytes, n_el: int) -> BrainModel:
         raise ClusterH5Error(
             path, f"second axis is {type(axis).__name__}, not brain models"
         )
-    if len(axis) != n_el:
-        raise ClusterH5Error(
-            path, f"{len(axis)} brain-model elements but {n_el} columns"
-        )
+    # (nibabel refuses a file whose axis lengths differ from its NIfTI dims)
     return BrainModel.from_axis(axis, bm_xml, path)
 
 
@@ -388,15 +385,15 @@ class ParcelModel:
         return {"parcel": self.parcel_arrays()["parcel_id"]}
 
 
-def _parcel_model_of(path: str, kind: str, xml: bytes) -> ParcelModel:
+def _parcel_axes(path: str) -> tuple[Any, Any]:
+    """Both nibabel axes of a parcellated file."""
     try:
         img = _nib_load(path)
-        axes = (img.header.get_axis(0), img.header.get_axis(1))
+        return img.header.get_axis(0), img.header.get_axis(1)
     except Exception as err:
         raise ClusterH5Error(
             path, f"nibabel cannot read its CIFTI-2 header: {err}"
         ) from err
-    return ParcelModel(kind, axes, xml, path)
 
 
 @dataclass(frozen=True)
@@ -408,12 +405,11 @@ class DataBlock:
     dtype: np.dtype
     n_maps: int
     n_elements: int
-    map_index: int = 0
-    use_nibabel: bool = False
-    slope: float = 1.0
-    inter: float = 0.0
+    map_index: int
+    #: scaled data or a type without an exact direct cast: nibabel reads it
+    use_nibabel: bool
     #: a pconn matrix (n_maps rows x n_elements columns), read flattened row-major
-    pconn: bool = False
+    pconn: bool
 
 
 @dataclass
@@ -679,7 +675,7 @@ def read_reference(
         pxml = _parcels_xml(xml, kind)
         if pxml is None:
             raise ClusterH5Error(path, "CIFTI XML has no parcels map")
-        model = _parcel_model_of(path, kind, pxml)
+        model = ParcelModel(kind, _parcel_axes(path), pxml, path)
         return model, _block(h, n_maps, n_el, idx, pconn=kind == "pconn")
     idx = _check_maps(path, kind, n_maps, map_index)
     bm_xml = _brain_model_xml(xml)
@@ -716,11 +712,11 @@ def _check_parcel_file(
         )
     pxml = _parcels_xml(xml, kind)
     if pxml != ref.xml:
-        other = _parcel_model_of(path, kind, pxml or b"")
+        axes = _parcel_axes(path)
         first = 0 if kind == "pconn" else 1
         for i in range(first, 2):
-            if other.axes[i] != ref.axes[i]:
-                names_same = np.array_equal(other.axes[i].name, ref.axes[i].name)
+            if axes[i] != ref.axes[i]:
+                names_same = np.array_equal(axes[i].name, ref.axes[i].name)
                 what = (
                     "same parcel names but other vertices or voxels"
                     if names_same
