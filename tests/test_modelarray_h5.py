@@ -173,6 +173,21 @@ def test_streamed_stripes_round_trip(
         assert [s.decode() for s in f["scalars/x/column_names"][()]] == names
 
 
+def test_outputs_and_cohort_file_are_checked_before_reading(tmp_path):
+    csv = tmp_path / "c.csv"
+    csv.write_text("scalar_name,source_file\nthickness,missing.dscalar.nii\n")
+    out = tmp_path / "o.h5"
+    out.write_bytes(b"keep")
+    # refused before the (missing) source file is looked for
+    with pytest.raises(FileExistsError, match=r"o\.h5: exists; pass overwrite=True"):
+        convert.cohort_to_h5(csv, out)
+    assert out.read_bytes() == b"keep"
+    with pytest.raises(
+        FileNotFoundError, match=r"nope\.csv: cohort file does not exist"
+    ):
+        convert.cohort_to_h5(tmp_path / "nope.csv", tmp_path / "n.h5")
+
+
 def test_scalar_names_must_be_hdf5_names(tmp_path):
     with h5py.File(tmp_path / "x.h5", "w") as f:
         for bad in ["a/b", "..", ""]:

@@ -463,6 +463,8 @@ def test_in_memory_dataarray() -> None:
     beta = np.linalg.lstsq(np.column_stack([np.ones(30), ph.x]), y, rcond=None)[0]
     np.testing.assert_allclose(res.sel(stat="x.estimate").values, beta[1], rtol=1e-12)
     assert np.all(res.sel(stat="model.nobs").values == 30)
+    # without chunks on disk: element chunks of up to 32 MiB, here all 5 in one
+    assert res.chunks == ((4,), (5,))
     # an in-memory Dataset: errors name it as such
     ds = arr.to_dataset()
     np.testing.assert_allclose(
