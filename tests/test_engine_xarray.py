@@ -146,6 +146,19 @@ def test_cluster_selection_lists_and_errors() -> None:
         assert sub["beta_summary"]["summary"].shape == (2, 23)
 
 
+def test_cluster_index_needs_one_block_per_cluster_in_order() -> None:
+    from xarray_clusterh5.fmristore.index import ClusterIndex
+
+    coords = {"cluster": [3, 1], "voxel_cluster": ("voxel", [1, 1, 3])}
+    with pytest.raises(ValueError, match="one contiguous block per cluster"):
+        xr.Dataset(coords=coords).set_xindex(["cluster", "voxel_cluster"], ClusterIndex)
+    coords["voxel_cluster"] = ("voxel", [3, 1, 1])
+    ds = xr.Dataset(coords=coords).set_xindex(
+        ["cluster", "voxel_cluster"], ClusterIndex
+    )
+    assert ds.sel(cluster=1)["voxel_cluster"].values.tolist() == [1, 1]
+
+
 def test_close_releases_the_file() -> None:
     path = fmristore_path("irregular")
     before = _open_files()

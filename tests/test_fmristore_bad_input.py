@@ -112,6 +112,10 @@ CORRUPTIONS: dict[str, tuple[Callable[[h5py.File], None], str]] = {
         ),
         r"/clusters/cluster_meta/cluster_id is not integer",
     ),
+    "pixdim_short": (
+        lambda f: _replace(f, "header/pixdim", np.array([1.0, 2.0, 2.0])),
+        r"/header/pixdim too short: \[1.0, 2.0, 2.0\]",
+    ),
     "mask_not_a_dataset": (
         lambda f: (f.__delitem__("mask"), f.create_group("mask")),
         r"no /mask dataset",

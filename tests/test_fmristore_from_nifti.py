@@ -223,3 +223,14 @@ def test_atlas_with_a_trailing_axis_of_one(nifti_files: dict, tmp_path: Path) ->
     ds = from_nifti({"a": nifti_files["task"][0]}, atlas=path)
     assert ds["cluster"].values.tolist() == [3, 7, 10]
     np.testing.assert_array_equal(ds["n_voxels"].values, [36, 7, 24])
+
+
+def test_affine_source_names_the_header_form(nifti_files: dict, tmp_path: Path) -> None:
+    img = nib.Nifti1Image(_atlas(), None)
+    img.set_qform(AFFINE, code=1)
+    img.set_sform(None, code=0)  # only the qform holds the orientation
+    nib.save(img, tmp_path / "qform.nii")
+    ds = from_nifti({"a": nifti_files["task"][0]}, atlas=tmp_path / "qform.nii")
+    assert ds.attrs["affine_source"] == f"NIfTI qform of {tmp_path / 'qform.nii'}"
+    ds = from_nifti({"a": nifti_files["task"][0]}, atlas=nifti_files["atlas"])
+    assert ds.attrs["affine_source"] == f"NIfTI sform of {nifti_files['atlas']}"

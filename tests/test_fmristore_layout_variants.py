@@ -139,3 +139,7 @@ def test_short_pixdim_gives_the_spacing(tmp_path: Path) -> None:
         f["header/pixdim"] = np.array([1.0, 3.0, 2.5, 2.0])
     with xr.open_dataset(path, engine="clusterh5") as ds:
         assert ds.attrs["spacing"].tolist() == [3.0, 2.5, 2.0]
+    with h5py.File(path, "r+") as f:
+        del f["header/pixdim"]
+    with xr.open_dataset(path, engine="clusterh5") as ds:  # NIfTI's default
+        assert ds.attrs["spacing"].tolist() == [1.0, 1.0, 1.0]

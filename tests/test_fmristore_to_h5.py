@@ -41,6 +41,30 @@ def test_padded_round_trip(tmp_path: Path, fixture_name: str) -> None:
     assert "summary_only" not in ours["/scans"]["attrs"]  # mixed file: omitted
 
 
+def test_existing_file_kept_and_no_bar_unless_asked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "v.h5"
+    with xr.open_dataset(fmristore_path("vignette"), engine="clusterh5") as ds:
+        to_fmristore(ds, out)
+        assert capsys.readouterr().err == ""
+        with pytest.raises(FileExistsError):
+            to_fmristore(ds, out)
+        to_fmristore(ds, out, overwrite=True, progress=True)
+    assert "writing v.h5: 100%" in capsys.readouterr().err
+
+
+def test_fmristore_version_is_written_back(tmp_path: Path) -> None:
+    with xr.open_dataset(fmristore_path("irregular_head"), engine="clusterh5") as ds:
+        ds.attrs["fmristore_version"] = "0.2.0"
+        to_fmristore(ds, tmp_path / "v.h5")
+        to_fmristore(ds, tmp_path / "old.h5", format="2025")
+    with xr.open_dataset(tmp_path / "v.h5", engine="clusterh5") as back:
+        assert back.attrs["fmristore_version"] == "0.2.0"
+    with xr.open_dataset(tmp_path / "old.h5", engine="clusterh5") as back:
+        assert "fmristore_version" not in back.attrs  # 2025 files have none
+
+
 def test_datatree_round_trip(tmp_path: Path, fixture_name: str) -> None:
     out = tmp_path / "tree.h5"
     with xr.open_datatree(fmristore_path(fixture_name), engine="clusterh5") as dt:

@@ -105,6 +105,23 @@ def test_metadata_mixing_string_vectors_and_numbers(tmp_path: Path) -> None:
     assert "tags" not in got["c"]
 
 
+def test_views_known_by_their_dims_without_attributes() -> None:
+    # operations that drop attributes (or files written elsewhere) keep the dims
+    path = fmristore_path("irregular")
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        names = ds.clusterh5.scan_names
+        assert ds.drop_attrs(deep=False).clusterh5.scan_names == names
+        one = ds.sel(run="zeta_full").drop_attrs(deep=False)  # run as a scalar
+        assert one.clusterh5.scan_names == ["zeta_full"]
+    with xr.open_dataset(path, engine="clusterh5", group="beta_summary") as run:
+        bare = run.drop_attrs(deep=False)
+        xr.testing.assert_equal(
+            bare.clusterh5.summary_matrix(), run.clusterh5.summary_matrix()
+        )
+    with pytest.raises(ValueError, match="not a clusterh5 view"):
+        _ = xr.Dataset({"x": ("t", [1])}).clusterh5.scan_names
+
+
 def test_fixture_dims_are_exact(fixture_name: str) -> None:
     exp = fmristore_expected(fixture_name)
     with xr.open_dataset(fmristore_path(fixture_name), engine="clusterh5") as ds:

@@ -25,6 +25,7 @@ from tests._helpers import (
     fmristore_path,
     h5ls_listing,
 )
+from xarray_clusterh5 import ClusterH5Error
 from xarray_clusterh5.fmristore.write import Run, affine_to_header, write_experiment
 
 QFIELDS = ("qoffset_x", "qoffset_y", "qoffset_z", "quatern_b", "quatern_c", "quatern_d")
@@ -305,7 +306,7 @@ BAD = [
     ({"cluster_metadata": {"cluster_id": [1, 1]}}, "duplicate cluster ids"),
     ({"cluster_metadata": {"cluster_id": [1, 2], "x": [1.0]}}, "differ in length"),
     ({"format": "2024"}, "format must be"),
-    ({"compression": 11}, "gzip level"),
+    ({"compression": 10}, "gzip level"),
     ({"chunks": {"times": 3}}, "unknown chunk keys"),
     ({"affine": np.eye(3)}, "4x4"),
     ({"affine": np.diag([2.0, 2, 2, 1]), "spacing": (1, 1, 1)}, "disagrees"),
@@ -396,6 +397,15 @@ def test_progress_bar_counts_blocks(
     # 2 clusters of 2 full scans and 2 summaries
     assert "writing bar.h5: 100%" in err
     assert " 6/6 " in err
+
+
+def test_missing_folder_is_made_only_when_asked(tmp_path: Path) -> None:
+    target = tmp_path / "nope" / "out.h5"
+    with pytest.raises(ClusterH5Error, match="no such folder"):
+        write_experiment(target, **_tiny())
+    assert not target.parent.exists()
+    write_experiment(target, parents=True, **_tiny())
+    assert target.is_file()
 
 
 def test_run_is_immutable() -> None:
@@ -526,16 +536,32 @@ def test_contiguous_clusters_are_read_as_slices(tmp_path: Path) -> None:
             return self.values[key]
 
     data = np.arange(20.0).reshape(4, 5)
-    cmap = np.array([1, 1, 2, 2])
+    cmap = np.array([1, 1, 1, 2])
     out = write_experiment(
         tmp_path / "c.h5", **_tiny(cluster_map=cmap, runs={"rest": Source(data)})
     )
-    assert keys == [slice(0, 2), slice(2, 4)]
+    assert keys == [slice(0, 3), slice(3, 4)]
     with h5py.File(out) as f:
-        np.testing.assert_array_equal(f["scans/rest/clusters/cluster_2"], data[2:].T)
+        np.testing.assert_array_equal(f["scans/rest/clusters/cluster_1"], data[:3].T)
     keys.clear()
     write_experiment(tmp_path / "s.h5", **_tiny(runs={"rest": Source(data)}))
     assert [np.asarray(k).tolist() for k in keys] == [[0, 2], [1, 3]]
+
+
+def test_bad_block_shapes_fail_before_any_block_is_read(tmp_path: Path) -> None:
+    read: list[int] = []
+
+    class Lazy:
+        shape, ndim = (2, 5), 2
+
+        def __array__(self, dtype=None, copy=None):  # type: ignore[no-untyped-def]
+            read.append(1)
+            return np.zeros(self.shape, dtype=dtype or float)
+
+    bad = {1: Lazy(), 2: np.zeros((3, 5))}
+    with pytest.raises(ValueError, match=r"cluster 2 data has shape \(3, 5\)"):
+        write_experiment(tmp_path / "b.h5", **_tiny(runs={"rest": bad}))
+    assert read == []
 
 
 def test_pandas_cluster_metadata(tmp_path: Path) -> None:

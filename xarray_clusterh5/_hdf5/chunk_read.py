@@ -82,9 +82,9 @@ _pool_lock = threading.Lock()
 
 def _threads() -> int:
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        return len(os.sched_getaffinity(0))  # never empty
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        return os.cpu_count() or 1
 
 
 def _get_pool() -> tuple[ThreadPoolExecutor, int]:

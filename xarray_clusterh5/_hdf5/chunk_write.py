@@ -50,9 +50,9 @@ _H5Z_FILTER_SHUFFLE = 2
 def default_threads() -> int:
     """Threads to compress with: the CPUs this process may run on."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        return len(os.sched_getaffinity(0))  # never empty
     except AttributeError:  # pragma: no cover - not Linux
-        return max(1, os.cpu_count() or 1)
+        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

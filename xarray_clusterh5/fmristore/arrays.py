@@ -8,6 +8,7 @@ Every read of one ``__getitem__`` happens inside one lock acquisition.
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -221,10 +222,9 @@ class RunVoxelArray(_ClusterArray):
         # requested voxels are sorted: each cluster is one contiguous run of them
         pos = np.searchsorted(self.offsets, v_idx, side="right") - 1
         starts = np.flatnonzero(np.r_[True, pos[1:] != pos[:-1]])
-        stops = np.r_[starts[1:], len(pos)]
         v_run, t_run = _is_run(v_idx), _is_run(t_idx)
         jobs = []
-        for a, b in zip(starts, stops, strict=True):
+        for a, b in itertools.pairwise(np.r_[starts, len(pos)]):
             c = int(pos[a])
             jobs.append(
                 _Job(

@@ -334,7 +334,7 @@ def _space(atlas: Any, mask: Any, images: _Images) -> tuple[_Space, np.ndarray]:
         raise ValueError("no voxel is inside both the atlas and the mask")
     if labels.max() > np.iinfo(np.int32).max:
         raise ValueError("atlas labels must fit in 32-bit integers")
-    sform_code = int(ref_img.header.get("sform_code", 0) or 0)
+    sform_code = int(ref_img.header.get("sform_code", 0))
     space = _Space(
         shape=(int(labels.shape[0]), int(labels.shape[1]), int(labels.shape[2])),
         affine=affine,

@@ -272,11 +272,7 @@ def series_concat(
     """
     ds = with_run_dim(ds)
     if runs is None:
-        runs = [
-            r
-            for r, has in zip(scan_names(ds), as_numpy(ds["has_data"]), strict=True)
-            if has
-        ]
+        runs = np.array(scan_names(ds))[as_numpy(ds["has_data"]).astype(bool)].tolist()
     parts = []
     for r in runs:
         s = series(ds, mask_index, run=r)
@@ -453,8 +449,9 @@ def matrix_concat(ds: xr.Dataset, runs: Sequence[str] | None = None) -> xr.DataA
     """Summary runs stacked along time (R's ``matrix_concat``)."""
     ds = with_run_dim(ds)
     if runs is None:
-        has = as_numpy(ds["has_summary"])
-        runs = [r for r, h in zip(scan_names(ds), has, strict=True) if h]
+        runs = np.array(scan_names(ds))[
+            as_numpy(ds["has_summary"]).astype(bool)
+        ].tolist()
     parts = []
     for r in runs:
         m = summary_matrix(ds, r)

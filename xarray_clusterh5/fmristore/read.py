@@ -172,14 +172,12 @@ def _read_header(
     shape = (int(dim[1]), int(dim[2]), int(dim[3]))
     if min(shape) < 1:
         raise ClusterH5Error(path, f"/header/dim gives an empty volume {shape}")
-    pixdim = (
-        np.asarray(header["pixdim"][()], dtype=float).ravel()
-        if "pixdim" in header
-        else np.ones(8)
-    )
-    if pixdim.size < 4:
-        raise ClusterH5Error(path, f"/header/pixdim too short: {pixdim.tolist()}")
-    spacing = (float(pixdim[1]), float(pixdim[2]), float(pixdim[3]))
+    spacing = (1.0, 1.0, 1.0)  # NIfTI's default
+    if "pixdim" in header:
+        pixdim = np.asarray(header["pixdim"][()], dtype=float).ravel()
+        if pixdim.size < 4:
+            raise ClusterH5Error(path, f"/header/pixdim too short: {pixdim.tolist()}")
+        spacing = (float(pixdim[1]), float(pixdim[2]), float(pixdim[3]))
 
     def scalar(name: str) -> float | None:
         if name not in header:
