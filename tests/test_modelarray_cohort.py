@@ -48,7 +48,10 @@ def test_from_cohort_long(in_cohort):
     assert isinstance(var.data, da.Array)
     assert var.chunks == ((2, 2, 1), (100,))
     np.testing.assert_array_equal(var.values, _values("thickness.h5", "thickness"))
-    # cohort columns along subject, exactly as written in the CSV
+    # cohort columns along subject, exactly as written in the CSV (and no others)
+    assert [c for c in ds.coords if ds[c].dims == ("subject",)] == [
+        "source_file", "subject_id", "age", "sex",
+    ]  # fmt: skip
     assert ds["source_file"].values.tolist() == [
         f"thickness/sub-000{i}_thickness.dscalar.nii" for i in range(1, 6)
     ]
@@ -175,6 +178,19 @@ def test_bad_cohorts_name_the_csv(tmp_path, text, match):
     with pytest.raises(ClusterH5Error, match=match) as err:
         cohort.from_cohort(csv)
     assert str(csv) in str(err.value)
+
+
+def test_unreadable_first_file_is_named(tmp_path):
+    (tmp_path / "d.dscalar.nii").mkdir()  # the reference file cannot be read
+    shutil.copy(COHORT / "thickness" / "sub-0001_thickness.dscalar.nii", tmp_path)
+    csv = tmp_path / "c.csv"
+    csv.write_text(
+        "scalar_name,source_file\nthickness,d.dscalar.nii\n"
+        "thickness,sub-0001_thickness.dscalar.nii\n"
+    )
+    with pytest.raises(ClusterH5Error, match="reading the CIFTI header failed") as err:
+        cohort.from_cohort(csv, relative_to="csv")
+    assert str(err.value).startswith(f"{tmp_path / 'd.dscalar.nii'}: ")
 
 
 def test_wide_missing_column(tmp_path):
@@ -457,3 +473,5 @@ def test_cohort_array_indexing_equals_numpy(rows, cols):
     np.testing.assert_array_equal(arr[...], full)
     with pytest.raises(IndexError, match="too many indices for a 2-D cohort array"):
         arr[0, 0, 0]
+    # a contiguous range out of order is read in the order asked
+    np.testing.assert_array_equal(arr[:, [3, 1, 2]], full[:, [3, 1, 2]])

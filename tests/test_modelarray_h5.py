@@ -19,6 +19,7 @@ from xarray_clusterh5.modelarray.store import is_modelarray_file
 
 COHORT = MODELARRAY / "cohort"
 RESULTS = MODELARRAY / "results" / "thickness_with_results.h5"
+NIFTI = MODELARRAY.parent / "modelarray_modalities" / "nifti"
 NAN_ELEMENTS = [30, 41, 42, 51, 52]
 
 
@@ -188,6 +189,16 @@ def test_outputs_and_cohort_file_are_checked_before_reading(tmp_path):
         convert.cohort_to_h5(tmp_path / "nope.csv", tmp_path / "n.h5")
 
 
+def test_column_names_must_match_subjects(tmp_path):
+    with (
+        h5py.File(tmp_path / "c.h5", "w") as f,
+        pytest.raises(ValueError, match="scalar 'fa': 2 column names for 3 subjects"),
+    ):
+        modelarray_io.write_scalar(
+            f, "fa", 3, 4, ["a", "b"], _fill_from(np.zeros((3, 4)))
+        )
+
+
 def test_scalar_names_must_be_hdf5_names(tmp_path):
     with h5py.File(tmp_path / "x.h5", "w") as f:
         for bad in ["a/b", "..", ""]:
@@ -289,6 +300,34 @@ def test_scalar_sources_lookup_order(tmp_path):
         assert modelarray_io.scalar_column_names(p, f, "b") == ["quirk1", "quirk2"]
         with pytest.raises(ClusterH5Error, match="no column_names"):
             modelarray_io.scalar_column_names(p, f, "c")
+
+
+def test_only_groups_with_a_results_matrix_are_analyses(tmp_path):
+    path = tmp_path / "r.h5"
+    path.write_bytes(RESULTS.read_bytes())
+    with h5py.File(path, "a") as f:
+        before = modelarray_io.list_analyses(str(path), f)
+        f["results/.age.partial/results_matrix"] = np.zeros((2, 100))  # interrupted
+        f.create_group("results/empty")
+        assert modelarray_io.list_analyses(str(path), f) == before
+    assert before == ["legacy_attr", "lm", "lm_stream"]
+
+
+@pytest.mark.parametrize(
+    ("names", "match"),
+    [
+        (["voxel_id", "i", "j"], r"/voxels has shape \(4, 800\) but column names"),
+        (["voxel_id", "i", "j", "q"], r"/voxels lacks columns \['k'\]"),
+    ],
+)
+def test_damaged_voxel_tables_are_named(tmp_path, names, match):
+    path = tmp_path / "v.h5"
+    path.write_bytes((NIFTI / "out" / "modelarray.h5").read_bytes())
+    with h5py.File(path, "a") as f:
+        f["voxels"].attrs["column_names"] = names
+    with pytest.raises(ClusterH5Error, match=match) as err:
+        xr.open_dataset(path, engine="clusterh5")
+    assert str(path) in str(err.value)
 
 
 def test_external_links_are_refused(tmp_path):

@@ -852,7 +852,10 @@ class CohortArray:
         self.blocks = list(blocks)
         self.shape = (len(self.blocks), int(n_elements))
         self.dtype = np.dtype("float32")
-        self.ndim = 2
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
 
     def __len__(self) -> int:
         return self.shape[0]
