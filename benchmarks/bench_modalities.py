@@ -150,6 +150,7 @@ def floor_to_modelarray(folder: Path, out_h5: Path, threads: int) -> dict[str, f
                 chunks,
                 level=spec.level,
                 shuffle=spec.shuffle,
+                fill=0,
                 compress=deflate,
             ),
             starts,

@@ -212,6 +212,10 @@ def test_errors_name_the_problem(nifti_files: dict, tmp_path: Path) -> None:
         from_nifti({"a": rest}, atlas=np.zeros(SHAPE, int))
     with pytest.raises(ValueError, match="not in runs"):
         from_nifti({"a": rest}, atlas=_atlas(), metadata={"b": {"x": 1}})
+    with pytest.raises(ValueError, match="atlas labels must fit in 32-bit integers"):
+        from_nifti({"a": rest}, atlas=np.where(_atlas() > 0, 2**31, 0))
+    top = from_nifti({"a": rest}, atlas=np.where(_atlas() > 0, 2**31 - 1, 0))
+    assert top["cluster"].values.tolist() == [2**31 - 1]
     with pytest.raises(ValueError, match="'x' of scan 'a' does not fit R's 32-bit"):
         from_nifti({"a": rest}, atlas=_atlas(), metadata={"a": {"x": 2**31}})
 

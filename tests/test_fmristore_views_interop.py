@@ -118,6 +118,13 @@ def test_views_known_by_their_dims_without_attributes() -> None:
         xr.testing.assert_equal(
             bare.clusterh5.summary_matrix(), run.clusterh5.summary_matrix()
         )
+        # summaries alone: a cluster dimension and no voxels
+        alone = xr.Dataset(
+            {"summary": run["summary"].variable}, {"cluster": run["cluster"].values}
+        )
+        np.testing.assert_array_equal(
+            alone.clusterh5.summary_matrix(), run.clusterh5.summary_matrix()
+        )
     with pytest.raises(ValueError, match="not a clusterh5 view"):
         _ = xr.Dataset({"x": ("t", [1])}).clusterh5.scan_names
 

@@ -70,7 +70,7 @@ def test_encode_chunk_matches_hdf5_filter_bytes(tmp_path: Path) -> None:
         stored = d.id.read_direct_chunk((4, 4))
     mask, raw = stored
     assert mask == 0
-    expected = encode_chunk(arr[4:, 4:], (4, 4), level=4, shuffle=True)
+    expected = encode_chunk(arr[4:, 4:], (4, 4), level=4, shuffle=True, fill=0)
     assert raw == expected
 
 

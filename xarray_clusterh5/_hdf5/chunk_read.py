@@ -173,7 +173,7 @@ class _Chunk:
     filter_mask: int
     src: tuple[slice, slice]  # inside the chunk
     dst: tuple[slice, slice]  # inside the window
-    at: tuple[int, int] = (0, 0)
+    at: tuple[int, int]
 
     @property
     def stored(self) -> int:

@@ -117,8 +117,8 @@ def encode_chunk(
     chunk_shape: tuple[int, ...],
     *,
     level: int | None,
-    shuffle: bool = False,
-    fill: Any = 0,
+    shuffle: bool,
+    fill: Any,
     compress: Any = zlib.compress,
 ) -> bytes:
     """The bytes HDF5 stores for one chunk.

@@ -479,7 +479,7 @@ def to_fmristore(
             f"expected an xarray Dataset or DataTree, got {type(obj).__name__}"
         )
     fmt = format or str(attrs.get("fmristore_generation", "2026"))
-    if fmt == "2026" and "fmristore_version" in attrs:
+    if "fmristore_version" in attrs:  # written with format "2026" only
         kwargs.setdefault("fmristore_version", str(attrs["fmristore_version"]))
     content.update(kwargs)
     return write_experiment(
