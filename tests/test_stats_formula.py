@@ -31,6 +31,21 @@ def test_coefficient_names_are_rs(analysis) -> None:
     assert design.response == "FA"
 
 
+def test_spline_columns_numbered_as_r() -> None:
+    # splines::bs columns are 1..df in R, as formulaic numbers them
+    d = design_matrix("FA ~ bs(age, df=3)", phenotypes())
+    assert d.names == ["Intercept"] + [f"bs(age, df = 3){i}" for i in (1, 2, 3)]
+
+
+def test_phenotypes_with_an_index_column_and_any_row_labels() -> None:
+    # a table saved by pandas.to_csv often has an "index" column; labels ignored
+    ph = phenotypes().assign(index=1.0)
+    ph.index = ph.index + 100
+    d = design_matrix("FA ~ age", ph)
+    assert d.rows.tolist() == list(range(80))
+    np.testing.assert_array_equal(d.matrix[:, 1], ph.age.to_numpy())
+
+
 def test_a_design_cannot_be_changed() -> None:
     # one design serves every element's fit (and every dask task): it is read-only
     design = design_matrix("FA ~ age", phenotypes())
@@ -106,6 +121,8 @@ def test_translation_to_python() -> None:
         ("I(a - (b - c))", "I(a - (b - c))"),
         ("I(a - b - c)", "I(a - b - c)"),
         ("I(a - b * c)", "I(a - b * c)"),
+        ("I(a * b / c)", "I(a * b/c)"),
+        ("I(a % b // c)", "I(a%%b%/%c)"),
         ("I((a - b) * c)", "I((a - b) * c)"),
         ("I(a / (b * c))", "I(a/(b * c))"),
         ("I((a ** b) ** c)", "I((a^b)^c)"),
