@@ -47,6 +47,9 @@ def test_from_cohort_long(in_cohort):
     assert var.dtype == np.float32
     assert isinstance(var.data, da.Array)
     assert var.chunks == ((2, 2, 1), (100,))
+    assert cohort.from_cohort("cohort_thickness.csv")["thickness"].chunks == (
+        (5,), (100,),
+    )  # fmt: skip
     np.testing.assert_array_equal(var.values, _values("thickness.h5", "thickness"))
     # cohort columns along subject, exactly as written in the CSV (and no others)
     assert [c for c in ds.coords if ds[c].dims == ("subject",)] == [
@@ -337,16 +340,30 @@ def test_to_cifti_equals_modelarrayio(in_cohort, tmp_path, analysis):
     assert_same_export(tmp_path / analysis, MODELARRAY / "export" / analysis)
 
 
-def test_to_cifti_from_a_computed_dataset(in_cohort, tmp_path):
+def test_to_cifti_from_a_computed_dataset(in_cohort, tmp_path, capsys):
     # results computed in xarray export with the cohort's first file as template
     ds = cohort.from_cohort("cohort_thickness.csv")
     with xr.open_dataset(RESULTS, engine="clusterh5") as res:
         lm = res["lm"].load()
     ds["lm"] = lm.drop_vars(["element", "structure"])
     ds["lm"].attrs["modelarray_group"] = "results"
+    capsys.readouterr()
     out = cohort.to_cifti(ds, tmp_path, analysis="lm")
+    assert capsys.readouterr().err == ""  # no progress bar unless asked
     assert_same_export(tmp_path, MODELARRAY / "export" / "lm")
     assert len(out) == 19
+    ds["bad"] = ds["lm"].expand_dims(extra=1)
+    ds["bad"].attrs["modelarray_group"] = "results"
+    with pytest.raises(ValueError, match=r"'bad' must have dims \(stat, element\)"):
+        cohort.to_cifti(ds, tmp_path / "b", analysis="bad")
+
+
+def test_to_modelarray_shows_progress_by_default(in_cohort, tmp_path, capsys):
+    ds = cohort.from_cohort("cohort_thickness.csv")
+    capsys.readouterr()
+    cohort.to_modelarray(ds, tmp_path / "p.h5")
+    err = capsys.readouterr().err
+    assert "100/100" in err  # the bar counts elements
 
 
 def test_accessor_to_cifti_dispatches_results_to_modelarrayio_exports(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import h5py
@@ -187,6 +188,14 @@ def test_outputs_and_cohort_file_are_checked_before_reading(tmp_path):
         FileNotFoundError, match=r"nope\.csv: cohort file does not exist"
     ):
         convert.cohort_to_h5(tmp_path / "nope.csv", tmp_path / "n.h5")
+
+
+def test_scalar_streams_are_read_only():
+    # shared by the writer's threads: a stream's source list cannot be swapped
+    stream = modelarray_io.ScalarStream("fa", ["a"], _fill_from(np.zeros((1, 3))))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        stream.column_names = ["b"]  # type: ignore[misc]
+    assert stream.stripe_bytes == modelarray_io.STRIPE_BYTES
 
 
 def test_column_names_must_match_subjects(tmp_path):

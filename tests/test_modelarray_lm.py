@@ -6,6 +6,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import dask.array as da
 import h5py
 import numpy as np
 import pandas as pd
@@ -465,6 +466,19 @@ def test_in_memory_dataarray() -> None:
     assert np.all(res.sel(stat="model.nobs").values == 30)
     # without chunks on disk: element chunks of up to 32 MiB, here all 5 in one
     assert res.chunks == ((4,), (5,))
+    # ModelArray's default thresholds: more than max(10, 0.2 * 30) subjects
+    gaps = y.copy()
+    gaps[:19, 0] = np.nan  # 11 subjects left: fitted
+    gaps[:20, 1] = np.nan  # 10 left: not fitted
+    counted = lm(
+        arr.copy(data=gaps), "thickness ~ x", ph, var_model=["nobs"],
+        correct_p_value_model="none",
+    )  # fmt: skip
+    nobs = counted.sel(stat="model.nobs").values
+    assert nobs[0] == 11
+    assert np.isnan(nobs[1])
+    assert np.isfinite(counted.sel(stat="x.estimate").values[0])
+    assert np.isnan(counted.sel(stat="x.estimate").values[1])
     # an in-memory Dataset: errors name it as such
     ds = arr.to_dataset()
     np.testing.assert_allclose(
@@ -472,3 +486,18 @@ def test_in_memory_dataarray() -> None:
     )
     with pytest.raises(ClusterH5Error, match="<in-memory Dataset>: no scalar 'FA'"):
         lm(ds, "FA ~ x", ph)
+
+
+def test_element_chunks_hold_up_to_32_mib() -> None:
+    # 30 subjects: 32 MiB of float64 is 139810 elements, whole disk chunks if any
+    ph = pd.DataFrame({"source_file": [f"s{i}" for i in range(30)], "x": range(30)})
+    arr = xr.DataArray(
+        da.zeros((30, 300_000)),
+        dims=("subject", "element"),
+        coords={"source_file": ("subject", ph.source_file)},
+        name="thickness",
+    )
+    res = lm(arr, "thickness ~ x", ph)
+    assert res.chunks[1] == (139810, 139810, 20380)
+    arr.encoding["chunksizes"] = (30, 1000)
+    assert lm(arr, "thickness ~ x", ph).chunks[1] == (139000, 139000, 22000)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -27,6 +29,13 @@ def test_coefficient_names_are_rs(analysis) -> None:
     assert design.names == terms
     assert design.intercept
     assert design.response == "FA"
+
+
+def test_a_design_cannot_be_changed() -> None:
+    # one design serves every element's fit (and every dask task): it is read-only
+    design = design_matrix("FA ~ age", phenotypes())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        design.names = ["x"]  # type: ignore[misc]
 
 
 def test_missing_phenotypes_drop_rows() -> None:

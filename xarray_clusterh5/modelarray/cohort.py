@@ -222,7 +222,8 @@ def cohort_dataset(
     for s, arr in arrays.items():
         dim, src = names[s]
         token = tokenize(csv, s, arr)
-        chunks = (min(max(1, int(batch_size)), arr.shape[0]), arr.shape[1])
+        # (dask clips a batch larger than the cohort to the cohort)
+        chunks = (max(1, int(batch_size)), arr.shape[1])
         darr = da.from_array(
             arr, chunks=chunks, asarray=False, lock=False,
             name=f"cohort-{s}-{token}", inline_array=True,

@@ -978,7 +978,7 @@ def stripe_reader(
     threads read several files at once while other threads compress.
     """
     n = len(array.blocks)
-    step = max(1, n // (4 * max(1, threads)))
+    step = max(1, n // (4 * threads))  # threads >= 1: the pool's size
 
     def read(start: int, stop: int) -> np.ndarray:
         out = np.empty((n, stop - start), dtype=np.float32)
