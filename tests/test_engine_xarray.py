@@ -137,6 +137,8 @@ def test_cluster_selection_lists_and_errors() -> None:
         assert again.data.shape == (273, 64)
         with pytest.raises(KeyError, match="cluster id 3 not found"):
             ds.sel(cluster=3)
+        with pytest.raises(ValueError, match="select with cluster=<id or ids>"):
+            ds.sel(cluster=2, voxel_cluster=2)
         for picks in (xr.DataArray([2, 40], dims="pick"), xr.DataArray([[2]])):
             with pytest.raises(ValueError, match="does not support vectorized"):
                 ds.sel(cluster=picks)

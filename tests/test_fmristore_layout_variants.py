@@ -143,3 +143,24 @@ def test_short_pixdim_gives_the_spacing(tmp_path: Path) -> None:
         del f["header/pixdim"]
     with xr.open_dataset(path, engine="clusterh5") as ds:  # NIfTI's default
         assert ds.attrs["spacing"].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_qfac_zero_means_one(tmp_path: Path) -> None:
+    # the NIfTI rule: a qfac of 0 (old writers) is read as 1
+    path = _copy(tmp_path, "vignette")
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        expected = ds.attrs["affine"]
+    with h5py.File(path, "r+") as f:
+        assert float(f["header/qfac"][()]) == 1.0
+        f["header/qfac"][()] = 0.0
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        np.testing.assert_array_equal(ds.attrs["affine"], expected)
+
+
+def test_scan_classes_decide_the_generation(tmp_path: Path) -> None:
+    # 2025 scan classes under a 2026 root class: the scans decide
+    path = _copy(tmp_path, "irregular")
+    with h5py.File(path, "r+") as f:
+        f.attrs["fmristore_class"] = np.array([b"H5ParcellatedMultiScan"], dtype=object)
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        assert ds.attrs["fmristore_generation"] == "2025"

@@ -167,4 +167,9 @@ def test_to_fmristore_refuses_the_same_voxel_twice(tmp_path: Path) -> None:
     run_twice = run.assign_coords(i=("voxel", i), j=("voxel", j), k=("voxel", k))
     with pytest.raises(ValueError, match="the same voxel appears twice"):
         to_fmristore(run_twice, tmp_path / "run.h5")
+    # distinct voxels given one position in mask order
+    mi = run["mask_index"].values.copy()
+    mi[1] = mi[0]
+    with pytest.raises(ValueError, match="mask_index disagrees with i/j/k"):
+        to_fmristore(run.assign_coords(mask_index=("voxel", mi)), tmp_path / "m.h5")
     assert not list(tmp_path.iterdir())

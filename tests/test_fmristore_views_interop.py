@@ -125,6 +125,8 @@ def test_views_known_by_their_dims_without_attributes() -> None:
         np.testing.assert_array_equal(
             alone.clusterh5.summary_matrix(), run.clusterh5.summary_matrix()
         )
+        with pytest.raises(ValueError, match="'beta_summary' has no voxel data"):
+            run.clusterh5.series([0])
     with pytest.raises(ValueError, match="not a clusterh5 view"):
         _ = xr.Dataset({"x": ("t", [1])}).clusterh5.scan_names
 

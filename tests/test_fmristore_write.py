@@ -408,6 +408,40 @@ def test_missing_folder_is_made_only_when_asked(tmp_path: Path) -> None:
     assert target.is_file()
 
 
+def test_rotation_with_unequal_voxel_sizes(tmp_path: Path) -> None:
+    from nibabel.eulerangles import euler2mat
+
+    affine = np.eye(4)
+    affine[:3, :3] = euler2mat(0.4, -0.3, 0.7) @ np.diag([2.0, 3.0, 4.5])
+    affine[:3, 3] = [10.0, -20.0, 5.0]
+    mask = np.ones((2, 2, 2), dtype=bool)
+    out = write_experiment(
+        tmp_path / "rot.h5",
+        mask=mask,
+        cluster_map=np.ones(8, dtype=int),
+        runs={"r": np.zeros((8, 2))},
+        affine=affine,
+    )
+    with h5py.File(out) as f:
+        np.testing.assert_allclose(
+            _r_quatern_to_matrix(f["header"]), affine, atol=1e-12
+        )
+
+
+def test_lazy_data_with_a_summary(tmp_path: Path) -> None:
+    # the data's length is known only when read: the summary is checked then
+    summary = np.ones((2, 5))
+    runs = {"rest": Run(data=lambda cid: np.zeros((2, 5)), summary=summary)}
+    out = write_experiment(tmp_path / "l.h5", **_tiny(runs=runs))
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(
+            f["scans/rest/clusters_summary/summary_data"], summary
+        )
+    runs = {"rest": Run(data=lambda cid: np.zeros((2, 5)), summary=np.ones((2, 4)))}
+    with pytest.raises(ValueError, match="summary has 4 time points, data 5"):
+        write_experiment(tmp_path / "bad.h5", **_tiny(runs=runs))
+
+
 def test_run_is_immutable() -> None:
     run = Run(data=np.zeros((4, 3)))
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -230,7 +230,7 @@ def _typed_metadata(value: Any, what: str) -> Any:
     if stored.dtype.kind == "O":  # bytes or strings among objects, ASCII
         stored = stored.astype(bytes).astype(str)
         return str(stored) if stored.ndim == 0 else stored
-    return stored[()] if stored.ndim == 0 else stored
+    return stored[()]  # a NumPy scalar when 0-d, else the array itself
 
 
 _Images = list[tuple[str, ImageLike, Any]]  # (name, source, nibabel image)

@@ -132,7 +132,7 @@ def typed_value(value: Any, dtype: str | None) -> Any:
     if dtype is None:
         return value
     arr = np.asarray(value).astype(np.dtype(dtype))
-    return arr[()] if arr.ndim == 0 else arr
+    return arr[()]  # a NumPy scalar when 0-d, else the array itself
 
 
 def scan_metadata(ds: xr.Dataset) -> dict[str, dict[str, Any]]:

@@ -190,8 +190,7 @@ def _read_header(
             affine = np.vstack([*rows, [0.0, 0.0, 0.0, 1.0]])
             return shape, spacing, affine, "header srow_x/y/z (sform)", "srow"
     q = {name: scalar(name) for name in L.HEADER_SCALARS}
-    qfac = q["qfac"] if q["qfac"] not in (None, 0.0) else 1.0
-    qfac = -1.0 if qfac < 0 else 1.0
+    qfac = -1.0 if (q["qfac"] or 0.0) < 0 else 1.0  # NIfTI: 0 or none means 1
     zoom = np.diag([spacing[0], spacing[1], qfac * spacing[2]])
     if any(q[n] is None for n in L.HEADER_SCALARS if n != "qfac"):
         offset = [q[n] or 0.0 for n in ("qoffset_x", "qoffset_y", "qoffset_z")]
