@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+from tests._helpers import fmristore_path
 from xarray_clusterh5 import from_nifti
 from xarray_clusterh5.fmristore.write import write_experiment
 
@@ -95,3 +96,15 @@ def test_from_nifti_summaries_in_float64(tmp_path: Path) -> None:
     # a float32 mean of the same rows (numpy adds them one row at a time)
     assert _relative_error(values.mean(axis=0), reference) > RTOL
     assert _relative_error(got.astype(np.float64), reference) < RTOL
+
+
+def test_cluster_means_are_nan_past_each_run_and_for_summary_runs() -> None:
+    with xr.open_dataset(fmristore_path("irregular"), engine="clusterh5") as ds:
+        means = ds.clusterh5.cluster_means()
+        for run, n_time in zip(ds.run.values, ds.n_time.values, strict=True):
+            m = means.sel(run=run).values  # (cluster, time), time padded to 64
+            if run == "beta_summary":  # no voxel data
+                assert np.isnan(m).all()
+                continue
+            assert not np.isnan(m[:, :n_time]).any()
+            assert np.isnan(m[:, n_time:]).all()
