@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 from pathlib import Path
 
@@ -354,6 +355,16 @@ def test_not_cifti_inputs(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(ClusterH5Error, match="empty or truncated"):
         cifti.read_reference(empty)
+    packed = tmp_path / "z.dscalar.nii"
+    packed.write_bytes(gzip.compress(THICK[0].read_bytes()))
+    with pytest.raises(
+        ClusterH5Error, match="is gzip-compressed; CIFTI-2 files are not"
+    ):
+        cifti.read_reference(packed)
+    two_files = tmp_path / "m.dscalar.nii"
+    two_files.write_bytes(THICK[0].read_bytes().replace(b"n+2\0", b"ni2\0", 1))
+    with pytest.raises(ClusterH5Error, match=r"not a single-file NIfTI-2 \(magic"):
+        cifti.read_reference(two_files)
     # cut after the header size field: a NIfTI-2 start, then nothing
     cut = tmp_path / "cut.dscalar.nii"
     cut.write_bytes(THICK[0].read_bytes()[:4])
