@@ -839,3 +839,26 @@ def test_fixtures_are_modelarrayio_files():
         digest, name = line.split(maxsplit=1)
         path = MODELARRAY / name.lstrip("*").strip()
         assert hashlib.sha256(path.read_bytes()).hexdigest() == digest, name
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_volume_affine_in_millimetres_whatever_the_meter_exponent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fast: bool
+) -> None:
+    # CIFTI-2 stores the volume matrix in units of 10^MeterExponent m; the
+    # fast parser and the nibabel fallback must both give millimetres
+    src = MODELARRAY / "export" / "lm" / "lm_age.estimate.dscalar.nii"
+    raw = src.read_bytes()
+    assert raw.count(b'MeterExponent="-3"') == 1
+    path = tmp_path / "cm.dscalar.nii"  # same matrix, now read as centimetres
+    path.write_bytes(raw.replace(b'MeterExponent="-3"', b'MeterExponent="-2"'))
+    if not fast:
+        monkeypatch.setattr(cifti, "parse_brain_models", lambda *a: None)
+    mm, _ = cifti.read_reference(src)
+    cm, _ = cifti.read_reference(path)
+    stored = nib.load(src).header.get_axis(1).affine
+    np.testing.assert_array_equal(mm.affine, stored)
+    want = stored.copy()
+    want[:3] *= 10.0
+    np.testing.assert_allclose(cm.affine, want, rtol=1e-15)
+    assert not np.allclose(cm.affine, mm.affine)

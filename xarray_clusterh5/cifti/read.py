@@ -175,16 +175,29 @@ class BrainModel:
 
     @classmethod
     def from_axis(
-        cls, axis: cifti2_axes.BrainModelAxis, xml: bytes, path: str
+        cls,
+        axis: cifti2_axes.BrainModelAxis,
+        xml: bytes,
+        path: str,
+        meter_exponent: int,
     ) -> BrainModel:
-        """From a nibabel axis (the slow path, for XML the fast parser refuses)."""
+        """From a nibabel axis (the slow path, for XML the fast parser refuses).
+
+        nibabel keeps the volume matrix as stored; like the fast parser, this
+        scales it to millimetres by its ``MeterExponent`` (CIFTI-2: units of
+        10^MeterExponent m).
+        """
         shape = axis.volume_shape
+        affine = None
+        if axis.affine is not None:
+            affine = np.array(axis.affine, dtype=float)
+            affine[:3] *= 10.0 ** (meter_exponent + 3)
         return cls(
             np.asarray(axis.name, dtype=str),
             np.asarray(axis.vertex, dtype=np.int64),
             np.asarray(axis.voxel, dtype=np.int64),  # (n, 3) in nibabel
             {str(k): int(v) for k, v in axis.nvertices.items()},
-            None if axis.affine is None else np.asarray(axis.affine, dtype=float),
+            affine,
             None if shape is None else _shape3(shape),
             xml,
             path,
@@ -288,7 +301,7 @@ def parse_brain_models(bm_xml: bytes, n_elements: int, path: str) -> BrainModel 
         volume_shape = _shape3(sizes)
         exponent = int(_xml_attr(tr.group(1), "MeterExponent") or -3)
         affine = values.reshape(4, 4)
-        affine[:3] *= 10.0 ** (exponent + 3)  # to millimetres, as nibabel does
+        affine[:3] *= 10.0 ** (exponent + 3)  # to millimetres (CIFTI-2 units)
     return BrainModel(
         structure.astype(str),
         vertex,
@@ -307,7 +320,9 @@ def _brain_model_of(path: str, bm_xml: bytes, n_el: int) -> BrainModel:
     if model is not None:
         return model
     try:
-        axis = _nib_load(path).header.get_axis(1)
+        header = _nib_load(path).header
+        axis = header.get_axis(1)
+        volume = header.matrix.get_index_map(1).volume
     except Exception as err:
         raise ClusterH5Error(
             path, f"nibabel cannot read its CIFTI-2 header: {err}"
@@ -318,8 +333,11 @@ def _brain_model_of(path: str, bm_xml: bytes, n_el: int) -> BrainModel:
         raise ClusterH5Error(
             path, f"second axis is {type(axis).__name__}, not brain models"
         )
+    exponent = -3
+    if volume is not None:
+        exponent = volume.transformation_matrix_voxel_indices_ijk_to_xyz.meter_exponent
     # (nibabel refuses a file whose axis lengths differ from its NIfTI dims)
-    return BrainModel.from_axis(axis, bm_xml, path)
+    return BrainModel.from_axis(axis, bm_xml, path, int(exponent))
 
 
 def factorize_structures(
