@@ -46,6 +46,7 @@ from typing import Any
 import h5py
 import numpy as np
 
+from xarray_clusterh5._hdf5.chunk_write import default_threads
 from xarray_clusterh5._hdf5.deflate import inflate
 
 __all__ = [
@@ -80,20 +81,13 @@ _pool_size = 1
 _pool_lock = threading.Lock()
 
 
-def _threads() -> int:
-    try:
-        return len(os.sched_getaffinity(0))  # never empty
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
-
-
 def _get_pool() -> tuple[ThreadPoolExecutor, int]:
     global _pool, _pool_size
     pool = _pool
     if pool is None:
         with _pool_lock:
             if _pool is None:
-                _pool_size = _threads()
+                _pool_size = default_threads()
                 _pool = ThreadPoolExecutor(_pool_size, thread_name_prefix="chunkread")
             pool = _pool
     return pool, _pool_size
