@@ -238,3 +238,17 @@ def test_affine_source_names_the_header_form(nifti_files: dict, tmp_path: Path) 
     assert ds.attrs["affine_source"] == f"NIfTI qform of {tmp_path / 'qform.nii'}"
     ds = from_nifti({"a": nifti_files["task"][0]}, atlas=nifti_files["atlas"])
     assert ds.attrs["affine_source"] == f"NIfTI sform of {nifti_files['atlas']}"
+    img.set_qform(None, code=0)  # neither: nibabel scales by pixdim
+    nib.save(img, tmp_path / "pixdim.nii")
+    run = nib.Nifti1Image(np.ones((*_atlas().shape, 4), np.float32), None)
+    run.header.set_zooms((*img.header.get_zooms(), 2.0))
+    run.set_qform(None, code=0)
+    nib.save(run, tmp_path / "run.nii")  # the same pixdim affine
+    ds = from_nifti({"a": tmp_path / "run.nii"}, atlas=tmp_path / "pixdim.nii")
+    assert ds.attrs["affine_source"] == (
+        f"NIfTI pixdim (sform_code and qform_code 0) of {tmp_path / 'pixdim.nii'}"
+    )
+    mgh = tmp_path / "atlas.mgz"  # not NIfTI: no sform or qform to name
+    nib.save(nib.MGHImage(_atlas().astype(np.int32), AFFINE), mgh)
+    ds = from_nifti({"a": nifti_files["task"][0]}, atlas=mgh)
+    assert ds.attrs["affine_source"] == f"MGHImage affine of {mgh}"

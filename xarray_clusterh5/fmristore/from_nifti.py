@@ -243,7 +243,7 @@ class _Space:
     shape: tuple[int, int, int]
     affine: np.ndarray  # (4, 4) float64 of the reference image
     description: str  # the reference file, for messages and affine_source
-    form: str  # "sform" or "qform": the header form the affine came from
+    form: str  # where the affine came from ("NIfTI sform", ...), for affine_source
     mask_index: np.ndarray  # (N,) int64, mask order (x fastest)
     cluster_map: np.ndarray  # (N,) int32
 
@@ -334,16 +334,27 @@ def _space(atlas: Any, mask: Any, images: _Images) -> tuple[_Space, np.ndarray]:
         raise ValueError("no voxel is inside both the atlas and the mask")
     if labels.max() > np.iinfo(np.int32).max:
         raise ValueError("atlas labels must fit in 32-bit integers")
-    sform_code = int(ref_img.header.get("sform_code", 0))
     space = _Space(
         shape=(int(labels.shape[0]), int(labels.shape[1]), int(labels.shape[2])),
         affine=affine,
         description=ref_desc,
-        form="sform" if sform_code > 0 else "qform",
+        form=_affine_form(ref_img),
         mask_index=mask_index,
         cluster_map=labels.ravel(order="F")[mask_index].astype(np.int32),
     )
     return space, labels
+
+
+def _affine_form(img: Any) -> str:
+    """The header field nibabel took ``img.affine`` from (``get_best_affine``)."""
+    header = img.header
+    if not isinstance(header, nib.Nifti1Header):  # Analyze, MGH, MINC ...
+        return f"{type(img).__name__} affine"
+    if int(header["sform_code"]) > 0:
+        return "NIfTI sform"
+    if int(header["qform_code"]) > 0:
+        return "NIfTI qform"
+    return "NIfTI pixdim (sform_code and qform_code 0)"
 
 
 def _scan_tr(
@@ -403,7 +414,7 @@ def _experiment(
         volume_shape=space.shape,
         spacing=spacing,
         affine=space.affine,
-        affine_source=f"NIfTI {space.form} of {space.description}",
+        affine_source=f"{space.form} of {space.description}",
         affine_form="srow",  # the writer stores srow_* and the quaternion
         mask_index=space.mask_index,
         cluster_map=space.cluster_map,
