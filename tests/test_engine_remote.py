@@ -12,6 +12,7 @@ import pickle
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -181,20 +182,34 @@ def test_remote_missing_and_not_hdf5(served: Served) -> None:
         )
 
 
-def test_from_cohort_with_remote_source_files(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def local_cohort(monkeypatch: pytest.MonkeyPatch) -> tuple[Any, xr.Dataset]:
+    """The bundled thickness cohort's table and its Dataset read locally."""
     import pandas as pd
 
     from xarray_clusterh5.modelarray import cohort
 
-    local_dir = MODELARRAY / "cohort"
-    table = pd.read_csv(local_dir / "cohort_thickness.csv")
-    monkeypatch.chdir(local_dir)
-    want = cohort.from_cohort("cohort_thickness.csv")
-    with serve(local_dir) as server:
-        table["source_file"] = [f"{server.url}/{s}" for s in table["source_file"]]
-        table.to_csv(tmp_path / "remote.csv", index=False)
+    monkeypatch.chdir(MODELARRAY / "cohort")
+    table = pd.read_csv("cohort_thickness.csv")
+    return table, cohort.from_cohort("cohort_thickness.csv")
+
+
+def _served(table: Any, server: Served, path: Path) -> Any:
+    """``table`` with its files at ``server``, written to ``path``."""
+    table = table.copy()
+    table["source_file"] = [f"{server.url}/{s}" for s in table["source_file"]]
+    table.to_csv(path, index=False)
+    return table
+
+
+def test_from_cohort_with_remote_source_files(
+    tmp_path: Path, local_cohort: tuple[Any, xr.Dataset]
+) -> None:
+    from xarray_clusterh5.modelarray import cohort
+
+    table, want = local_cohort
+    with serve(MODELARRAY / "cohort") as server:
+        table = _served(table, server, tmp_path / "remote.csv")
         got = cohort.from_cohort(tmp_path / "remote.csv")
         assert server.count("GET") == len(table)  # each file fetched once, whole
         np.testing.assert_array_equal(got["thickness"].values, want["thickness"].values)
@@ -206,20 +221,14 @@ def test_from_cohort_with_remote_source_files(
 
 
 def test_from_cohort_storage_options_reach_the_server(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, local_cohort: tuple[Any, xr.Dataset]
 ) -> None:
-    import pandas as pd
-
     from xarray_clusterh5.modelarray import cohort
 
-    local_dir = MODELARRAY / "cohort"
-    table = pd.read_csv(local_dir / "cohort_thickness.csv")
-    monkeypatch.chdir(local_dir)
-    want = cohort.from_cohort("cohort_thickness.csv")
+    table, want = local_cohort
     secret = "c0hort-s3cr3t"
-    with serve(local_dir, token=secret) as server:
-        table["source_file"] = [f"{server.url}/{s}" for s in table["source_file"]]
-        table.to_csv(tmp_path / "remote.csv", index=False)
+    with serve(MODELARRAY / "cohort", token=secret) as server:
+        table = _served(table, server, tmp_path / "remote.csv")
         with pytest.raises((ClusterH5Error, FileNotFoundError)) as err:
             cohort.from_cohort(tmp_path / "remote.csv")  # no credentials
         assert server.url in str(err.value)
