@@ -674,6 +674,23 @@ def test_export_with_integer_template_goes_through_nibabel(tmp_path):
     assert back.header.get_axis(1) == _fixture_axis()
 
 
+def test_export_with_scaled_float_template_goes_through_nibabel(tmp_path):
+    tmpl = _write(
+        tmp_path / "t.dscalar.nii",
+        np.zeros((1, 100), np.float32),
+        (ca.ScalarAxis(["t"]), _fixture_axis()),
+    )
+    raw = bytearray(tmpl.read_bytes())
+    raw[176:192] = np.array([2.5, 1.0], dtype="<f8").tobytes()  # scl_slope/inter
+    tmpl.write_bytes(bytes(raw))
+    template = cifti_write.load_template(tmpl)
+    # the template's header bytes would rescale the values a reader sees
+    assert template.header_bytes is None
+    row = np.arange(100, dtype=np.float64)
+    out = export.write_cifti_results(tmp_path / "o", "a", ["s"], row[None], template)
+    np.testing.assert_array_equal(nib.load(out[0]).get_fdata()[0], row)
+
+
 @pytest.mark.parametrize(
     ("analysis", "stat"),
     [

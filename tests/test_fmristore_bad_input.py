@@ -57,6 +57,19 @@ def test_hdf5_without_layout(tmp_path: Path) -> None:
         xr.open_dataset(path, engine="clusterh5")
 
 
+@pytest.mark.parametrize("cls", ["H5ParcellatedScan", "H5ParcellatedScanSummary"])
+def test_single_scan_file_is_refused(tmp_path: Path, cls: str) -> None:
+    """A file whose root says single scan is not read as an experiment."""
+    path = _copy(tmp_path, "irregular_head")
+    with h5py.File(path, "r+") as f:
+        f.attrs["fmristore_class"] = np.array([cls], dtype=h5py.string_dtype())
+    with pytest.raises(
+        ClusterH5Error,
+        match=rf"irregular_head\.h5: is a single-scan fmristore file \({cls}\)",
+    ):
+        xr.open_dataset(path, engine="clusterh5")
+
+
 def _edit(path: Path, change: Callable[[h5py.File], None]) -> None:
     with h5py.File(path, "r+") as f:
         change(f)

@@ -320,6 +320,23 @@ def test_cluster_label_slices_include_the_stop(start, stop, expected) -> None:
         assert sub["zeta_full"]["data"].shape[0] == sum(n_voxels[c] for c in expected)
 
 
+def test_cluster_label_slices_need_ascending_ids() -> None:
+    """After sel(cluster=[17, 5]) a label slice has no order to follow."""
+    path = fmristore_path("irregular")
+    with xr.open_dataset(path, engine="clusterh5", group="zeta_full") as ds:
+        sub = ds.sel(cluster=[17, 5])
+        assert sub["cluster"].values.tolist() == [17, 5]
+        with pytest.raises(KeyError, match="label slices need ascending cluster ids"):
+            sub.sel(cluster=slice(5, 17))
+    # consecutive ids (1, 2, 3) are ascending too
+    path = fmristore_path("vignette")
+    with xr.open_dataset(path, engine="clusterh5", group="rest_run") as ds:
+        sub = ds.sel(cluster=slice(2, 3))
+        assert sub["cluster"].values.tolist() == [2, 3]
+        assert np.unique(sub["voxel_cluster"].values).tolist() == [2, 3]
+        assert sub.sizes["voxel"] == 72
+
+
 # --------------------------------------------------------------------------
 # the quaternion header, read without srow_*
 # --------------------------------------------------------------------------

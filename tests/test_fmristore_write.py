@@ -309,6 +309,12 @@ BAD = [
     ({"compression": 10}, "gzip level"),
     ({"chunks": {"times": 3}}, "unknown chunk keys"),
     ({"affine": np.eye(3)}, "4x4"),
+    ({"affine": np.diag([2.0, 0, 2, 1])}, "zero-length axis"),
+    # a callable shows each cluster's time points only as it is written
+    (
+        {"runs": {"rest": lambda cid: np.zeros((2, 5 if cid == 1 else 6))}},
+        "scan 'rest': cluster 2 has 6 time points, other clusters 5",
+    ),
     ({"affine": np.diag([2.0, 2, 2, 1]), "spacing": (1, 1, 1)}, "disagrees"),
     ({"mask": np.ones((2, 2))}, "3-D"),
     ({"mask": np.zeros((2, 2, 2), dtype=bool), "cluster_map": []}, "empty"),

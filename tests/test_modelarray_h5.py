@@ -59,6 +59,8 @@ def test_empty_matrix_has_no_chunks():
 def test_chunk_options():
     assert modelarray_io.chunk_shape(200, 91282, chunk_voxels=256) == (200, 256)
     assert modelarray_io.chunk_shape(5, 100, chunk_voxels=1000) == (5, 100)
+    # ModelArrayIO: any chunk_voxels > 0 is taken as is, down to one element
+    assert modelarray_io.chunk_shape(200, 91282, chunk_voxels=1) == (200, 1)
     assert modelarray_io.chunk_shape(50, 91282, target_chunk_mb=0.25) == (50, 1310)
     assert modelarray_io.chunk_shape(50, 91282, dtype="float64") == (50, 5242)
     with pytest.raises(ValueError, match="float32 or float64"):
@@ -334,6 +336,28 @@ def test_damaged_voxel_tables_are_named(tmp_path, names, match):
     path.write_bytes((NIFTI / "out" / "modelarray.h5").read_bytes())
     with h5py.File(path, "a") as f:
         f["voxels"].attrs["column_names"] = names
+    with pytest.raises(ClusterH5Error, match=match) as err:
+        xr.open_dataset(path, engine="clusterh5")
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("parcels", "match"),
+    [
+        ({"parcel_id": ["P0", "P1"]}, "/parcels gives 2 parcel names for 3 elements"),
+        (
+            {"parcel_id_from": ["P0", "P1"], "parcel_id_to": ["P0", "P1"]},
+            "/parcels gives 4 parcel_from names for 3 elements",
+        ),
+    ],
+)
+def test_parcel_names_must_cover_the_elements(tmp_path, parcels, match):
+    path = tmp_path / "p.h5"
+    with h5py.File(path, "w") as f:
+        f["scalars/x/values"] = np.zeros((2, 3), np.float32)
+        f["scalars/x/column_names"] = np.array([b"s1", b"s2"])
+        for name, ids in parcels.items():
+            f[f"parcels/{name}"] = np.array(ids, dtype=h5py.string_dtype())
     with pytest.raises(ClusterH5Error, match=match) as err:
         xr.open_dataset(path, engine="clusterh5")
     assert str(path) in str(err.value)

@@ -71,6 +71,15 @@ def test_treatment_contrasts_against_first_sorted_level() -> None:
     assert design_matrix("y ~ g", ph).names == ["Intercept", "gb", "ga"]
 
 
+def test_factor_levels_with_parentheses() -> None:
+    # R's model.matrix pastes the level as is: "gb (old)", "gb (old):x"
+    ph = pd.DataFrame({"g": ["b (old)", "a", "b (old)", "a"], "x": [1.0, 2, 3, 5]})
+    d = design_matrix("y ~ g * x", ph)
+    assert d.names == ["Intercept", "gb (old)", "x", "gb (old):x"]
+    np.testing.assert_array_equal(d.matrix[:, 1], [1, 0, 1, 0])
+    np.testing.assert_array_equal(d.matrix[:, 3], [1, 0, 3, 0])
+
+
 def test_logical_columns_are_factors() -> None:
     ph = pd.DataFrame({"flag": [True, False, True]})
     d = design_matrix("y ~ flag", ph)
@@ -124,6 +133,8 @@ def test_translation_to_python() -> None:
         ("I(a * b / c)", "I(a * b/c)"),
         ("I(a % b // c)", "I(a%%b%/%c)"),
         ("I((a - b) * c)", "I((a - b) * c)"),
+        ("I((a + b) * c)", "I((a + b) * c)"),
+        ("I(a - (b + c))", "I(a - (b + c))"),
         ("I(a / (b * c))", "I(a/(b * c))"),
         ("I((a ** b) ** c)", "I((a^b)^c)"),
         ("I(a ** b ** c)", "I(a^b^c)"),

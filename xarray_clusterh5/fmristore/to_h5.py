@@ -371,8 +371,8 @@ def _flat_run(
         data = _run_blocks(var, keys, threads)
     if "summary" in node.data_vars:
         svar = node["summary"].variable.transpose("cluster", "time")
-        ids = as_numpy(node["cluster"]) if "cluster" in node.coords else cluster_ids
-        order = np.argsort(ids)
+        # cluster_ids is the node's own 'cluster' (a tree's children inherit it)
+        order = np.argsort(cluster_ids)
         sel: Any = slice(None)
         if not np.array_equal(order, np.arange(order.size)):
             sel = order

@@ -71,24 +71,21 @@ def geometry_attrs(exp: Experiment) -> dict[str, Any]:
 
 
 def _metadata_name(key: str, prefix: str, taken: set[str]) -> str:
-    name = key if key not in RESERVED and key not in taken else f"{prefix}{key}"
+    name = key
     while name in RESERVED or name in taken:
         name = f"{prefix}{name}"
     return name
 
 
-def cluster_table(
-    exp: Experiment, taken: set[str] | None = None
-) -> dict[str, xr.Variable]:
+def cluster_table(exp: Experiment) -> dict[str, xr.Variable]:
     """``n_voxels`` and every cluster-metadata column, along ``cluster``."""
-    taken = set() if taken is None else taken
     out: dict[str, xr.Variable] = {
         "n_voxels": xr.Variable(
             ("cluster",), exp.n_voxels, {"long_name": "voxels in the cluster"}
         )
     }
     for key, values in exp.cluster_metadata.items():
-        name = _metadata_name(key, "cluster_", taken | set(out))
+        name = _metadata_name(key, "cluster_", set(out))
         attrs: dict[str, Any] = {
             ROLE: "cluster_metadata",
             "fmristore_key": key,
@@ -195,7 +192,7 @@ def experiment_flat_coords(exp: Experiment, *, in_tree: bool = False) -> xr.Coor
         exp.n_voxels,
         order,
         exp.ijk()[order],
-        cluster_table(exp, set(RESERVED)),
+        cluster_table(exp),
         in_tree=in_tree,
     )
 
@@ -344,7 +341,7 @@ def build_padded(exp: Experiment, data: Any | None, summary: Any | None) -> xr.D
         "has_summary": xr.Variable(("run",), np.array([s.has_summary for s in scans])),
         **padded_geometry(exp),
     }
-    coords.update(cluster_table(exp, set(RESERVED)))
+    coords.update(cluster_table(exp))
     coords.update(scan_metadata_coords(scans, set(RESERVED) | set(coords)))
     ds = xr.Dataset(variables, coords=coords)
     real = int(exp.n_voxels.sum()) * int(sum(s.n_time for s in scans if s.has_data))
