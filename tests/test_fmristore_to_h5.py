@@ -212,6 +212,47 @@ def test_subsets_of_a_view_write_consistent_files(tmp_path: Path) -> None:
     assert back["mask_index"].values.max() == 209
 
 
+def test_dask_run_is_computed_in_one_graph(tmp_path: Path) -> None:
+    """A dask task shared by every cluster runs once, not once per cluster."""
+    computed: list[tuple[int, ...]] = []
+
+    def counted(block: np.ndarray) -> np.ndarray:
+        if block.size:  # not dask's zero-size meta probe
+            computed.append(block.shape)
+        return block
+
+    path = fmristore_path("irregular")
+    with xr.open_dataset(path, engine="clusterh5", group="zeta_full", chunks={}) as ds:
+        whole = ds["data"].data.rechunk(-1).map_blocks(counted, dtype=np.float32)
+        out = to_fmristore(ds.assign(data=(ds["data"].dims, whole)), tmp_path / "o.h5")
+        assert computed == [(484, 37)]  # one block holding all 4 clusters
+        with xr.open_dataset(out, engine="clusterh5", group="zeta_full") as back:
+            np.testing.assert_array_equal(back["data"].values, ds["data"].values)
+
+
+def test_lazy_run_is_read_one_cluster_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without dask, the writer reads each cluster's rows, never the whole run."""
+    from xarray_clusterh5.fmristore.arrays import RunVoxelArray
+
+    rows_read: list[int] = []
+    original = RunVoxelArray._raw_indexing_method
+
+    def spy(self, key):  # type: ignore[no-untyped-def]
+        out = original(self, key)
+        rows_read.append(out.shape[0])
+        return out
+
+    monkeypatch.setattr(RunVoxelArray, "_raw_indexing_method", spy)
+    path = fmristore_path("irregular")
+    with xr.open_dataset(path, engine="clusterh5", group="zeta_full") as ds:
+        out = to_fmristore(ds, tmp_path / "o.h5")
+        assert sorted(rows_read) == [1, 7, 203, 273]  # the clusters' voxels
+        with xr.open_dataset(out, engine="clusterh5", group="zeta_full") as back:
+            xr.testing.assert_identical(back["data"], ds["data"])
+
+
 def test_failed_dask_write_stops_producer(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
