@@ -342,7 +342,7 @@ def build_padded(exp: Experiment, data: Any | None, summary: Any | None) -> xr.D
         **padded_geometry(exp),
     }
     coords.update(cluster_table(exp))
-    coords.update(scan_metadata_coords(scans, set(RESERVED) | set(coords)))
+    coords.update(scan_metadata_coords(scans, set(coords)))
     ds = xr.Dataset(variables, coords=coords)
     real = int(exp.n_voxels.sum()) * int(sum(s.n_time for s in scans if s.has_data))
     padded = len(exp.cluster_ids) * vmax * tmax * sum(s.has_data for s in scans)
