@@ -4,7 +4,10 @@ Each mutant changes one expression of one core module, the kind of slip a
 person makes: a comparison turned (``<`` into ``<=``, ``==`` into ``!=``), an
 arithmetic operator swapped (``+``/``-``, ``*``/``/``), an integer off by one,
 ``and``/``or`` swapped, a ``not`` dropped, a sign flipped, ``True``/``False``
-swapped, or a check removed (``if bad: raise ...`` never raising).
+swapped, or a check removed (``if bad: raise ...`` never raising). A line
+marked ``# pragma: no mutate`` (mutmut's marker) is left alone: it is kept
+for tuning knobs whose every value gives the same results, and the comment
+says why.
 
 Each mutant is run, in a scratch copy of the repository with ``pytest -x``,
 against the tests that execute its line: one coverage run (pytest-cov, one
@@ -160,14 +163,17 @@ def _unmutated(tree: ast.Module) -> set[int]:
 class _Sites(ast.NodeTransformer):
     """Counts mutation sites; mutates the ``target``-th one if given."""
 
-    def __init__(self, skip: set[int], target: int = -1) -> None:
+    def __init__(
+        self, skip: set[int], target: int = -1, quiet_lines: frozenset[int] = frozenset()
+    ) -> None:
         self.skip = skip
+        self.quiet_lines = quiet_lines
         self.target = target
         self.count = 0
         self.found: list[tuple[int, int, str]] = []
 
     def _site(self, node: ast.AST, kind: str) -> bool:
-        if id(node) in self.skip:
+        if id(node) in self.skip or getattr(node, "lineno", 0) in self.quiet_lines:
             return False
         hit = self.count == self.target
         line = getattr(node, "lineno", 0)
@@ -221,23 +227,31 @@ class _Sites(ast.NodeTransformer):
         return node
 
 
-def _parse(path: Path) -> tuple[ast.Module, set[int]]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    return tree, _unmutated(tree)
+#: mutmut's marker for a line whose mutants are equivalent; the comment must say why
+NO_MUTATE = "pragma: no mutate"
+
+
+def _parse(path: Path) -> tuple[ast.Module, set[int], frozenset[int]]:
+    text = path.read_text(encoding="utf-8")
+    quiet = frozenset(
+        n for n, line in enumerate(text.splitlines(), 1) if NO_MUTATE in line
+    )
+    tree = ast.parse(text)
+    return tree, _unmutated(tree), quiet
 
 
 def sites(path: Path) -> list[tuple[int, int, str]]:
     """(line, end line, kind) of every mutation site of a module, in visiting order."""
-    tree, skip = _parse(path)
-    finder = _Sites(skip)
+    tree, skip, quiet = _parse(path)
+    finder = _Sites(skip, quiet_lines=quiet)
     finder.visit(tree)
     return finder.found
 
 
 def mutated_source(path: Path, index: int) -> str:
     """The module's source with its ``index``-th site mutated."""
-    tree, skip = _parse(path)
-    _Sites(skip, index).visit(tree)
+    tree, skip, quiet = _parse(path)
+    _Sites(skip, index, quiet).visit(tree)
     return ast.unparse(ast.fix_missing_locations(tree))
 
 
