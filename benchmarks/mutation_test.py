@@ -164,7 +164,10 @@ class _Sites(ast.NodeTransformer):
     """Counts mutation sites; mutates the ``target``-th one if given."""
 
     def __init__(
-        self, skip: set[int], target: int = -1, quiet_lines: frozenset[int] = frozenset()
+        self,
+        skip: set[int],
+        target: int = -1,
+        quiet_lines: frozenset[int] = frozenset(),
     ) -> None:
         self.skip = skip
         self.quiet_lines = quiet_lines
