@@ -121,20 +121,24 @@ class _Pipeline:
 def _pipeline(
     dset: h5py.Dataset | h5py.h5d.DatasetID,
     plist: h5py.h5p.PropDCID | None = None,
+    shape: tuple[int, ...] | None = None,
 ) -> _Pipeline | None:
     """The dataset's filters if we can undo all of them, else None.
 
-    Works on the low-level ``DatasetID`` (and its creation property list, if
-    the caller already has it): per dataset this costs a few microseconds
-    where the high-level properties cost tens, which matters with thousands
-    of small cluster datasets.
+    Works on the low-level ``DatasetID`` (and its creation property list and
+    shape, if the caller already has them): per dataset this costs a few
+    microseconds where the high-level properties cost tens, which matters
+    with thousands of small cluster datasets.
     """
     dsid = dset.id if isinstance(dset, h5py.Dataset) else dset
-    dtype = dsid.dtype  # each property call is an HDF5 call: once per dataset
-    if dsid.rank != 2 or dtype not in _SUPPORTED:
+    dtype = dsid.dtype  # h5py caches it; shape and rank are HDF5 calls
+    rank = dsid.rank if shape is None else len(shape)
+    if rank != 2 or dtype not in _SUPPORTED:
         return None
     if plist is None:
         plist = dsid.get_create_plist()
+    # (H5Pequal against the last dataset's list would save these calls, but
+    # it calls creation lists with other chunk shapes equal: measured)
     if plist.get_layout() != h5py.h5d.CHUNKED:
         return None
     filters = []
@@ -674,6 +678,7 @@ def locate_chunks(
     selection: tuple[slice, slice],
     *,
     plist: h5py.h5p.PropDCID | None = None,
+    shape: tuple[int, int] | None = None,
 ) -> ChunkTable | None:
     """Every stored chunk's location, when ``selection`` needs most of them.
 
@@ -681,15 +686,17 @@ def locate_chunks(
     ``get_chunk_info_by_coord`` lookup does, so it pays when the window needs
     at least half of the dataset's chunks (a whole small cluster dataset: the
     common case). None when it does not pay, or the dataset is not one we
-    decode ourselves.
+    decode ourselves. ``plist`` and ``shape``, if the caller has them, save
+    HDF5 calls.
     """
     dsid = dset.id if isinstance(dset, h5py.Dataset) else dset
     if not hasattr(dsid, "chunk_iter") or not _is_window(selection):
         return None  # HDF5 older than 1.14 has no H5Dchunk_iter
-    pipe = _pipeline(dsid, plist)
+    pipe = _pipeline(dsid, plist, shape)
     if pipe is None:
         return None
-    shape = dsid.shape
+    if shape is None:
+        shape = dsid.shape
     b0, b1 = _bounds(selection[0], shape[0]), _bounds(selection[1], shape[1])
     if b0 is None or b1 is None or not _mostly_needed(shape, pipe.chunks, b0, b1):
         return None

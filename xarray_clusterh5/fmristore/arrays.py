@@ -175,8 +175,13 @@ class _ClusterArray(BackendArray):
         if found is None:
             dset = self._dataset(f, groups, job)  # raises what is wrong, or h5py
             return _chunkread.fetch_window(dset, sel, locate=locate)
-        dsid, plist = found
-        table = _chunkread.locate_chunks(dsid, sel, plist=plist) if locate else None
+        dsid, plist = found  # its shape is checked: (n_time, n_voxels)
+        shape = (job.n_time, job.n_voxels)
+        table = (
+            _chunkread.locate_chunks(dsid, sel, plist=plist, shape=shape)
+            if locate
+            else None
+        )
         if table is None:
             return _chunkread.fetch_window(dsid, sel, locate=locate, plist=plist)
         tables[key] = table
