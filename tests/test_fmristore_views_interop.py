@@ -142,7 +142,6 @@ def test_fixture_dims_are_exact(fixture_name: str) -> None:
                 np.testing.assert_array_equal(meta[run][key], spec["value"])
 
 
-
 def test_experiment_without_scans_has_empty_run_and_time(tmp_path: Path) -> None:
     """No scans: the padded view keeps its dims, with no run and no time point."""
     path = tmp_path / "none.h5"
