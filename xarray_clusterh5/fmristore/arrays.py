@@ -26,6 +26,9 @@ from xarray_clusterh5.fmristore import read
 
 _F32 = np.dtype("float32")
 
+#: decode located chunks while later ones are located (see ``Decoder``)
+OVERLAP = True
+
 
 @dataclass
 class _Job:
@@ -121,11 +124,14 @@ class _ClusterArray(BackendArray):
         """
         pending = []
         with contextlib.ExitStack() as stack:
-            with self._file() as f:
+            with self._file() as f, contextlib.ExitStack() as locating:
                 # one window reads its few chunks directly; batching pays
                 # from two on (and costs a driver check and a dup)
                 source = _chunkread.FileRanges.of(f) if len(jobs) > 1 else None
-                dec = stack.enter_context(_chunkread.Decoder(source))
+                dec = stack.enter_context(_chunkread.Decoder(source, overlap=OVERLAP))
+                if source is not None and OVERLAP:
+                    # the pool decodes while we locate: see LOCATE_SWITCH_INTERVAL
+                    locating.enter_context(_chunkread.short_switch_interval())
                 groups: dict[str, h5py.Group | None] = {}
                 for job in jobs:
                     (v_sl, v_pick), (t_sl, t_pick) = job.windows()
