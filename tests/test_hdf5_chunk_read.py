@@ -260,6 +260,10 @@ def test_unsupported_selections_decline(sel: object) -> None:
             compression="gzip",
         )
         assert _chunkread.read_window_parallel(dset, sel) is None  # type: ignore[arg-type]
+        # the located path declines them too (an empty window may have a table)
+        table = _chunkread.locate_chunks(dset, sel)  # type: ignore[arg-type]
+        assert table is None or table.window(sel) is None  # type: ignore[arg-type]
+        assert _chunkread.fetch_window(dset, sel, locate=True) is None  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("shape", [(12,), (4, 4, 4)])
@@ -548,6 +552,33 @@ def test_located_windows_read_in_batches_equal_h5py(
             else:  # everything in a single span
                 assert len(src.spans) == 1
         assert src._fd == -1  # the duplicate descriptor is closed
+
+
+def test_chunk_table_only_when_the_window_needs_half_the_chunks(
+    tmp_path: Path,
+) -> None:
+    # one H5Dchunk_iter pass visits every chunk: for a window of few of many
+    # chunks the per-chunk lookups are cheaper, so no table is made
+    data = np.arange(16 * 16, dtype=np.float32).reshape(16, 16)
+    path = tmp_path / "x.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=data, chunks=(4, 4), compression="gzip")
+    with h5py.File(path, "r") as f:
+        dset = f["x"]
+        assert _chunkread.locate_chunks(dset, (slice(0, 4), slice(0, 4))) is None
+        assert _chunkread.locate_chunks(dset, (slice(0, 8), slice(0, 4))) is None
+        half = _chunkread.locate_chunks(dset, (slice(0, 16), slice(0, 8)))
+        assert half is not None  # 8 of 16 chunks
+        every = [(r, c) for r in range(0, 16, 4) for c in range(0, 16, 4)]
+        assert sorted(half.located) == every
+        # any window of the dataset then builds from the table alone
+        sels = [(slice(0, 4), slice(0, 4)), (slice(3, 13), slice(5, 16))]
+        with _chunkread.Decoder(_chunkread.FileRanges.of(f)) as dec:
+            for sel in sels:
+                dec.add(half.window(sel))
+            got = dec.finish()
+    for sel, block in zip(sels, got, strict=True):
+        np.testing.assert_array_equal(block, data[sel])
 
 
 def test_switch_interval_is_restored_by_the_last_of_concurrent_users() -> None:

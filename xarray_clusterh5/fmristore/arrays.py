@@ -126,10 +126,12 @@ class _ClusterArray(BackendArray):
         with contextlib.ExitStack() as stack:
             with self._file() as f, contextlib.ExitStack() as locating:
                 # one window reads its few chunks directly; batching pays
-                # from two on (and costs a driver check and a dup)
-                source = _chunkread.FileRanges.of(f) if len(jobs) > 1 else None
+                # from two on (and costs a driver check and a dup). Either
+                # path reads the same chunks: tuning only, hence no mutants
+                batched = len(jobs) > 1  # pragma: no mutate
+                source = _chunkread.FileRanges.of(f) if batched else None
                 dec = stack.enter_context(_chunkread.Decoder(source, overlap=OVERLAP))
-                if source is not None and OVERLAP:
+                if source is not None and OVERLAP:  # pragma: no mutate - timing only
                     # the pool decodes while we locate: see LOCATE_SWITCH_INTERVAL
                     locating.enter_context(_chunkread.short_switch_interval())
                 groups: dict[str, h5py.Group | None] = {}
