@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
-import threading
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -520,10 +518,9 @@ def _write_many(path: Path, n: int, rng: np.random.Generator) -> list[np.ndarray
     return arrays
 
 
-@pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize(("max_gap", "batch_bytes"), [(-1, 1), (1 << 20, 1 << 30)])
 def test_located_windows_read_in_batches_equal_h5py(
-    tmp_path: Path, max_gap: int, batch_bytes: int, overlap: bool
+    tmp_path: Path, max_gap: int, batch_bytes: int
 ) -> None:
     # the engine's many-small-clusters path: chunks located under the lock,
     # read from the file (neighbours together) and inflated in batches
@@ -536,7 +533,7 @@ def test_located_windows_read_in_batches_equal_h5py(
         fd = f.id.get_vfd_handle()
         for sel in windows:
             src = _CountingSource(fd, max_gap=max_gap, batch_bytes=batch_bytes)
-            with _chunkread.Decoder(src, overlap=overlap) as dec:
+            with _chunkread.Decoder(src) as dec:
                 assert dec.has_source
                 for i in range(len(arrays)):
                     win = _chunkread.fetch_window(f[f"c{i}"].id, sel, locate=True)
@@ -579,34 +576,6 @@ def test_chunk_table_only_when_the_window_needs_half_the_chunks(
             got = dec.finish()
     for sel, block in zip(sels, got, strict=True):
         np.testing.assert_array_equal(block, data[sel])
-
-
-def test_switch_interval_is_restored_by_the_last_of_concurrent_users() -> None:
-    before = sys.getswitchinterval()
-    inside_a = threading.Event()
-    release_a = threading.Event()
-    seen: list[float] = []
-
-    def a() -> None:
-        with _chunkread.short_switch_interval(2e-4):
-            inside_a.set()
-            release_a.wait(10)
-            seen.append(sys.getswitchinterval())
-
-    t = threading.Thread(target=a)
-    t.start()
-    assert inside_a.wait(10)
-    assert sys.getswitchinterval() == pytest.approx(2e-4)
-    with _chunkread.short_switch_interval(2e-4):
-        release_a.set()
-        t.join(10)
-        # a left first: the interval stays short while this block runs
-        assert seen == [pytest.approx(2e-4)]
-        assert sys.getswitchinterval() == pytest.approx(2e-4)
-    assert sys.getswitchinterval() == before
-    with pytest.raises(KeyError), _chunkread.short_switch_interval():
-        raise KeyError("restored on errors too")
-    assert sys.getswitchinterval() == before
 
 
 def test_located_path_declines_and_isolates_failures(tmp_path: Path) -> None:

@@ -35,14 +35,12 @@ pickle.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
-import sys
 import threading
 import weakref
 import zlib
-from collections.abc import Hashable, Iterator
+from collections.abc import Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -109,42 +107,6 @@ def _forget_pool() -> None:
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch
     os.register_at_fork(after_in_child=_forget_pool)
-
-
-#: Python's thread switch interval while a caller locates chunks and the
-#: pool decodes located ones. The caller's h5py calls hold the GIL; at the
-#: default 5 ms a decoding thread waits that long for the GIL after each
-#: chunk, and both slow down (3,488 datasets: opening took 3x longer beside
-#: one decoding thread; at 0.1 ms, 1.16x while the thread decoded at half
-#: its own speed).
-LOCATE_SWITCH_INTERVAL = 1e-4
-
-_switch_lock = threading.Lock()
-_switch_users = 0
-_switch_saved = 0.0
-
-
-@contextlib.contextmanager
-def short_switch_interval(seconds: float | None = None) -> Iterator[None]:
-    """Shorten Python's thread switch interval while the block runs.
-
-    Counted across threads: the first caller saves the interpreter's value,
-    the last one out restores it, so concurrent reads (dask threads) never
-    leave it changed.
-    """
-    global _switch_users, _switch_saved
-    with _switch_lock:
-        if _switch_users == 0:
-            _switch_saved = sys.getswitchinterval()
-            sys.setswitchinterval(seconds or LOCATE_SWITCH_INTERVAL)
-        _switch_users += 1
-    try:
-        yield
-    finally:
-        with _switch_lock:
-            _switch_users -= 1
-            if _switch_users == 0:
-                sys.setswitchinterval(_switch_saved)
 
 
 @dataclass(frozen=True)  # pragma: no mutate - private, never assigned to
@@ -300,7 +262,9 @@ def _decode_into(pipe: _Pipeline, chunk: _Chunk, out: np.ndarray) -> None:
 
 
 def _worth_parallel(n_chunks: int, nbytes: int) -> bool:
-    return n_chunks >= MIN_PARALLEL_CHUNKS and nbytes >= MIN_PARALLEL_BYTES
+    # tuning only: the pool and the caller's thread decode the same values
+    enough = n_chunks >= MIN_PARALLEL_CHUNKS  # pragma: no mutate
+    return enough and nbytes >= MIN_PARALLEL_BYTES  # pragma: no mutate
 
 
 def _run_parallel(window: RawWindow, out: np.ndarray) -> None:
@@ -327,9 +291,8 @@ def _drain_all(jobs: list[tuple[_Pipeline, _Chunk, np.ndarray]]) -> None:
 
     # the calling thread is one of the `size` workers: more threads than
     # cores only adds switching (measured: 3 threads on 2 cores were slower)
-    helpers: list[Future[None]] = [
-        pool.submit(drain) for _ in range(min(size - 1, len(jobs) - 1))
-    ]
+    n_helpers = min(size - 1, len(jobs) - 1)  # pragma: no mutate - tuning
+    helpers: list[Future[None]] = [pool.submit(drain) for _ in range(n_helpers)]
     try:
         drain()
     finally:
@@ -391,7 +354,7 @@ class ByteSource:
     many small chunks costs one hand-off and a few reads.
     """
 
-    max_gap = 64 * 1024
+    max_gap = 64 * 1024  # pragma: no mutate - tuning
     batch_bytes = 512 * 1024
 
     def read(self, spans: list[tuple[int, int]]) -> list[bytes]:
@@ -478,26 +441,20 @@ class Decoder:
             blocks = dec.finish()
 
     Fetched windows (bytes in hand) are decoded while the caller fetches
-    more. Located ones wait for ``finish`` unless ``overlap``: decoding
-    alongside the caller's many small HDF5 calls contends for the GIL, and
-    pays only inside ``short_switch_interval``. A batch of many small
-    windows costs one thread hand-off, and no window waits for another's
-    last chunk. Needs no h5py object.
+    more; located ones wait for ``finish`` (they hold no bytes, and decoding
+    alongside the caller's many small HDF5 calls only contends for the GIL).
+    A batch of many small windows costs one thread hand-off, and no window
+    waits for another's last chunk. Needs no h5py object.
 
     Parameters
     ----------
     source : ByteSource, optional
         Reads located chunks; required to ``add`` windows from
         ``fetch_window(..., locate=True)``. Closed by ``finish`` / on exit.
-    overlap : bool
-        Read and decode located windows while the caller still locates.
     """
 
-    def __init__(
-        self, source: ByteSource | None = None, *, overlap: bool = False
-    ) -> None:
+    def __init__(self, source: ByteSource | None = None) -> None:
         self._source = source
-        self._overlap = overlap
         self._batch_bytes = (source or ByteSource).batch_bytes
         self._queue: queue.SimpleQueue[list[_Job] | None] = queue.SimpleQueue()
         self._outs: list[np.ndarray | None] = []
@@ -506,7 +463,7 @@ class Decoder:
         self._batch: list[_Job] = []
         self._batch_stored = 0
         self._queued = 0
-        self._queued_bytes = 0
+        self._queued_bytes = 0  # pragma: no mutate - tuning
         self._done = False
 
     def __enter__(self) -> Decoder:
@@ -562,13 +519,12 @@ class Decoder:
             self._queued_bytes += self._batch_stored
             self._batch, self._batch_stored = [], 0
         # Located chunks hold no bytes, so they can wait: decoding while the
-        # caller still locates makes both fight for the GIL at Python's
-        # default switch interval (3,488 small datasets: 1.03x raw h5py
-        # overlapped, 0.81x deferred). Fetched chunks hold their bytes:
-        # decode them as they come.
-        # (when helpers start changes timing only: same chunks, same values)
-        wait = self._source is not None and not self._done  # pragma: no mutate
-        if wait and not self._overlap:  # pragma: no mutate
+        # caller still locates only makes both fight for the GIL (3,488 small
+        # datasets, first read: 0.66-0.69x raw h5py deferred, 0.74-0.77x
+        # overlapped even with a 0.1 ms switch interval; 1.03x at 5 ms).
+        # Fetched chunks hold their bytes: decode them as they come.
+        # (When helpers start changes timing only: same chunks, same values.)
+        if self._source is not None and not self._done:  # pragma: no mutate
             return
         if not self._helpers and _worth_parallel(self._queued, self._queued_bytes):
             pool, size = _get_pool()

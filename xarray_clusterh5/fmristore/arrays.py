@@ -26,9 +26,6 @@ from xarray_clusterh5.fmristore import read
 
 _F32 = np.dtype("float32")
 
-#: decode located chunks while later ones are located (see ``Decoder``)
-OVERLAP = True
-
 
 @dataclass
 class _Job:
@@ -117,23 +114,20 @@ class _ClusterArray(BackendArray):
         """Fill each job's destination with its window of one cluster dataset.
 
         Under the lock, every window's chunks are only located (a few
-        low-level HDF5 calls per dataset); batches of neighbouring chunks are
-        then read and inflated on the thread pool while later ones are
-        located, the last ones after the lock is released. Whatever we do not
-        decode ourselves, h5py reads.
+        low-level HDF5 calls per dataset); once the lock is released, batches
+        of neighbouring chunks are read and inflated on the thread pool.
+        Later reads build the windows from the chunk locations kept from the
+        first. Whatever we do not decode ourselves, h5py reads.
         """
         pending = []
         with contextlib.ExitStack() as stack:
-            with self._file() as f, contextlib.ExitStack() as locating:
+            with self._file() as f:
                 # one window reads its few chunks directly; batching pays
                 # from two on (and costs a driver check and a dup). Either
                 # path reads the same chunks: tuning only, hence no mutants
                 batched = len(jobs) > 1  # pragma: no mutate
                 source = _chunkread.FileRanges.of(f) if batched else None
-                dec = stack.enter_context(_chunkread.Decoder(source, overlap=OVERLAP))
-                if source is not None and OVERLAP:  # pragma: no mutate - timing only
-                    # the pool decodes while we locate: see LOCATE_SWITCH_INTERVAL
-                    locating.enter_context(_chunkread.short_switch_interval())
+                dec = stack.enter_context(_chunkread.Decoder(source))
                 groups: dict[str, h5py.Group | None] = {}
                 for job in jobs:
                     (v_sl, v_pick), (t_sl, t_pick) = job.windows()
