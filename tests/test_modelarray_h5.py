@@ -380,6 +380,9 @@ def test_external_links_are_refused(tmp_path):
     [
         (np.zeros(100), r"/greyordinates must be 2-D, has shape \(100,\)"),
         (np.full((2, 100), 7), "structure_id outside structure_names"),
+        # codes index the 4 structure names: 4 and -1 are just outside
+        (np.full((2, 100), 4), "structure_id outside structure_names"),
+        (np.full((2, 100), -1), "structure_id outside structure_names"),
     ],
 )
 def test_damaged_greyordinates_are_named(tmp_path, table, match):
@@ -542,3 +545,66 @@ def test_cohort_table_refuses_ragged_rows(tmp_path):
         modelarray_io.read_cohort_table(path)
     path.write_text("\ufeffscalar_name,source_file\nFA,a.nii\n")
     assert modelarray_io.read_cohort_table(path).source_file == ["a.nii"]
+
+
+def test_cohort_frame_leads_with_the_entry_columns(tmp_path):
+    # from_cohort's coordinates: scalar_name, source_file, _row, then the CSV's
+    path = tmp_path / "c.csv"
+    path.write_text("age,source_file,scalar_name\n30,a.nii,FA\n41,b.nii,MD\n")
+    frame = modelarray_io.read_cohort(path)
+    assert list(frame.columns) == ["scalar_name", "source_file", "_row", "age"]
+    assert frame["scalar_name"].tolist() == ["FA", "MD"]
+    assert frame["_row"].tolist() == [0, 1]
+    assert frame["age"].tolist() == [30, 41]
+
+
+def test_default_storage_options_chunk_as_modelarrayio(tmp_path):
+    # StorageOptions() is what to_modelarray uses unless told otherwise
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        dset = modelarray_io.StorageOptions().create_values(f, "x", 50, 91282)
+        assert dset.chunks == (50, 10485)
+        assert (dset.dtype, dset.compression, dset.compression_opts) == (
+            np.float32,
+            "gzip",
+            4,
+        )
+        assert dset.shuffle
+
+
+def _greyordinates_file(path, table, attrs):
+    with h5py.File(path, "w") as f:
+        f["greyordinates"] = table
+        f["greyordinates"].attrs.update(attrs)
+
+
+def test_greyordinates_columns_by_name_or_position(tmp_path):
+    path = tmp_path / "g.h5"
+    vertex, codes = np.array([5, 6, 7]), np.array([0, 0, 0])
+    # no column_names attribute: rows vertex_id, structure_id as ModelArrayIO writes
+    _greyordinates_file(path, np.stack([vertex, codes]), {"structure_names": ["L"]})
+    with h5py.File(path, "r") as f:
+        got = modelarray_io.read_greyordinates(str(path), f)
+    assert got is not None
+    assert got[0].tolist() == [5, 6, 7]
+    assert got[1].tolist() == ["L", "L", "L"]  # one structure: code 0 is in range
+    # named columns in the other order
+    attrs = {
+        "column_names": ["structure_id", "vertex_id"],
+        "structure_names": ["A", "B"],
+    }
+    _greyordinates_file(path, np.stack([[1, 0, 1], vertex]), attrs)
+    with h5py.File(path, "r") as f:
+        got = modelarray_io.read_greyordinates(str(path), f)
+    assert got is not None
+    assert got[0].tolist() == [5, 6, 7]
+    assert got[1].tolist() == ["B", "A", "B"]
+
+
+def test_results_of_a_bare_fmristore_file_are_refused(tmp_path):
+    # the two groups every fmristore file has, and nothing else
+    path = tmp_path / "fm.h5"
+    with h5py.File(path, "w") as f:
+        f.create_group("scans")
+        f["cluster_map"] = np.zeros(3, np.int32)
+    with pytest.raises(ClusterH5Error, match="is an fmristore clustered experiment"):
+        modelarray_io.read_results(path, "lm")

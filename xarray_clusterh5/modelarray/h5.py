@@ -302,7 +302,9 @@ def _fill_values(
     # chunks compress while later ones are cut and the next stripe is read; at
     # most about STRIPE_BYTES of chunks wait, so a stripe as large as the whole
     # matrix (NIfTI/MIF cohorts) does not also hold all its compressed chunks
-    max_pending = max(2 * n_threads, STRIPE_BYTES // max(per_chunk, 1))
+    # (queue depth: tuning only, every depth writes the same chunks)
+    fit = STRIPE_BYTES // max(per_chunk, 1)  # pragma: no mutate - queue depth
+    max_pending = max(2 * n_threads, fit)  # pragma: no mutate - queue depth
 
     def drain(limit: int) -> None:
         while len(pending) > limit:
@@ -521,7 +523,7 @@ def read_greyordinates(path: str, f: h5py.File) -> tuple[np.ndarray, np.ndarray]
     si = cols.index("structure_id") if "structure_id" in cols else 1
     names = [decode_str(s) for s in np.asarray(raw_names, dtype=object)]
     codes = table[si].astype(np.int64)
-    if names and (codes.min(initial=0) < 0 or codes.max(initial=0) >= len(names)):
+    if names and not np.all((codes >= 0) & (codes < len(names))):
         raise ClusterH5Error(
             path, "/greyordinates structure_id outside structure_names"
         )
