@@ -252,3 +252,31 @@ def test_affine_source_names_the_header_form(nifti_files: dict, tmp_path: Path) 
     nib.save(nib.MGHImage(_atlas().astype(np.int32), AFFINE), mgh)
     ds = from_nifti({"a": nifti_files["task"][0]}, atlas=mgh)
     assert ds.attrs["affine_source"] == f"MGHImage affine of {mgh}"
+
+
+def test_one_string_vectors_are_stored_as_the_writer_stores_them(
+    nifti_files: dict, tmp_path: Path
+) -> None:
+    """A length-1 text vector is the string itself, as R's hdf5r writes it."""
+    text = {"one": ["x"], "u": np.array(["q"]), "two": ["a", "b"], "s": "word"}
+    ds = from_nifti(
+        {"rest": nifti_files["rest"][0]},
+        atlas=nifti_files["atlas"],
+        metadata={"rest": text},
+    )
+    meta = ds.clusterh5.scan_metadata()["rest"]
+    assert (meta["one"], meta["u"], meta["s"]) == ("x", "q", "word")
+    assert meta["two"].tolist() == ["a", "b"]
+    out = to_fmristore(ds, tmp_path / "t.h5")
+    with h5py.File(out) as f:
+        stored = {k: f[f"scans/rest/metadata/{k}"] for k in text}
+        assert {k: d.shape for k, d in stored.items()} == {
+            "one": (),
+            "u": (),
+            "two": (2,),
+            "s": (),
+        }
+        assert stored["one"][()] == b"x"
+        assert stored["two"][()].tolist() == [b"a", b"b"]
+    with xr.open_dataset(out, engine="clusterh5") as back:
+        assert back.clusterh5.scan_metadata()["rest"]["one"] == "x"

@@ -224,7 +224,7 @@ def _typed_metadata(value: Any, what: str) -> Any:
     """Metadata values with the types the reader gives for what the writer stores."""
     arr = np.asarray(value)
     if arr.dtype.kind == "U":  # text, non-ASCII too: the writer's option decides
-        return str(arr[()]) if arr.size == 1 else arr.astype(str)
+        return str(arr.item()) if arr.size == 1 else arr.astype(str)
     # the writer's own typing (R's int32 and double, int8 logicals)
     stored = r_value(value, what, "error")
     if stored.dtype.kind == "O":  # bytes or strings among objects, ASCII
