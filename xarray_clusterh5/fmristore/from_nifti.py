@@ -323,8 +323,10 @@ def _space(atlas: Any, mask: Any, images: _Images) -> tuple[_Space, np.ndarray]:
     ref_desc = atlas_desc if atlas_img is not None else _describe(images[0][1])
     _check_images(images, labels.shape, affine, (atlas_desc, ref_desc))
     keep = _kept_voxels(labels, mask, affine, ref_desc)
-    if (labels[keep] < 0).any():
-        bad = np.unique(labels[keep][labels[keep] < 0]).tolist()[:10]
+    kept = labels[keep]
+    negative = kept < 0  # pragma: no mutate - keep drops label 0: < 0, <= 0, < 1 agree
+    if negative.any():
+        bad = np.unique(kept[negative]).tolist()[:10]
         raise ValueError(
             f"atlas ({atlas_desc}) has negative labels {bad}; fmristore cluster ids "
             "must be >= 1 for R to read them back"
