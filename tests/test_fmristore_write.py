@@ -194,6 +194,24 @@ def test_true_affine_stored(tmp_path: Path, flip: bool) -> None:
     assert fields["qoffset_y"] == -42.5
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_sheared_affine_quaternion_is_nibabels(flip: bool) -> None:
+    """With a shear the rotation is the polar factor, as nibabel's set_qform."""
+    import nibabel as nib
+
+    affine = np.eye(4)
+    affine[:3, :3] = [[2.0, 0.4, 0.1], [0.3, 2.2, -0.5], [0.0, 0.6, 2.5]]
+    affine[:3, 2] *= -1 if flip else 1
+    affine[:3, 3] = [10.0, -20.0, 5.0]
+    fields, zooms = affine_to_header(affine)
+    hdr = nib.Nifti1Header()
+    hdr.set_qform(affine, code=1)
+    assert fields["qfac"] == hdr["pixdim"][0] == (-1.0 if flip else 1.0)
+    for name in ("quatern_b", "quatern_c", "quatern_d"):
+        assert fields[name] == pytest.approx(float(hdr[name]), abs=1e-6), name
+    np.testing.assert_allclose(zooms, np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+
+
 def test_no_affine_is_r_header(tmp_path: Path) -> None:
     mask = np.ones((2, 2, 2), dtype=bool)
     out = write_experiment(
@@ -310,6 +328,15 @@ BAD = [
     ({"chunks": {"times": 3}}, "unknown chunk keys"),
     ({"affine": np.eye(3)}, "4x4"),
     ({"affine": np.diag([2.0, 0, 2, 1])}, "zero-length axis"),
+    # two voxel axes along one direction: no quaternion can represent it
+    (
+        {
+            "affine": np.array(
+                [[2.0, 2, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1], [0, 0, 0, 1]]
+            )
+        },
+        "affine is singular",
+    ),
     # a callable shows each cluster's time points only as it is written
     (
         {"runs": {"rest": lambda cid: np.zeros((2, 5 if cid == 1 else 6))}},

@@ -248,8 +248,10 @@ def affine_to_header(
     if np.any(zooms == 0):
         raise ValueError("affine has a zero-length axis")
     rot = rzs / zooms
+    if np.linalg.matrix_rank(rot) < 3:  # no rotation (quaternion) can give it
+        raise ValueError("affine is singular: its axes are not independent")
     qfac = 1.0
-    if np.linalg.det(rot) < 0:
+    if np.linalg.det(rot) < 0:  # pragma: no mutate - rot has full rank: det != 0
         qfac = -1.0
         rot[:, -1] *= -1
     p, _s, qs = np.linalg.svd(rot)
