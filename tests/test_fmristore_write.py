@@ -644,6 +644,61 @@ def test_pandas_cluster_metadata(tmp_path: Path) -> None:
         assert g["cortical"].dtype == np.int8
 
 
+def test_numpy_metadata_types_follow_hdf5r(tmp_path: Path) -> None:
+    """Small ints and float32 keep their type; wider ones become R's int/double."""
+    meta = {
+        "i1": np.int8(-3),
+        "u2": np.array([1, 2], dtype=np.uint16),
+        "i2": np.int16(-300),
+        "i4": np.int32(7),
+        "u4": np.uint32(9),
+        "i8": np.array([1, 2], dtype=np.int64),
+        "f2": np.float16(0.5),
+        "f4": np.array([1.5, 2.5], dtype=np.float32),
+        "f8": np.float64(0.25),
+        "b": np.array([True, False]),
+    }
+    columns = {
+        "cluster_id": [1, 2],
+        "f4": np.array([0.5, 1.5], dtype=np.float32),
+        "i2": np.array([4, 5], dtype=np.int16),
+        "obj_num": np.array([1, 2], dtype=object),
+        "obj_bool": np.array([True, False], dtype=object),
+        "obj_str": np.array(["a", "b"], dtype=object),
+    }
+    out = write_experiment(
+        tmp_path / "m.h5",
+        **_tiny(),
+        scan_metadata={"rest": meta},
+        cluster_metadata=columns,
+    )
+    with h5py.File(out) as f:
+        g = f["scans/rest/metadata"]
+        got = {k: (g[k].dtype.str, g[k][()].tolist()) for k in meta}
+        c = f["clusters/cluster_meta"]
+        cols = {k: (c[k].dtype.str, c[k][()].tolist()) for k in columns}
+    assert got == {
+        "i1": ("|i1", -3),
+        "u2": ("<u2", [1, 2]),
+        "i2": ("<i2", -300),
+        "i4": ("<i4", 7),
+        "u4": ("<i4", 9),
+        "i8": ("<i4", [1, 2]),
+        "f2": ("<f8", 0.5),
+        "f4": ("<f4", [1.5, 2.5]),
+        "f8": ("<f8", 0.25),
+        "b": ("|i1", [1, 0]),
+    }
+    assert cols == {
+        "cluster_id": ("<i4", [1, 2]),
+        "f4": ("<f4", [0.5, 1.5]),
+        "i2": ("<i2", [4, 5]),
+        "obj_num": ("<i4", [1, 2]),
+        "obj_bool": ("|i1", [1, 0]),
+        "obj_str": ("|O", [b"a", b"b"]),
+    }
+
+
 # --------------------------------------------------------------------------
 # property: anything written reads back in mask order
 # --------------------------------------------------------------------------

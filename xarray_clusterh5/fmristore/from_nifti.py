@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -236,8 +235,7 @@ def _typed_metadata(value: Any, what: str) -> Any:
 _Images = list[tuple[str, ImageLike, Any]]  # (name, source, nibabel image)
 
 
-@dataclass(frozen=True)
-class _Space:
+class _Space(NamedTuple):
     """The voxel space of an experiment: the reference image and the mask."""
 
     shape: tuple[int, int, int]
