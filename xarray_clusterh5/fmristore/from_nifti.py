@@ -318,7 +318,7 @@ def _space(atlas: Any, mask: Any, images: _Images) -> tuple[_Space, np.ndarray]:
     # the atlas image defines the space; with an array atlas the first run does
     ref_img = atlas_img if atlas_img is not None else images[0][2]
     affine = np.asarray(ref_img.affine, dtype=np.float64)
-    ref_desc = atlas_desc if atlas_img is not None else _describe(images[0][1])
+    ref_desc = _describe(ref_img)  # the atlas's description when it is an image
     _check_images(images, labels.shape, affine, (atlas_desc, ref_desc))
     keep = _kept_voxels(labels, mask, affine, ref_desc)
     kept = labels[keep]
