@@ -573,7 +573,33 @@ def test_fast_xml_parse_equals_nibabel(tmp_path_factory, axis):
     np.testing.assert_array_equal(cifti.read_columns(block, 0, len(axis)), data[0])
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"91,109,91", b"91,1x9,91"),
+        (b">21 1565", b">2x 1565"),
+        (b'MeterExponent="-3"', b'MeterExponent="-x"'),
+        (b' MeterExponent="-3"', b""),  # required by CIFTI-2, nibabel refuses
+        (b'SurfaceNumberOfVertices="32492"', b'SurfaceNumberOfVertices="3249x"'),
+        (b"90.0000000000", b"90.000000000x"),
+        (b"20 23 31", b"20 2x 31"),
+    ],
+)
+def test_damaged_numbers_in_the_xml_are_named(tmp_path, old, new):
+    # not a bare ValueError: the fast parser gives up, nibabel's error is named
+    bad = tmp_path / "n.dscalar.nii"
+    raw = THICK[1].read_bytes()
+    bad.write_bytes(raw.replace(old, new.ljust(len(old)), 1))
+    assert cifti.parse_brain_models(_fixture_bm_xml(), 100, "x") is not None
+    ref, _ = cifti.read_reference(THICK[0])
+    for read in (cifti.read_reference, lambda p: cifti.check_file(p, ref)):
+        with pytest.raises(ClusterH5Error, match="nibabel cannot read") as err:
+            read(bad)
+        assert str(bad) in str(err.value)
+
+
 def _fixture_bm_xml() -> bytes:
+
     return cifti.read_reference(THICK[0])[0].xml
 
 

@@ -235,11 +235,35 @@ def parse_brain_models(bm_xml: bytes, n_elements: int, path: str) -> BrainModel 
 
     nibabel spends about a second building a 91k-greyordinate axis; this reads
     the same numbers with one regular expression and ``np.array(split())``.
-    Anything unexpected (entities, counts that do not add up) returns None and
-    the caller falls back to nibabel.
+    Anything unexpected (entities, counts that do not add up, a number that is
+    not one, a missing attribute) returns None and the caller falls back to
+    nibabel, which reads the file or says what is wrong with it.
     """
     if b"&" in bm_xml:
         return None
+    try:
+        models = _parse_models(bm_xml, n_elements)
+        if models is None:
+            return None
+        structure, vertex, voxel, nvertices, has_voxels = models
+        volume = None
+        if has_voxels:
+            volume = _parse_volume(bm_xml)
+            if volume is None:
+                return None
+    except ValueError:  # a number that is not one
+        return None
+    affine, volume_shape = (None, None) if volume is None else volume
+    return BrainModel(
+        structure, vertex, voxel, nvertices, affine, volume_shape, bm_xml, path
+    )
+
+
+def _parse_models(
+    bm_xml: bytes, n_elements: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, int], bool] | None:
+    """Structures, vertices, voxels, mesh sizes of the ``<BrainModel>`` list,
+    and whether it has voxels."""
     structure = np.empty(n_elements, dtype=object)
     vertex = np.full(n_elements, -1, dtype=np.int64)
     voxel = np.full((n_elements, 3), -1, dtype=np.int64)
@@ -248,11 +272,9 @@ def parse_brain_models(bm_xml: bytes, n_elements: int, path: str) -> BrainModel 
     has_voxels = False
     for m in _BM_RE.finditer(bm_xml):
         tag, body = m.group(1), m.group(2) or b""
-        try:  # a missing attribute fails int("") like a bad one
-            offset = int(_xml_attr(tag, "IndexOffset") or "")
-            count = int(_xml_attr(tag, "IndexCount") or "")
-        except ValueError:
-            return None
+        # (a missing attribute fails int("") like a bad one: ValueError)
+        offset = int(_xml_attr(tag, "IndexOffset") or "")
+        count = int(_xml_attr(tag, "IndexCount") or "")
         mtype = _xml_attr(tag, "ModelType")
         name = _xml_attr(tag, "BrainStructure")
         # (a negative count fails the index-count checks below)
@@ -283,33 +305,25 @@ def parse_brain_models(bm_xml: bytes, n_elements: int, path: str) -> BrainModel 
         pos += count
     if pos != n_elements:
         return None
-    affine = None
-    volume_shape = None
-    if has_voxels:
-        vol = _VOL_RE.search(bm_xml)
-        if vol is None:
-            return None
-        dims = _xml_attr(vol.group(1), "VolumeDimensions")
-        tr = _TRANSFORM_RE.search(vol.group(2))
-        if dims is None or tr is None:
-            return None
-        sizes = dims.split(",")
-        values = np.array(tr.group(2).split(), dtype=float)
-        if values.size != 16 or len(sizes) != 3:
-            return None
-        volume_shape = _shape3(sizes)
-        exponent = int(_xml_attr(tr.group(1), "MeterExponent") or -3)
-        affine = _in_mm(values.reshape(4, 4), exponent)
-    return BrainModel(
-        structure.astype(str),
-        vertex,
-        voxel,
-        nvertices,
-        affine,
-        volume_shape,
-        bm_xml,
-        path,
-    )
+    return structure.astype(str), vertex, voxel, nvertices, has_voxels
+
+
+def _parse_volume(bm_xml: bytes) -> tuple[np.ndarray, tuple[int, int, int]] | None:
+    """The ``<Volume>``: its matrix in millimetres and its shape."""
+    vol = _VOL_RE.search(bm_xml)
+    if vol is None:
+        return None
+    dims = _xml_attr(vol.group(1), "VolumeDimensions")
+    tr = _TRANSFORM_RE.search(vol.group(2))
+    if dims is None or tr is None:
+        return None
+    sizes = dims.split(",")
+    values = np.array(tr.group(2).split(), dtype=float)
+    # (MeterExponent is required: nibabel refuses a matrix without it)
+    exponent = int(_xml_attr(tr.group(1), "MeterExponent") or "")
+    if values.size != 16 or len(sizes) != 3:
+        return None
+    return _in_mm(values.reshape(4, 4), exponent), _shape3(sizes)
 
 
 def _brain_model_of(path: str, bm_xml: bytes, n_el: int) -> BrainModel:
@@ -638,9 +652,9 @@ def _pick_map(path: str, n_maps: int, map_index: int | None) -> int:
     return map_index % n_maps
 
 
-def _block(
-    h: _Header, n_maps: int, n_el: int, map_index: int, *, pconn: bool = False
-) -> DataBlock:
+def _storage(h: _Header) -> tuple[np.dtype, bool]:
+    """The stored data type, and whether nibabel must read the data (scaled data,
+    or a type without an exact direct cast)."""
     code = int(h["datatype"])
     slope = float(h["scl_slope"])
     inter = float(h["scl_inter"])
@@ -648,8 +662,15 @@ def _block(
         np.isnan(inter) or inter == 0.0
     )
     use_nib = code not in _FAST_DTYPES or not unscaled
-    dtype = np.dtype(h.endian + _FAST_DTYPES.get(code, "f4"))
+    return np.dtype(h.endian + _FAST_DTYPES.get(code, "f4")), use_nib
+
+
+def _block(
+    h: _Header, n_maps: int, n_el: int, map_index: int, *, pconn: bool = False
+) -> DataBlock:
+    dtype, use_nib = _storage(h)
     offset = int(h["vox_offset"])
+
     if not use_nib:
         need = offset + n_maps * n_el * dtype.itemsize
         size = os.path.getsize(h.path)
@@ -707,7 +728,7 @@ def _check_parcel_maps(path: str, kind: str, n_maps: int, map_index: int | None)
     if kind == "pconn":
         if map_index is not None:
             raise ClusterH5Error(path, "a pconn file has no maps to pick from")
-        return 0
+        return 0  # pragma: no mutate - a pconn block reads its whole matrix
     return _pick_map(path, n_maps, map_index)
 
 
