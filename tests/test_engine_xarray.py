@@ -237,6 +237,13 @@ def test_views_convert_consistently() -> None:
             ours = tree[name].to_dataset()
             theirs = dt[name].to_dataset()
             xr.testing.assert_identical(ours, theirs)
+        # the root index is built for a tree: selections keep working on it
+        for key in ([2, 17], slice(None)):
+            picked, want = tree.sel(cluster=key), dt.sel(cluster=key)
+            for name in dt.children:
+                xr.testing.assert_identical(
+                    picked[name].to_dataset(), want[name].to_dataset()
+                )
         with xr.open_dataset(path, engine="clusterh5", group="zeta_full") as run:
             unpadded = padded.clusterh5.unpad("zeta_full")
             xr.testing.assert_identical(unpadded, run)

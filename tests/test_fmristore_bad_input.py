@@ -299,3 +299,18 @@ def test_errors_name_the_path_given_for_an_open_file(tmp_path: Path) -> None:
         with pytest.raises(ClusterH5Error, match="no /mask") as info:
             read_experiment(f)
         assert str(info.value).startswith(f"{path}: ")
+
+
+def test_summary_replaced_by_a_group_after_open(tmp_path: Path) -> None:
+    """A summary that stops being a dataset after open is named at read time."""
+    path = _copy(tmp_path)
+    ds = xr.open_dataset(path, engine="clusterh5", group="beta_summary")
+    ds.close()
+    name = "scans/beta_summary/clusters_summary/summary_data"
+    with h5py.File(path, "r+") as f:
+        del f[name]
+        f.create_group(name)
+    with pytest.raises(
+        ClusterH5Error, match=rf"irregular\.h5: missing dataset /{name}$"
+    ):
+        ds["summary"].load()

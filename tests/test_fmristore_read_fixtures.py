@@ -163,6 +163,10 @@ def test_summaries(fixture_name: str) -> None:
         )
         labels = np.repeat(runs, [p.sizes["time"] for p in parts])
         np.testing.assert_array_equal(got["run"].values, labels)
+        # a run without a summary is refused, not read as NaN padding
+        for run in ds.run.values[~ds.has_summary.values].tolist():
+            with pytest.raises(ValueError, match=rf"scan '{run}' has no summary"):
+                ds.clusterh5.summary_matrix(run)
 
 
 def test_values_4d(fixture_name: str) -> None:

@@ -142,6 +142,18 @@ def test_fixture_dims_are_exact(fixture_name: str) -> None:
                 np.testing.assert_array_equal(meta[run][key], spec["value"])
 
 
+def test_experiment_without_scans_has_empty_run_and_time(tmp_path: Path) -> None:
+    """No scans: the padded view keeps its dims, with no run and no time point."""
+    path = tmp_path / "none.h5"
+    mask = np.zeros((2, 2, 3), dtype=bool)
+    mask[0, 1, :] = True
+    write_experiment(path, mask=mask, cluster_map=[4, 4, 9], runs={})
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        assert dict(ds.sizes) == {"run": 0, "cluster": 2, "voxel": 2, "time": 0}
+        np.testing.assert_array_equal(ds["cluster"].values, [4, 9])
+        np.testing.assert_array_equal(ds["n_voxels"].values, [2, 1])
+
+
 # --------------------------------------------------------------------------
 # Zarr v3 and netCDF with chunks={}
 # --------------------------------------------------------------------------
