@@ -662,3 +662,48 @@ def test_results_matrix_must_be_2d(tmp_path):
         f["results/lm/column_names"] = np.array([b"a", b"b"])
     with pytest.raises(ClusterH5Error, match=r"must be 2-D, has shape \(2, 3, 1\)"):
         modelarray_io.read_results(path, "lm")
+
+
+def test_result_names_fall_through_empty_places(tmp_path):
+    # names are looked up in ModelArrayIO's order; a place holding only empty
+    # names does not count, and with no names at all statistics are numbered
+    path = tmp_path / "r.h5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("results/a/results_matrix", data=np.zeros((2, 3)))
+        d.attrs["colnames"] = ["", ""]
+        f["results/a/column_names"] = np.array([b"s1", b"s2"])
+        d = f.create_dataset("results/b/results_matrix", data=np.zeros((2, 3)))
+        f["results/b/column_names"] = np.array([b"\0", b" "])
+    with h5py.File(path, "r") as f:
+        assert modelarray_io.result_names(str(path), f, "a") == ["s1", "s2"]
+        assert modelarray_io.result_names(str(path), f, "b") is None
+    assert modelarray_io.read_results(path, "b")[0] == [
+        "component001",
+        "component002",
+    ]
+
+
+def test_parcel_pairs_need_both_sides(tmp_path):
+    path = tmp_path / "p.h5"
+    with h5py.File(path, "w") as f:
+        f["scalars/x/values"] = np.zeros((2, 4), np.float32)
+        f["scalars/x/column_names"] = np.array([b"s1", b"s2"])
+        f["parcels/parcel_id_from"] = np.array(["P0", "P1"], dtype=h5py.string_dtype())
+    with pytest.raises(ClusterH5Error, match=r"\['parcel_id_from'\], not parcel ids"):
+        xr.open_dataset(path, engine="clusterh5")
+
+
+def test_split_outputs_must_differ(tmp_path):
+    # "a/b" and "a b" both become a_b_o.h5: refused before anything is written
+    with pytest.raises(ValueError, match="same split output file name"):
+        modelarray_io.output_plan(tmp_path / "o.h5", ["a/b", "a b"], True)
+    plan = modelarray_io.output_plan(tmp_path / "o.h5", ["a", "b"], False)
+    assert plan == [(tmp_path / "o.h5", ["a", "b"])]
+
+
+def test_empty_cohort_file_is_named(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("\n\n")
+    with pytest.raises(ClusterH5Error, match="cohort file is empty") as err:
+        modelarray_io.read_cohort_table(path)
+    assert str(path) in str(err.value)

@@ -394,8 +394,11 @@ def result_names(path: str, f: h5py.File, analysis: str) -> list[str] | None:
 
     1. attribute ``colnames`` on ``results_matrix`` (legacy writers);
     2. dataset ``results/<a>/column_names`` (R ``writeResults``: variable-length;
-       the streaming writer: fixed-length, NUL-padded);
-    3. dataset ``results/<a>/results_matrix/column_names``.
+       the streaming writer: fixed-length, NUL-padded).
+
+    ModelArrayIO also looks for ``results/<a>/results_matrix/column_names``,
+    which cannot exist: ``results_matrix`` is a dataset, and HDF5 datasets hold
+    no links.
 
     Names are decoded as UTF-8 with trailing NULs and whitespace stripped. Unlike
     ModelArrayIO, empty names are kept in place (ModelArrayIO drops them, which
@@ -408,16 +411,13 @@ def result_names(path: str, f: h5py.File, analysis: str) -> list[str] | None:
         names = _decode_names(path, matrix.attrs["colnames"])
         if any(names):
             return names
-    for p in (
-        f"{layout.RESULTS}/{analysis}/column_names",
-        f"{layout.results_matrix_path(analysis)}/column_names",
-    ):
-        obj = get_link(path, f, p)
-        if isinstance(obj, h5py.Dataset):
-            with named_errors(path, "reading the statistic names", p):
-                names = _decode_names(path, obj[()])
-            if any(names):
-                return names
+    p = f"{layout.RESULTS}/{analysis}/column_names"
+    obj = get_link(path, f, p)
+    if isinstance(obj, h5py.Dataset):
+        with named_errors(path, "reading the statistic names", p):
+            names = _decode_names(path, obj[()])
+        if any(names):
+            return names
     return None
 
 
