@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
 from dataclasses import replace
@@ -1007,10 +1008,11 @@ def test_dtseries_keeps_the_voxel_order(tmp_path):
 def test_dtseries_bad_inputs(tmp_path):
     ijk = np.array([[0, 0, 0], [1, 1, 1]])
     data = np.zeros((2, 3))
-    with pytest.raises(ValueError, match="outside the volume"):
-        cifti_write.write_dtseries(
-            tmp_path / "a.dtseries.nii", data, ijk + 4, AFFINE, (5, 5, 5), 1
-        )
+    for outside in (ijk + 4, ijk - 1, np.array([[0, 0, 0], [4, 4, 5]])):
+        with pytest.raises(ValueError, match=r"outside the volume \(5, 5, 5\)"):
+            cifti_write.write_dtseries(
+                tmp_path / "a.dtseries.nii", data, outside, AFFINE, (5, 5, 5), 1
+            )
     with pytest.raises(ValueError, match="repeated"):
         cifti_write.write_dtseries(
             tmp_path / "a.dtseries.nii",
@@ -1072,6 +1074,35 @@ def test_ptseries_one_parcel_per_cluster(tmp_path):
             tmp_path / "d.ptseries.nii", summary, ["a", "a", "b"], parcels, AFFINE,
             shape, 1.0,
         )  # fmt: skip
+    outside = [*parcels[:2], np.array([[0, 0, -1]])]
+    with pytest.raises(ValueError, match=r"outside the volume \(6, 6, 6\)"):
+        cifti_write.write_ptseries(
+            tmp_path / "d.ptseries.nii", summary, names, outside, AFFINE, shape, 1.0
+        )
+    with pytest.raises(FileExistsError):
+        cifti_write.write_ptseries(path, summary, names, parcels, AFFINE, shape, 0.8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.ptseries.nii"]
+
+
+@pytest.mark.parametrize("name", ["pconn", "pscalar", "dscalar"])
+def test_export_templates_are_fixed_once_loaded(tmp_path, name):
+    # a template's shape gives each written matrix: rows x columns for pconn
+    if name == "dscalar":
+        path, shape = THICK[0], (1, 100)
+    else:
+        axes = (_parcels(5, 20), _parcels(4, 25))
+        if name == "pscalar":
+            axes = (ca.ScalarAxis(["m"]), axes[1])
+        shape = (len(axes[0]), 4)
+        path = _write(tmp_path / f"t.{name}.nii", np.zeros(shape, np.float32), axes)
+    template = cifti_write.load_template(path)
+    assert template.shape == shape
+    assert template.n_elements == shape[0] * shape[1]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        template.shape = (1, 1)  # type: ignore[misc]
+    _, block = cifti.read_reference(path)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        block.offset = 0  # type: ignore[misc]
 
 
 def test_fixtures_are_modelarrayio_files():
