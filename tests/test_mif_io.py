@@ -65,6 +65,12 @@ def test_fixture_headers():
     )  # fmt: skip
     np.testing.assert_array_equal(idx.transform[:, 3], [-6.25, -7.5, -5])
     assert idx.affine()[0, 0] == 2.5
+    # mrinfo.txt: voxel size 2.5 (the 4th axis is not spatial) and its transform
+    np.testing.assert_array_equal(
+        idx.affine(),
+        [[2.5, 0, 0, -6.25], [0, 2.5, 0, -7.5], [0, 0, 2.5, -5], [0, 0, 0, 1]],
+    )
+
     assert [k for k, _ in idx.keyvals] == ["command_history", "mrtrix_version"]
 
 
@@ -396,3 +402,18 @@ def test_range_read_of_a_truncated_file_is_named(tmp_path):
     with pytest.raises(ClusterH5Error, match="the file ends inside the data") as err:
         read_range(str(cut), h, 290, 300)
     assert str(cut) in str(err.value)
+
+
+def test_header_reads_stop_after_one_mebibyte(tmp_path):
+    # read_header looks for END in the first MiB only, not through a large file
+    # whole: here END lies 100 bytes past it
+    text = _header_text(file=". OFFSET")
+    end = text.index("file:")
+    pad = (1 << 20) + 100 - len(text)
+    text = _data_right_after_end(text[:end] + f"comment: {'x' * pad}\n" + text[end:])
+    assert (1 << 20) < text.index("\nEND\n") < (1 << 20) + 4096
+    path = tmp_path / "long.mif"
+    path.write_bytes(_one_value_file(text))
+    with pytest.raises(ClusterH5Error, match="no END line") as err:
+        read_header(path)
+    assert str(path) in str(err.value)
