@@ -127,7 +127,9 @@ def _check_ijk(ijk: Any, volume_shape: Sequence[int], what: str) -> np.ndarray:
     arr = arr.astype(np.int64)
     shape = np.asarray(volume_shape, dtype=np.int64)
     if arr.size and ((arr < 0).any() or (arr >= shape).any()):
-        raise ValueError(f"{what}: voxel indices outside the volume {tuple(shape.tolist())}")
+        raise ValueError(
+            f"{what}: voxel indices outside the volume {tuple(shape.tolist())}"
+        )
     return arr
 
 
