@@ -319,14 +319,9 @@ def test_mask_and_runs_checked_against_the_reference(
 
 def test_spacing_is_the_length_of_each_voxel_axis(nifti_files: dict) -> None:
     """Voxel sizes are column norms of the affine, also for rotated grids."""
-    theta = 0.4
-    rot = np.array(
-        [
-            [np.cos(theta), -np.sin(theta), 0],
-            [np.sin(theta), np.cos(theta), 0],
-            [0, 0, 1],
-        ]
-    )
+    from nibabel.eulerangles import euler2mat
+
+    rot = euler2mat(z=0.4, y=-0.3, x=0.2)
     affine = np.eye(4)
     affine[:3, :3] = rot @ np.diag([1.5, 2.0, 3.0])
     img = nib.Nifti1Image(np.ones((*SHAPE, 2), np.float32), affine)
