@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -570,6 +571,229 @@ def test_fast_xml_parse_equals_nibabel(tmp_path_factory, axis):
     assert ref.axis == parsed
     np.testing.assert_array_equal(ref.voxel, parsed.voxel)
     np.testing.assert_array_equal(cifti.read_columns(block, 0, len(axis)), data[0])
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"91,109,91", b"91,1x9,91"),
+        (b">21 1565", b">2x 1565"),
+        (b'MeterExponent="-3"', b'MeterExponent="-x"'),
+        (b' MeterExponent="-3"', b""),  # required by CIFTI-2, nibabel refuses
+        (b'SurfaceNumberOfVertices="32492"', b'SurfaceNumberOfVertices="3249x"'),
+        (b"90.0000000000", b"90.000000000x"),
+        (b"20 23 31", b"20 2x 31"),
+    ],
+)
+def test_damaged_numbers_in_the_xml_are_named(tmp_path, old, new):
+    # not a bare ValueError: the fast parser gives up, nibabel's error is named
+    bad = tmp_path / "n.dscalar.nii"
+    raw = THICK[1].read_bytes()
+    bad.write_bytes(raw.replace(old, new.ljust(len(old)), 1))
+    assert cifti.parse_brain_models(_fixture_bm_xml(), 100, "x") is not None
+    ref, _ = cifti.read_reference(THICK[0])
+    for read in (cifti.read_reference, lambda p: cifti.check_file(p, ref)):
+        with pytest.raises(ClusterH5Error, match="nibabel cannot read") as err:
+            read(bad)
+        assert str(bad) in str(err.value)
+
+
+def _fixture_bm_xml() -> bytes:
+
+    return cifti.read_reference(THICK[0])[0].xml
+
+
+@pytest.mark.parametrize(
+    "edits",
+    [
+        [(b'VolumeDimensions="91,109,91"', b'VolumeDimensions="91,109"')],
+        [(b"0.0000000000 1.0000000000<", b"1.0000000000<")],  # 15 matrix numbers
+        [(b' IndexCount="40"', b"")],
+        [(b' IndexOffset="40"', b"")],
+        [(b'IndexOffset="40"', b'IndexOffset="41"')],
+        [(b'IndexCount="12"', b'IndexCount="-12"')],
+        [(b'IndexCount="12"', b'IndexCount="1x"')],
+        # one voxel more in the last model: its count runs past the greyordinates
+        [(b'IndexCount="10"', b'IndexCount="11"'), (b"67 53 29<", b"67 53 29 1 1 1<")],
+        [(b' BrainStructure="CIFTI_STRUCTURE_THALAMUS_LEFT"', b"")],
+        [(b"CIFTI_STRUCTURE_CORTEX_LEFT", b"CIFTI_STRUCTURE_CORTEX&#95;LEFT")],
+        [(b' SurfaceNumberOfVertices="32492"', b"")],
+        [(b"<VertexIndices>21 ", b"<VertexIndices>")],
+        [(b"<VoxelIndicesIJK>20 23 31", b"<VoxelIndicesIJK>20 23")],
+        [(b"CIFTI_MODEL_TYPE_SURFACE", b"CIFTI_MODEL_TYPE_OTHER")],
+        [(b"<Volume ", b"<Volumen ")],
+        [(b"TransformationMatrixVoxelIndicesIJKtoXYZ ", b"Transform ")],
+    ],
+)
+def test_fast_parser_gives_up_on_unexpected_xml(edits):
+    # anything but the expected numbers: None, and nibabel decides
+    xml = _fixture_bm_xml()
+    assert cifti.parse_brain_models(xml, 100, "x") is not None
+    for old, new in edits:
+        assert xml.count(old) >= 1
+        xml = xml.replace(old, new, 1)
+    assert cifti.parse_brain_models(xml, 100, "x") is None
+
+
+@pytest.mark.parametrize("n", [99, 101])
+def test_fast_parser_gives_up_on_another_greyordinate_count(n):
+    assert cifti.parse_brain_models(_fixture_bm_xml(), n, "x") is None
+
+
+def test_fast_parser_reads_voxels_without_vertices():
+    ref = cifti.parse_brain_models(_fixture_bm_xml(), 100, "x")
+    assert ref is not None
+    np.testing.assert_array_equal(ref.vertex[78:], -1)
+    np.testing.assert_array_equal(ref.voxel[:78], -1)
+    assert ref.nvertices == {
+        "CIFTI_STRUCTURE_CORTEX_LEFT": 32492, "CIFTI_STRUCTURE_CORTEX_RIGHT": 32492
+    }  # fmt: skip
+    assert ref.volume_shape == (91, 109, 91)
+
+
+@pytest.mark.parametrize("change", ["affine", "volume_shape", "nvertices"])
+def test_same_greyordinates_in_another_volume_or_mesh_are_refused(tmp_path, change):
+    axis = _fixture_axis()
+    geometry = {
+        "affine": axis.affine, "volume_shape": axis.volume_shape,
+        "nvertices": dict(axis.nvertices),
+    }  # fmt: skip
+    if change == "affine":
+        geometry["affine"] = axis.affine @ np.diag([1.0, 1.0, 1.5, 1.0])
+    elif change == "volume_shape":
+        geometry["volume_shape"] = (91, 109, 92)
+    else:
+        geometry["nvertices"]["CIFTI_STRUCTURE_CORTEX_RIGHT"] = 32000
+    other = ca.BrainModelAxis(
+        axis.name, voxel=axis.voxel, vertex=axis.vertex, **geometry
+    )
+    bad = _write(
+        tmp_path / "g.dscalar.nii", np.zeros((1, 100), np.float32),
+        (ca.ScalarAxis(["m"]), other),
+    )  # fmt: skip
+    ref, _ = cifti.read_reference(THICK[0])
+    with pytest.raises(
+        ClusterH5Error,
+        match=r"its brain model differs from the first file's \(affine, volume or mesh",
+    ) as err:
+        cifti.check_file(bad, ref)
+    assert str(bad) in str(err.value)
+
+
+def test_surface_only_cohorts_compare_without_a_volume(tmp_path, monkeypatch):
+    surface = _fixture_axis()[:78]  # both cortices, no voxels: no affine
+    first = _write(
+        tmp_path / "a.dscalar.nii", np.ones((1, 78), np.float32),
+        (ca.ScalarAxis(["a"]), surface),
+    )  # fmt: skip
+    ref, _ = cifti.read_reference(first)
+    assert ref.affine is None
+    # the same model, other bytes (a tab for a space): compared by numbers
+    second = tmp_path / "b.dscalar.nii"
+    raw = first.read_bytes()
+    assert raw.count(b"<VertexIndices>21 1565") == 1
+    second.write_bytes(raw.replace(b"<VertexIndices>21 ", b"<VertexIndices>21\t"))
+    assert cifti.read_columns(cifti.check_file(second, ref), 0, 78).tolist() == [1] * 78
+    other, _ = cifti.read_reference(second)
+    assert ref.same_as(other)
+    assert other.same_as(ref)
+    with_volume = replace(other, affine=np.eye(4))
+    assert not ref.same_as(with_volume)
+    assert not with_volume.same_as(ref)
+    # nibabel's reading of the file (no volume, so no units to scale) is the same
+    monkeypatch.setattr(cifti, "parse_brain_models", lambda *a: None)
+    slow, _ = cifti.read_reference(second)
+    assert slow.affine is None
+    assert slow.same_as(ref)
+    assert slow.axis == surface
+
+
+@pytest.mark.parametrize("size", [8, 16])
+def test_other_extensions_before_the_cifti_one_are_skipped(tmp_path, size):
+    # a comment extension (code 6) first: the CIFTI XML is the second one
+    raw = THICK[0].read_bytes()
+    vox_offset = int(np.frombuffer(raw[168:176], "<i8")[0])
+    comment = np.array([size, 6], "<i4").tobytes() + b"x" * (size - 8)
+    new = bytearray(raw[:544] + comment + raw[544:])
+    new[168:176] = np.array([vox_offset + size], "<i8").tobytes()
+    path = tmp_path / "ext.dscalar.nii"
+    path.write_bytes(bytes(new))
+    ref, block = cifti.read_reference(path)
+    assert ref.axis == _fixture_axis()
+    np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), _mai_values()[0])
+
+
+def test_nibabel_errors_are_computed_on_first_use():
+    import nibabel.filebasedimages
+
+    errors = cifti.NIBABEL_ERRORS
+    assert nibabel.filebasedimages.ImageFileError in errors
+    assert OSError in errors
+    assert errors == cifti.nibabel_errors()
+    with pytest.raises(AttributeError, match="has no attribute 'NIBABEL_ERROR'"):
+        cifti.NIBABEL_ERROR  # noqa: B018
+
+
+def test_file_shrinking_while_its_header_is_read_is_named(tmp_path, monkeypatch):
+    # another process truncates the file between its size check and the read
+    path = tmp_path / "s.dscalar.nii"
+    path.write_bytes(THICK[0].read_bytes()[:1000])  # inside the XML
+    real = cifti.os.fstat
+
+    class _Stat:
+        st_size = 10**6
+
+    monkeypatch.setattr(cifti.os, "fstat", lambda fd: _Stat() if fd > 2 else real(fd))
+    with pytest.raises(
+        ClusterH5Error, match="truncated: the file ends inside the header extension"
+    ) as err:
+        cifti.read_reference(path)
+    assert str(path) in str(err.value)
+
+
+def test_empty_cifti_extension_has_no_maps(tmp_path):
+    # an extension of code 32 holding no XML, last in the header
+    raw = bytearray(THICK[0].read_bytes())
+    vox_offset = int(np.frombuffer(raw[168:176], "<i8")[0])
+    raw[168:176] = np.array([552], "<i8").tobytes()
+    empty = np.array([8, 32], "<i4").tobytes()
+    path = tmp_path / "empty.dscalar.nii"
+    path.write_bytes(bytes(raw[:544]) + empty + bytes(raw[vox_offset:]))
+    with pytest.raises(ClusterH5Error, match="CIFTI XML has no brain-model map"):
+        cifti.read_reference(path)
+
+
+@pytest.mark.parametrize("kind", ["dscalar", "pscalar"])
+def test_map_never_closed_is_named(tmp_path, kind):
+    # the element holding the greyordinates or parcels is not closed
+    if kind == "dscalar":
+        raw = THICK[0].read_bytes()
+        match = "CIFTI XML has no brain-model map"
+    else:
+        src = _write(
+            tmp_path / "a.pscalar.nii", np.ones((1, 10), np.float32),
+            (ca.ScalarAxis(["a"]), _parcels(10, 10)),
+        )  # fmt: skip
+        raw = src.read_bytes()
+        match = "CIFTI XML has no parcels map"
+    end = raw.rindex(b"</MatrixIndicesMap>")
+    path = tmp_path / f"open.{kind}.nii"
+    path.write_bytes(raw[:end] + b"<MatrixIndicesMaq/>" + raw[end + 19 :])
+    with pytest.raises(ClusterH5Error, match=match) as err:
+        cifti.read_reference(path)
+    assert str(path) in str(err.value)
+
+
+def test_extension_running_past_the_header_is_refused(tmp_path):
+
+    # the CIFTI extension's size says it ends 16 bytes after vox_offset
+    raw = bytearray(THICK[0].read_bytes())
+    esize = int(np.frombuffer(raw[544:548], "<i4")[0])
+    raw[544:548] = np.array([esize + 16], "<i4").tobytes()
+    bad = tmp_path / "long.dscalar.nii"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(ClusterH5Error, match=r"has no CIFTI-2 extension \(code 32\)"):
+        cifti.read_reference(bad)
 
 
 # --------------------------------------------------------------------------

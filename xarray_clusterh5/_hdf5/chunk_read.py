@@ -38,7 +38,9 @@ from __future__ import annotations
 import os
 import queue
 import threading
+import weakref
 import zlib
+from collections.abc import Hashable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -53,11 +55,14 @@ __all__ = [
     "MIN_PARALLEL_BYTES",
     "MIN_PARALLEL_CHUNKS",
     "ByteSource",
+    "ChunkTable",
+    "ChunkTables",
     "Decoder",
     "FileRanges",
     "RawWindow",
     "decode_windows",
     "fetch_window",
+    "locate_chunks",
     "read_window_parallel",
 ]
 
@@ -116,20 +121,24 @@ class _Pipeline:
 def _pipeline(
     dset: h5py.Dataset | h5py.h5d.DatasetID,
     plist: h5py.h5p.PropDCID | None = None,
+    shape: tuple[int, ...] | None = None,
 ) -> _Pipeline | None:
     """The dataset's filters if we can undo all of them, else None.
 
-    Works on the low-level ``DatasetID`` (and its creation property list, if
-    the caller already has it): per dataset this costs a few microseconds
-    where the high-level properties cost tens, which matters with thousands
-    of small cluster datasets.
+    Works on the low-level ``DatasetID`` (and its creation property list and
+    shape, if the caller already has them): per dataset this costs a few
+    microseconds where the high-level properties cost tens, which matters
+    with thousands of small cluster datasets.
     """
     dsid = dset.id if isinstance(dset, h5py.Dataset) else dset
-    dtype = dsid.dtype  # each property call is an HDF5 call: once per dataset
-    if dsid.rank != 2 or dtype not in _SUPPORTED:
+    dtype = dsid.dtype  # h5py caches it; shape and rank are HDF5 calls
+    rank = dsid.rank if shape is None else len(shape)
+    if rank != 2 or dtype not in _SUPPORTED:
         return None
     if plist is None:
         plist = dsid.get_create_plist()
+    # (H5Pequal against the last dataset's list would save these calls, but
+    # it calls creation lists with other chunk shapes equal: measured)
     if plist.get_layout() != h5py.h5d.CHUNKED:
         return None
     filters = []
@@ -601,13 +610,135 @@ def fetch_window(
     RawWindow or None
         None when the dataset or selection is not one we decode ourselves.
     """
-    if not (isinstance(selection, tuple) and len(selection) == 2):
-        return None
+    if locate:
+        table = locate_chunks(dset, selection, plist=plist)
+        if table is not None:
+            return table.window(selection)
     dsid = dset.id if isinstance(dset, h5py.Dataset) else dset
     pipe = _pipeline(dsid, plist)
+    if pipe is None or not _is_window(selection):
+        return None
+    return _build_window(
+        dsid.shape, pipe, selection, lambda at: _stored_chunk(dsid, at, locate)
+    )
+
+
+_Stored = tuple[bytes | None, int, tuple[int, int]]
+
+
+@dataclass(frozen=True)
+class ChunkTable:
+    """Where every stored chunk of one dataset is, from one ``H5Dchunk_iter``.
+
+    Made under the HDF5 lock by ``locate_chunks``; ``window`` needs neither
+    h5py nor the lock, so a caller may keep the table while the file stays
+    open and build later windows of the dataset without any HDF5 call.
+    """
+
+    shape: tuple[int, int]
+    pipeline: _Pipeline
+    #: chunk offset -> (None, filter mask, (byte offset, stored size))
+    located: dict[tuple[int, int], _Stored]
+
+    def window(self, selection: tuple[slice, slice]) -> RawWindow | None:
+        """The located chunks covering ``selection`` (None if one is unallocated)."""
+        if not _is_window(selection):
+            return None
+        return _build_window(self.shape, self.pipeline, selection, self.located.get)
+
+
+class ChunkTables:
+    """``ChunkTable``s of the datasets of one open file, by the caller's key.
+
+    Chunk locations do not change while a file is open read-only, so a lazy
+    array keeps them and a second read of the same datasets makes no HDF5
+    call at all (what HDF5's own metadata cache does for h5py, one level
+    up). Given another file object (the file manager reopened the file) the
+    tables are forgotten. Pickles empty: no h5py object travels to workers.
+    Callers hold the HDF5 lock while using it.
+    """
+
+    def __init__(self) -> None:
+        self._file: weakref.ref[h5py.h5f.FileID] | None = None
+        self._tables: dict[Hashable, ChunkTable] = {}
+
+    def __reduce__(self) -> tuple[type[ChunkTables], tuple[()]]:
+        return ChunkTables, ()
+
+    def of(self, f: h5py.File) -> dict[Hashable, ChunkTable]:
+        """The tables of ``f``, empty the first time or after a reopen."""
+        fid = f.id
+        if self._file is None or self._file() is not fid:
+            self._file, self._tables = weakref.ref(fid), {}
+        return self._tables
+
+
+def locate_chunks(
+    dset: h5py.Dataset | h5py.h5d.DatasetID,
+    selection: tuple[slice, slice],
+    *,
+    plist: h5py.h5p.PropDCID | None = None,
+    shape: tuple[int, int] | None = None,
+) -> ChunkTable | None:
+    """Every stored chunk's location, when ``selection`` needs most of them.
+
+    One ``H5Dchunk_iter`` pass costs about what one
+    ``get_chunk_info_by_coord`` lookup does, so it pays when the window needs
+    at least half of the dataset's chunks (a whole small cluster dataset: the
+    common case). None when it does not pay, or the dataset is not one we
+    decode ourselves. ``plist`` and ``shape``, if the caller has them, save
+    HDF5 calls.
+    """
+    dsid = dset.id if isinstance(dset, h5py.Dataset) else dset
+    if not hasattr(dsid, "chunk_iter") or not _is_window(selection):
+        return None  # HDF5 older than 1.14 has no H5Dchunk_iter
+    pipe = _pipeline(dsid, plist, shape)
     if pipe is None:
         return None
-    shape = dsid.shape
+    if shape is None:
+        shape = dsid.shape
+    b0, b1 = _bounds(selection[0], shape[0]), _bounds(selection[1], shape[1])
+    if b0 is None or b1 is None or not _mostly_needed(shape, pipe.chunks, b0, b1):
+        return None
+    located: dict[tuple[int, int], _Stored] = {}
+
+    def visit(info: Any) -> None:
+        if info.byte_offset is not None and info.size > 0:
+            where = (int(info.byte_offset), int(info.size))
+            located[tuple(info.chunk_offset)] = (None, int(info.filter_mask), where)
+
+    try:
+        dsid.chunk_iter(visit)
+    except (RuntimeError, OSError, KeyError, ValueError):
+        return None
+    return ChunkTable((int(shape[0]), int(shape[1])), pipe, located)
+
+
+def _is_window(selection: object) -> bool:
+    return isinstance(selection, tuple) and len(selection) == 2
+
+
+def _mostly_needed(
+    shape: tuple[int, ...],
+    chunk: tuple[int, int],
+    rows: tuple[int, int],
+    cols: tuple[int, int],
+) -> bool:
+    """Whether the window covers at least half of the dataset's chunks."""
+    total = -(-shape[0] // chunk[0]) * -(-shape[1] // chunk[1])
+    needed = (-(-rows[1] // chunk[0]) - rows[0] // chunk[0]) * (
+        -(-cols[1] // chunk[1]) - cols[0] // chunk[1]
+    )
+    return 2 * needed >= total
+
+
+def _build_window(
+    shape: tuple[int, ...],
+    pipe: _Pipeline,
+    selection: tuple[slice, slice],
+    stored_at: Any,
+) -> RawWindow | None:
+    """The window's chunks, each from ``stored_at(chunk offset)`` (None: give up)."""
     b0 = _bounds(selection[0], shape[0])
     b1 = _bounds(selection[1], shape[1])
     if b0 is None or b1 is None:
@@ -616,16 +747,12 @@ def fetch_window(
     if r1 <= r0 or c1 <= c0:
         return None
     cr, cc = pipe.chunks
-    located = _all_located(dsid, shape, pipe.chunks, b0, b1) if locate else None
     chunks: list[_Chunk] = []
     for orow in range(r0 - r0 % cr, r1, cr):
         rs, re = max(r0, orow), min(r1, orow + cr)
         for ocol in range(c0 - c0 % cc, c1, cc):
             cs, ce = max(c0, ocol), min(c1, ocol + cc)
-            if located is not None:
-                stored = located.get((orow, ocol))
-            else:
-                stored = _stored_chunk(dsid, (orow, ocol), locate)
+            stored = stored_at((orow, ocol))
             if stored is None:
                 return None  # unallocated chunk (fill value): let h5py do it
             raw, mask, at = stored
@@ -639,45 +766,6 @@ def fetch_window(
                 )
             )
     return RawWindow((r1 - r0, c1 - c0), pipe, chunks)
-
-
-_Stored = tuple[bytes | None, int, tuple[int, int]]
-
-
-def _all_located(
-    dsid: h5py.h5d.DatasetID,
-    shape: tuple[int, ...],
-    chunk: tuple[int, int],
-    rows: tuple[int, int],
-    cols: tuple[int, int],
-) -> dict[tuple[int, int], _Stored] | None:
-    """Every stored chunk's location in one ``H5Dchunk_iter`` pass, or None.
-
-    One pass costs about what one ``get_chunk_info_by_coord`` lookup does, so
-    it pays when the window needs at least half of the dataset's chunks (a
-    whole small cluster dataset: the common case). Unallocated chunks are
-    absent from the result.
-    """
-    if not hasattr(dsid, "chunk_iter"):  # HDF5 older than 1.14
-        return None
-    total = -(-shape[0] // chunk[0]) * -(-shape[1] // chunk[1])
-    needed = (-(-rows[1] // chunk[0]) - rows[0] // chunk[0]) * (
-        -(-cols[1] // chunk[1]) - cols[0] // chunk[1]
-    )
-    if 2 * needed < total:
-        return None
-    out: dict[tuple[int, int], _Stored] = {}
-
-    def visit(info: Any) -> None:
-        if info.byte_offset is not None and info.size > 0:
-            where = (int(info.byte_offset), int(info.size))
-            out[tuple(info.chunk_offset)] = (None, int(info.filter_mask), where)
-
-    try:
-        dsid.chunk_iter(visit)
-    except (RuntimeError, OSError, KeyError, ValueError):
-        return None
-    return out
 
 
 def _stored_chunk(

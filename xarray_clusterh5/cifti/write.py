@@ -24,7 +24,13 @@ import numpy as np
 from nibabel.cifti2 import cifti2_axes
 
 from xarray_clusterh5._hdf5.files import atomic_output
-from xarray_clusterh5.cifti.read import _block, _cifti_xml, _dims, _kind, _read_header
+from xarray_clusterh5.cifti.read import (
+    _cifti_xml,
+    _dims,
+    _kind,
+    _read_header,
+    _storage,
+)
 from xarray_clusterh5.errors import ClusterH5Error
 
 
@@ -60,10 +66,10 @@ def load_template(path: str | os.PathLike[str]) -> Template:
             f"file; this is a {kind} with {n_maps} maps",
         )
     shape = (n_maps, n_el) if kind == "pconn" else (1, n_el)
-    block = _block(h, n_maps, n_el, 0)
-    fast = not block.use_nibabel and block.dtype.kind == "f"
-    if fast:
-        return Template(path, n_maps * n_el, kind, h.raw, block.dtype, shape=shape)
+    dtype, use_nibabel = _storage(h)
+    if not use_nibabel and dtype.kind == "f":  # header bytes + data
+        return Template(path, n_maps * n_el, kind, h.raw, dtype, shape=shape)
+
     try:
         img = nib.load(path)
     except Exception as err:

@@ -94,6 +94,8 @@ class _ClusterArray(BackendArray):
         self.manager = manager
         self.lock = lock
         self.path = path
+        # where each cluster dataset's chunks are, while the file stays open
+        self._tables = _chunkread.ChunkTables()
 
     @contextlib.contextmanager
     def _file(self) -> Iterator[h5py.File]:
@@ -157,7 +159,11 @@ class _ClusterArray(BackendArray):
         sel: tuple[slice, slice],
         locate: bool,
     ) -> _chunkread.RawWindow | None:
-        """Locate (or read) the window's chunks; the low-level lookup first."""
+        """Locate (or read) the window's chunks; known locations first."""
+        tables = self._tables.of(f)
+        key = (job.scan, job.cluster_id)
+        if locate and key in tables:
+            return tables[key].window(sel)
         if job.scan not in groups:
             groups[job.scan] = read.clusters_group_of(f, self.path, job.scan)
         group = groups[job.scan]
@@ -166,11 +172,20 @@ class _ClusterArray(BackendArray):
             found = read.cluster_dataset_id(
                 group, job.cluster_id, job.n_voxels, job.n_time
             )
-        if found is not None:
-            dsid, plist = found
+        if found is None:
+            dset = self._dataset(f, groups, job)  # raises what is wrong, or h5py
+            return _chunkread.fetch_window(dset, sel, locate=locate)
+        dsid, plist = found  # its shape is checked: (n_time, n_voxels)
+        shape = (job.n_time, job.n_voxels)
+        table = (
+            _chunkread.locate_chunks(dsid, sel, plist=plist, shape=shape)
+            if locate
+            else None
+        )
+        if table is None:
             return _chunkread.fetch_window(dsid, sel, locate=locate, plist=plist)
-        dset = self._dataset(f, groups, job)  # raises what is wrong, or h5py reads
-        return _chunkread.fetch_window(dset, sel, locate=locate)
+        tables[key] = table
+        return table.window(sel)
 
     def _errors(self, job: _Job) -> contextlib.AbstractContextManager[None]:
         """Errors reading one cluster dataset name the file and the dataset."""
