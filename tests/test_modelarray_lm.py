@@ -486,6 +486,12 @@ def test_in_memory_dataarray() -> None:
     )
     with pytest.raises(ClusterH5Error, match="<in-memory Dataset>: no scalar 'FA'"):
         lm(ds, "FA ~ x", ph)
+    # the response must be exactly (subject, element)
+    for bad in (arr.expand_dims(run=2, axis=2), arr.rename(element="voxel")):
+        with pytest.raises(
+            ClusterH5Error, match=r"'thickness' must have dims \(subject, element\)"
+        ):
+            lm(bad, "thickness ~ x", ph)
 
 
 def test_element_chunks_hold_up_to_32_mib() -> None:

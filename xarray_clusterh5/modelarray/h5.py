@@ -236,14 +236,8 @@ def write_scalar(
     n_elements: int,
     column_names: Sequence[str],
     read_stripe: Callable[[int, int], np.ndarray],
+    options: StorageOptions | None = None,
     *,
-    dtype: Any = "float32",
-    compression: str | None = "gzip",
-    compression_level: int = 4,
-    shuffle: bool = True,
-    chunk_voxels: int = 0,
-    target_chunk_mb: float = 2.0,
-    threads: int | None = None,
     stripe_bytes: int = STRIPE_BYTES,
     progress: Callable[[int], Any] | None = None,
 ) -> h5py.Dataset:
@@ -259,9 +253,9 @@ def write_scalar(
         ``start:stop``, shape ``(n_subjects, stop - start)``; called once per
         stripe, in order. A stripe is a whole number of chunks wide and about
         ``stripe_bytes`` large, so memory stays bounded whatever the cohort size.
-    dtype, compression, compression_level, shuffle, chunk_voxels, target_chunk_mb :
-        as ModelArrayIO's flags (see :class:`StorageOptions`).
-    threads : compression threads (default: available CPUs).
+    options : dtype, filters, chunks and threads, as ModelArrayIO's flags
+        (default: ModelArrayIO's defaults, see :class:`StorageOptions`).
+    stripe_bytes : about how many bytes of values one stripe holds.
     progress : called with the number of elements finished after each stripe.
     """
     check_hdf5_name(scalar, "scalar name")
@@ -270,10 +264,7 @@ def write_scalar(
             f"scalar {scalar!r}: {len(column_names)} column names for "
             f"{n_subjects} subjects"
         )
-    options = StorageOptions(
-        dtype, compression, compression_level, shuffle, chunk_voxels,
-        target_chunk_mb, threads,
-    )  # fmt: skip
+    options = options or StorageOptions()
     dset = options.create_values(f, scalar, n_subjects, n_elements)
     write_column_names(f, scalar, column_names)
     _fill_values(dset, scalar, read_stripe, options.n_threads(), stripe_bytes, progress)
@@ -302,7 +293,9 @@ def _fill_values(
     # chunks compress while later ones are cut and the next stripe is read; at
     # most about STRIPE_BYTES of chunks wait, so a stripe as large as the whole
     # matrix (NIfTI/MIF cohorts) does not also hold all its compressed chunks
-    max_pending = max(2 * n_threads, STRIPE_BYTES // max(per_chunk, 1))
+    # (queue depth: tuning only, every depth writes the same chunks)
+    fit = STRIPE_BYTES // max(per_chunk, 1)  # pragma: no mutate - queue depth
+    max_pending = max(2 * n_threads, fit)  # pragma: no mutate - queue depth
 
     def drain(limit: int) -> None:
         while len(pending) > limit:
@@ -319,7 +312,7 @@ def _fill_values(
                         f"scalar {scalar!r}: stripe {start}:{stop} has shape "
                         f"{block.shape}, expected {(n_subjects, stop - start)}"
                     )
-                block = block.astype(dset.dtype, copy=False)
+                block = np.asarray(block, dtype=dset.dtype)
                 if spec is None:
                     dset[:, start:stop] = block
                 else:
@@ -521,7 +514,7 @@ def read_greyordinates(path: str, f: h5py.File) -> tuple[np.ndarray, np.ndarray]
     si = cols.index("structure_id") if "structure_id" in cols else 1
     names = [decode_str(s) for s in np.asarray(raw_names, dtype=object)]
     codes = table[si].astype(np.int64)
-    if names and (codes.min(initial=0) < 0 or codes.max(initial=0) >= len(names)):
+    if names and not np.all((codes >= 0) & (codes < len(names))):
         raise ClusterH5Error(
             path, "/greyordinates structure_id outside structure_names"
         )
@@ -798,7 +791,7 @@ def resolve_sources(
     fell_back = 0
     urls = [s for s in sources if remote.is_url(s)]
     fetched = remote.local_copies(urls, storage_options) if urls else []
-    copies = dict(zip(urls, fetched, strict=True))
+    copies = dict(zip(urls, fetched, strict=True))  # pragma: no mutate - 1 per URL
     for s in sources:
         if s in copies:  # fetched once into a temporary cache: conversions read it all
             out.append(copies[s])
@@ -882,7 +875,7 @@ class CohortArray:
         else:
             lo, hi = int(cols_1d.min()), int(cols_1d.max()) + 1
             out = np.empty((rows_1d.size, cols_1d.size), dtype=self.dtype)
-            contiguous = cols_1d.size == hi - lo and np.all(np.diff(cols_1d) == 1)
+            contiguous = np.array_equal(cols_1d, np.arange(lo, hi))
             buf = np.empty(hi - lo, dtype=self.dtype)
             for i, r in enumerate(rows_1d):
                 if contiguous:
@@ -978,7 +971,8 @@ def stripe_reader(
     threads read several files at once while other threads compress.
     """
     n = len(array.blocks)
-    step = max(1, n // (4 * threads))  # threads >= 1: the pool's size
+    # files per task, about 4 tasks per thread (threads >= 1: the pool's size)
+    step = max(1, int(n // (4 * threads)))  # pragma: no mutate - tuning only
 
     def read(start: int, stop: int) -> np.ndarray:
         out = np.empty((n, stop - start), dtype=np.float32)
@@ -1082,10 +1076,7 @@ def _write_stream(
 ) -> None:
     write_scalar(
         f, stream.name, len(stream.column_names), n_elements, stream.column_names,
-        stream.read_stripe, dtype=options.dtype, compression=options.compression,
-        compression_level=options.compression_level, shuffle=options.shuffle,
-        chunk_voxels=options.chunk_voxels, target_chunk_mb=options.target_chunk_mb,
-        threads=options.n_threads(), stripe_bytes=stream.stripe_bytes,
+        stream.read_stripe, options, stripe_bytes=stream.stripe_bytes,
         progress=bar.update if bar is not None else None,
     )  # fmt: skip
 
