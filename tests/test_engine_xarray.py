@@ -253,6 +253,10 @@ def test_views_convert_consistently() -> None:
         xr.testing.assert_identical(
             dt.clusterh5.to_padded().compute(), padded.compute()
         )
+        # a run reduced over time is refused by name, not by a transpose error
+        for reduced in (dt.isel(time=0), dt.mean("time")):
+            with pytest.raises(ValueError, match="run 'Mid_full' has no time dim"):
+                reduced.clusterh5.to_padded()
 
 
 def test_to_nifti_volume(tmp_path: Path) -> None:

@@ -851,11 +851,9 @@ def read_columns(
     cast for unscaled data; scaled or unusual files are read through nibabel.
     ``os.pread`` releases the GIL, so threads read files in parallel.
     """
-    if out is None:
-        out = np.empty(stop - start, dtype=np.float32)
     n = stop - start
-    if n <= 0:
-        return out
+    if out is None:
+        out = np.empty(n, dtype=np.float32)
     if block.pconn:
         # stored column-major: element (r, c) at r + c * rows; ModelArrayIO
         # flattens row-major, so read the whole (small) matrix and reorder
@@ -876,10 +874,7 @@ def read_columns(
             os.close(fd)
     if len(buf) != nbytes:
         raise ClusterH5Error(block.path, "truncated: the data block ended early")
-    raw = np.frombuffer(buf, dtype=block.dtype)
-    if m > 1:
-        raw = raw[block.map_index :: m]
-    out[:] = raw
+    out[:] = np.frombuffer(buf, dtype=block.dtype)[block.map_index :: m]
     return out
 
 

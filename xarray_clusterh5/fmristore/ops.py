@@ -488,12 +488,17 @@ def experiment_of(tree: xr.DataTree) -> Any:
         ds = node.to_dataset()
         run_attrs = {**root.attrs, **node.attrs, "scan": name, VIEW_ATTR: "run"}
         meta = scan_metadata(ds.assign_attrs(run_attrs))[name]
+        if "time" not in ds.dims:
+            raise ValueError(
+                f"run {name!r} has no time dimension (reduced over time?): "
+                "a DataTree view needs every run's time series"
+            )
         scans.append(
             ScanInfo(
                 name=str(name),
                 has_data="data" in ds,
                 has_summary="summary" in ds,
-                n_time=int(ds.sizes.get("time", 0)),
+                n_time=int(ds.sizes["time"]),
                 class_attr=node.attrs.get("scan_class"),
                 metadata=meta,
             )

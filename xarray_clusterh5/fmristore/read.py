@@ -331,7 +331,7 @@ def _full_scan_n_time(
     first_cluster: int | None,
     n_time: int | None,
 ) -> int:
-    """Time points of a full scan, from one probed cluster dataset (as R does).
+    """Time points of a full scan, from one first_cluster cluster dataset (as R does).
 
     Locally, a scan lacking cluster datasets is reported here; counting the
     links of an old-style group reads every symbol-table node, which HDF5
@@ -347,18 +347,19 @@ def _full_scan_n_time(
             f"scan {name!r} lacks cluster datasets {missing[:10]}"
             f"{' ...' if len(missing) > 10 else ''} for ids in /cluster_map",
         )
-    probe = get_link(path, f, L.cluster_path(name, first_cluster or cluster_ids[0]))
+    # a scan has data only when the cluster map has voxels; id 0 is valid too
+    assert first_cluster is not None
+    probe = get_link(path, f, L.cluster_path(name, first_cluster))
     if not isinstance(probe, h5py.Dataset):
         raise ClusterH5Error(
-            path,
-            f"missing dataset {L.cluster_path(name, first_cluster or 0)}",
+            path, f"missing dataset {L.cluster_path(name, first_cluster)}"
         )
     _check_data_dtype(path, probe)
     if probe.ndim != 2:
         raise ClusterH5Error(path, f"{probe.name} must be 2-D (T, n_voxels)")
     if n_time is None:
         n_time = int(probe.shape[0])
-    pos = int(np.searchsorted(cluster_ids, first_cluster or cluster_ids[0]))
+    pos = int(np.searchsorted(cluster_ids, first_cluster))
     if probe.shape != (n_time, int(n_voxels[pos])):
         raise ClusterH5Error(
             path,

@@ -93,9 +93,7 @@ def read_values(path: str, h: MifHeader | None = None) -> np.ndarray:
     if h.dtype.kind == "c":
         raise ClusterH5Error(path, "complex MIF data cannot be read as scalars")
     values = apply_scaling(raw_values(h, raw), h)
-    return np.ascontiguousarray(disk_to_logical(values, h), dtype=np.float32).reshape(
-        -1
-    )
+    return np.ascontiguousarray(disk_to_logical(values, h), dtype=np.float32).ravel()
 
 
 def read_range(path: str, h: MifHeader, start: int, stop: int) -> np.ndarray:
