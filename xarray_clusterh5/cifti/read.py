@@ -446,9 +446,9 @@ class DataBlock:
 @dataclass
 class _Header:
     path: str
-    hdr: np.ndarray = field(repr=False)
+    hdr: np.ndarray = field(repr=False)  # pragma: no mutate - repr (debug) only
     endian: Literal["<", ">"]
-    raw: bytes = field(repr=False)
+    raw: bytes = field(repr=False)  # pragma: no mutate - repr (debug) only
 
     def __getitem__(self, key: str) -> Any:
         return self.hdr[key][()]
