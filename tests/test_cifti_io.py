@@ -864,6 +864,11 @@ def test_map_never_closed_is_named(tmp_path, kind):
     with pytest.raises(ClusterH5Error, match=match) as err:
         cifti.read_reference(path)
     assert str(path) in str(err.value)
+    if kind == "dscalar":  # also as a later file of a cohort
+        ref, _ = cifti.read_reference(THICK[0])
+        with pytest.raises(ClusterH5Error, match=match) as err:
+            cifti.check_file(path, ref)
+        assert str(path) in str(err.value)
 
 
 def test_extension_running_past_the_header_is_refused(tmp_path):
