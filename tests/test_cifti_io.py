@@ -275,7 +275,19 @@ def test_dtseries_and_dlabel_are_cifti(tmp_path, axis0, kind):
     np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), data[2])
 
 
+def test_axis_without_a_type_leaves_the_intent_code_to_decide(tmp_path):
+    # the maps' axis types name no known pair: the intent (dscalar) decides
+    raw = THICK[0].read_bytes()
+    old = b' IndicesMapToDataType="CIFTI_INDEX_TYPE_SCALARS"'
+    assert raw.count(old) == 1
+    path = tmp_path / "t.dscalar.nii"
+    path.write_bytes(raw.replace(old, b" " * len(old)))
+    _, block = cifti.read_reference(path)
+    np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), _mai_values()[0])
+
+
 def test_intent_unknown_is_read_from_the_xml(tmp_path):
+
     # nibabel leaves intent 3000 (unknown) unless told; the axes decide
     data = np.ones((1, 100), np.float32)
     path = _write(
@@ -852,6 +864,11 @@ def test_map_never_closed_is_named(tmp_path, kind):
     with pytest.raises(ClusterH5Error, match=match) as err:
         cifti.read_reference(path)
     assert str(path) in str(err.value)
+    if kind == "dscalar":  # also as a later file of a cohort
+        ref, _ = cifti.read_reference(THICK[0])
+        with pytest.raises(ClusterH5Error, match=match) as err:
+            cifti.check_file(path, ref)
+        assert str(path) in str(err.value)
 
 
 def test_extension_running_past_the_header_is_refused(tmp_path):

@@ -371,6 +371,11 @@ def test_blank_and_comment_lines_are_skipped(tmp_path):
     assert h.keyvals == []
     assert h.vox == (1.0, 1.0, 1.0)
     np.testing.assert_array_equal(data.reshape(-1), [2.5, 4.0])
+    # no transform line: identity, written back as 3 rows of 4 numbers
+    np.testing.assert_array_equal(h.affine(), np.eye(4))
+    back_h, back = read_mif(write_mif(tmp_path / "back.mif", h, data))
+    np.testing.assert_array_equal(back_h.transform, np.eye(3, 4))
+    np.testing.assert_array_equal(back, data)
 
 
 def test_layout_with_a_missing_axis_is_not_written(tmp_path):
@@ -417,3 +422,9 @@ def test_header_reads_stop_after_one_mebibyte(tmp_path):
     with pytest.raises(ClusterH5Error, match="no END line") as err:
         read_header(path)
     assert str(path) in str(err.value)
+    # a header of a few chunks is read whole
+    text = _header_text(file=". OFFSET")
+    end = text.index("file:")
+    text = _data_right_after_end(text[:end] + f"comment: {'y' * 10_000}\n" + text[end:])
+    path.write_bytes(_one_value_file(text))
+    assert read_header(path).keyvals == [("comment", "y" * 10_000)]

@@ -446,9 +446,9 @@ class DataBlock:
 @dataclass
 class _Header:
     path: str
-    hdr: np.ndarray = field(repr=False)
+    hdr: np.ndarray = field(repr=False)  # pragma: no mutate - repr (debug) only
     endian: Literal["<", ">"]
-    raw: bytes = field(repr=False)
+    raw: bytes = field(repr=False)  # pragma: no mutate - repr (debug) only
 
     def __getitem__(self, key: str) -> Any:
         return self.hdr[key][()]
@@ -510,16 +510,18 @@ def _cifti_xml(h: _Header) -> bytes:
         raise ClusterH5Error(h.path, "has no NIfTI extensions, so no CIFTI XML")
     pos += 4
     order: Literal["little", "big"] = "little" if h.endian == "<" else "big"
-    while pos + 8 <= len(raw):
-        # (read unsigned: a negative size or code reads huge, which ends the loop)
+    while True:
+        # read unsigned: a negative size or code reads huge. With fewer than 8
+        # bytes left, the size is short or runs past the end: refused below
         esize = int.from_bytes(raw[pos : pos + 4], order)
         ecode = int.from_bytes(raw[pos + 4 : pos + 8], order)
         if esize < 8 or pos + esize > len(raw):
-            break
+            raise ClusterH5Error(
+                h.path, "has no CIFTI-2 extension (code 32) in its header"
+            )
         if ecode == CIFTI_ECODE:
             return raw[pos + 8 : pos + esize].rstrip(b"\x00")
         pos += esize
-    raise ClusterH5Error(h.path, "has no CIFTI-2 extension (code 32) in its header")
 
 
 _MAP_TAG_RE = re.compile(rb"<MatrixIndicesMap\b[^>]*>")

@@ -32,7 +32,7 @@ def logical_to_disk(data: np.ndarray, h: MifHeader) -> np.ndarray:
     """The inverse of :func:`disk_to_logical`: 1-D, in on-disk order."""
     flips = tuple(slice(None, None, -1) if r else slice(None) for r in h.reversed_axes)
     slow_to_fast = sorted(range(len(h.dim)), key=lambda a: -h.order[a])
-    return np.ascontiguousarray(data[flips].transpose(slow_to_fast)).reshape(-1)
+    return np.ascontiguousarray(data[flips].transpose(slow_to_fast)).ravel()
 
 
 def raw_values(h: MifHeader, raw: bytes | None = None) -> np.ndarray:
