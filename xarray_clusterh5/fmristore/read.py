@@ -621,9 +621,11 @@ def cluster_dataset(
     name = L.cluster_path(scan, cluster_id)
     dset: Any = None
     if group is not None:
-        link = group.get(f"cluster_{int(cluster_id)}", getlink=True)
+        # fast path only: anything but a HardLink falls back to get_link below
+        key = f"cluster_{int(cluster_id)}"
+        link = group.get(key, getlink=True)  # pragma: no mutate - fast path only
         if isinstance(link, h5py.HardLink):
-            dset = group[f"cluster_{int(cluster_id)}"]
+            dset = group[key]
             check_local_object(path, dset)
     if dset is None:
         dset = get_link(path, f, name)
