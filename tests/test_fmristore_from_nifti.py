@@ -319,17 +319,45 @@ def test_mask_and_runs_checked_against_the_reference(
 
 def test_spacing_is_the_length_of_each_voxel_axis(nifti_files: dict) -> None:
     """Voxel sizes are column norms of the affine, also for rotated grids."""
-    theta = 0.4
-    rot = np.array(
-        [
-            [np.cos(theta), -np.sin(theta), 0],
-            [np.sin(theta), np.cos(theta), 0],
-            [0, 0, 1],
-        ]
-    )
+    from nibabel.eulerangles import euler2mat
+
+    rot = euler2mat(z=0.4, y=-0.3, x=0.2)
     affine = np.eye(4)
     affine[:3, :3] = rot @ np.diag([1.5, 2.0, 3.0])
     img = nib.Nifti1Image(np.ones((*SHAPE, 2), np.float32), affine)
     ds = from_nifti([("a", img)], atlas=_atlas())
     np.testing.assert_allclose(ds.attrs["spacing"], [1.5, 2.0, 3.0], rtol=1e-12)
     np.testing.assert_allclose(ds.attrs["affine"].reshape(4, 4), affine)
+
+
+def test_bad_inputs_and_cluster_tables_are_refused_by_name(nifti_files: dict) -> None:
+    rest = nifti_files["rest"][0]
+    with pytest.raises(ValueError, match="runs is empty: give at least one NIfTI run"):
+        from_nifti({}, atlas=_atlas())
+    with pytest.raises(TypeError, match="run 'a' must be a path or a nibabel image"):
+        from_nifti({"a": np.zeros((*SHAPE, 2))}, atlas=_atlas())
+    with pytest.raises(ValueError, match=r"atlas atlas array must be a 3-D volume"):
+        from_nifti({"a": rest}, atlas=_atlas()[..., None].repeat(2, axis=3))
+    with pytest.raises(ValueError, match="must hold integer labels, not <U1"):
+        from_nifti({"a": rest}, atlas=np.full(SHAPE, "x"))
+    boolean = from_nifti({"a": rest}, atlas=_atlas() > 0)  # one cluster, id 1
+    assert boolean["cluster"].values.tolist() == [1]
+    assert boolean["n_voxels"].values.tolist() == [67]
+    tables = [
+        ({"name": ["a", "b", "c"]}, "needs a 'cluster_id' column"),
+        ({"cluster_id": [3.0, 7.5, 10.0]}, r"\['cluster_id'\] holds non-integer"),
+        ({"cluster_id": [3, 7, 7, 10]}, "duplicate cluster ids"),
+    ]
+    for table, message in tables:
+        with pytest.raises(ValueError, match=message):
+            from_nifti({"a": rest}, atlas=_atlas(), cluster_metadata=table)
+    # a row for a cluster the mask leaves out is dropped, not refused
+    mask = _atlas() != 7
+    ds = from_nifti(
+        {"a": rest},
+        atlas=_atlas(),
+        mask=mask,
+        cluster_metadata={"cluster_id": [10.0, 7.0, 3.0], "name": ["t", "s", "r"]},
+    )
+    assert ds["cluster"].values.tolist() == [3, 10]
+    assert ds["name"].values.tolist() == ["r", "t"]

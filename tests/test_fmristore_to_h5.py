@@ -386,3 +386,56 @@ def test_padded_view_without_flags_writes_what_it_holds(tmp_path: Path) -> None:
     out = to_fmristore(plain.drop_vars("summary"), tmp_path / "d.h5")
     with h5py.File(out) as f:
         assert sorted(f["scans/rest_run"]) == ["clusters", "metadata"]
+
+
+def test_inconsistent_views_are_refused_by_name(tmp_path: Path) -> None:
+    path = fmristore_path("vignette")
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        ds = ds.load()
+    with xr.open_dataset(path, engine="clusterh5", group="rest_run") as run:
+        run = run.load()
+    out = tmp_path / "x.h5"
+
+    def refused(view: xr.Dataset, message: str) -> None:
+        with pytest.raises(ValueError, match=message):
+            to_fmristore(view, out)
+        assert not out.exists()
+
+    # voxel indices: inside the volume, padding (-1) only after the voxels
+    for axis, bad in (("i", 10), ("j", -2), ("k", 5)):
+        v = ds[axis].values.copy()
+        v[0, 0] = bad
+        refused(
+            ds.assign_coords({axis: (ds[axis].dims, v)}),
+            "voxel indices i/j/k fall outside volume_shape",
+        )
+    v = run["k"].values.copy()
+    v[3] = 5
+    refused(run.assign_coords(k=("voxel", v)), "fall outside volume_shape")
+    gap = {c: ds[c].values.copy() for c in "ijk"}
+    for c in "ijk":
+        gap[c][0, 0] = -1  # a hole before the cluster's voxels
+    refused(
+        ds.assign_coords({c: (ds[c].dims, gap[c]) for c in "ijk"}).drop_vars(
+            "n_voxels"
+        ),
+        r"padding \(-1\) must come after the voxels of each cluster",
+    )
+    # flags and variables must agree, and a run must hold something
+    refused(ds.drop_vars("data"), "run 'rest_run' has_data but there is no 'data'")
+    refused(
+        ds.drop_vars("summary"),
+        "run 'motor_run' has_summary but there is no 'summary'",
+    )
+    refused(
+        ds.drop_vars(["data", "summary", "has_data", "has_summary"]),
+        "run 'motor_run' has neither data nor summary",
+    )
+    refused(run.drop_vars("data"), "scan 'rest_run' has neither data nor summary")
+    # the cluster coordinate must list exactly the clusters of the voxels
+    refused(
+        run.drop_indexes(["cluster", "voxel_cluster"]).assign_coords(
+            cluster=("cluster", [1, 2, 4])
+        ),
+        "cluster ids of the 'cluster' coordinate differ from 'voxel_cluster'",
+    )

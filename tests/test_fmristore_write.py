@@ -362,6 +362,40 @@ BAD = [
         },
         "metadata n_time=7 but the data have 5 time points",
     ),
+    # refusals of each input check, by message
+    (
+        {"scan_metadata": {"rest": {"x": np.array(["a", 1], dtype=object)}}},
+        "'x' of scan 'rest' mixes strings with int values",
+    ),
+    ({"summary_only": "yes"}, "summary_only must be 'auto', 'r', True or False"),
+    (
+        {"cluster_map": np.array(["a", "b", "a", "b"])},
+        "cluster_map must hold integer labels, got dtype <U1",
+    ),
+    ({"scan_metadata": {"rest": {"x": "a\x00b"}}}, "holds a NUL character"),
+    ({"scan_metadata": {"rest": {"x": []}}}, "cannot store empty vectors"),
+    ({"affine": np.full((4, 4), np.nan)}, "affine must be a finite 4x4 matrix"),
+    ({"cluster_map": None}, "cluster_map is required with a boolean mask"),
+    (
+        {"mask": np.where(_tiny()["mask"], 2, 0)},
+        r"mask must be boolean \(0/1\) when cluster_map is given",
+    ),
+    ({"non_ascii": "latin1"}, "non_ascii must be 'error' or 'utf8', got 'latin1'"),
+    ({"nonpositive_ids": "skip"}, "nonpositive_ids must be 'error' or 'warn'"),
+    (
+        {"scan_metadata": {"rest": {"TR": "fast"}}},
+        "TR \\(metadata\\) of scan 'rest' must be a number of seconds, got 'fast'",
+    ),
+    ({"spacing": "wide"}, "spacing must be 3 numbers, got 'wide'"),
+    ({"chunks": {"time": 0}}, "chunk caps must be >= 1"),
+    (
+        {"runs": {"rest": {1: np.zeros((3, 5)), 2: np.zeros((2, 5))}}},
+        r"scan 'rest': cluster 1 data has shape \(3, 5\), expected \(2, T\)",
+    ),
+    (
+        {"runs": {"rest": iter([(2, np.zeros((2, 5))), (1, np.zeros((5,)))])}},
+        r"scan 'rest': cluster 1 data has shape \(5,\), expected \(2, T\)",
+    ),
 ]
 
 
