@@ -441,8 +441,7 @@ def _check_data_dtype(path: str, dset: h5py.Dataset) -> None:
 
 def is_clustered_experiment(f: h5py.File) -> bool:
     """True for files with fmristore's multi-scan layout (either generation)."""
-    cls = read_attr_str(f, L.ATTR_ROOT_CLASS) if L.ATTR_ROOT_CLASS in f.attrs else None
-    if cls in L.EXPERIMENT_CLASSES.values():
+    if read_attr_str(f, L.ATTR_ROOT_CLASS) in L.EXPERIMENT_CLASSES.values():
         return True
     return isinstance(f.get("scans"), h5py.Group) and isinstance(
         f.get("cluster_map"), h5py.Dataset
