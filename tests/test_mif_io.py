@@ -65,6 +65,12 @@ def test_fixture_headers():
     )  # fmt: skip
     np.testing.assert_array_equal(idx.transform[:, 3], [-6.25, -7.5, -5])
     assert idx.affine()[0, 0] == 2.5
+    # mrinfo.txt: voxel size 2.5 (the 4th axis is not spatial) and its transform
+    np.testing.assert_array_equal(
+        idx.affine(),
+        [[2.5, 0, 0, -6.25], [0, 2.5, 0, -7.5], [0, 0, 2.5, -5], [0, 0, 0, 1]],
+    )
+
     assert [k for k, _ in idx.keyvals] == ["command_history", "mrtrix_version"]
 
 
@@ -225,9 +231,9 @@ def test_mrtrix_reads_our_files(tmp_path):
 
 
 def test_path_objects_and_missing_files(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"none\.mif: no such file$"):
         read_mif(Path(tmp_path / "none.mif"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"none\.mif: no such file$"):
         read_header(tmp_path / "none.mif")
 
 
@@ -365,6 +371,11 @@ def test_blank_and_comment_lines_are_skipped(tmp_path):
     assert h.keyvals == []
     assert h.vox == (1.0, 1.0, 1.0)
     np.testing.assert_array_equal(data.reshape(-1), [2.5, 4.0])
+    # no transform line: identity, written back as 3 rows of 4 numbers
+    np.testing.assert_array_equal(h.affine(), np.eye(4))
+    back_h, back = read_mif(write_mif(tmp_path / "back.mif", h, data))
+    np.testing.assert_array_equal(back_h.transform, np.eye(3, 4))
+    np.testing.assert_array_equal(back, data)
 
 
 def test_layout_with_a_missing_axis_is_not_written(tmp_path):
@@ -374,3 +385,46 @@ def test_layout_with_a_missing_axis_is_not_written(tmp_path):
     with pytest.raises(ValueError, match="zip"):
         write_mif(tmp_path / "x.mif", h, np.zeros((2, 1, 1)))
     assert not (tmp_path / "x.mif").exists()
+
+
+def test_complex_data_are_not_scalars(tmp_path):
+    h = MifHeader("t", (3, 1, 1), (1.0,) * 3, (0, 1, 2), (False,) * 3,
+                  np.dtype("<c8"), np.eye(3, 4), None)  # fmt: skip
+    data = np.array([1 + 2j, 3, -1j], np.complex64).reshape(h.dim)
+    out = write_mif(tmp_path / "c.mif", h, data, dtype="<c8")
+    np.testing.assert_array_equal(read_mif(out)[1], data)  # read as stored
+    with pytest.raises(ClusterH5Error, match="complex MIF data cannot be read") as err:
+        read_values(str(out))
+    assert str(out) in str(err.value)
+
+
+def test_range_read_of_a_truncated_file_is_named(tmp_path):
+    src = INPUTS / "sub-01_FD.mif"
+    cut = tmp_path / "cut.mif"
+    cut.write_bytes(src.read_bytes()[:-8])  # the last two values are missing
+    h = read_header(cut)
+    assert read_range(str(cut), h, 0, 298).size == 298
+    with pytest.raises(ClusterH5Error, match="the file ends inside the data") as err:
+        read_range(str(cut), h, 290, 300)
+    assert str(cut) in str(err.value)
+
+
+def test_header_reads_stop_after_one_mebibyte(tmp_path):
+    # read_header looks for END in the first MiB only, not through a large file
+    # whole: here END lies 100 bytes past it
+    text = _header_text(file=". OFFSET")
+    end = text.index("file:")
+    pad = (1 << 20) + 100 - len(text)
+    text = _data_right_after_end(text[:end] + f"comment: {'x' * pad}\n" + text[end:])
+    assert (1 << 20) < text.index("\nEND\n") < (1 << 20) + 4096
+    path = tmp_path / "long.mif"
+    path.write_bytes(_one_value_file(text))
+    with pytest.raises(ClusterH5Error, match="no END line") as err:
+        read_header(path)
+    assert str(path) in str(err.value)
+    # a header of a few chunks is read whole
+    text = _header_text(file=". OFFSET")
+    end = text.index("file:")
+    text = _data_right_after_end(text[:end] + f"comment: {'y' * 10_000}\n" + text[end:])
+    path.write_bytes(_one_value_file(text))
+    assert read_header(path).keyvals == [("comment", "y" * 10_000)]

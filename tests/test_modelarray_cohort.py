@@ -364,6 +364,11 @@ def test_to_modelarray_shows_progress_by_default(in_cohort, tmp_path, capsys):
     cohort.to_modelarray(ds, tmp_path / "p.h5")
     err = capsys.readouterr().err
     assert "100/100" in err  # the bar counts elements
+    # of every scalar: two scalars of 100 elements in one file
+    two = cohort.from_cohort("cohort_long_two_scalars.csv")
+    capsys.readouterr()
+    cohort.to_modelarray(two, tmp_path / "two.h5")
+    assert "200/200" in capsys.readouterr().err
 
 
 def test_accessor_to_cifti_dispatches_results_to_modelarrayio_exports(

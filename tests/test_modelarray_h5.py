@@ -662,3 +662,104 @@ def test_results_matrix_must_be_2d(tmp_path):
         f["results/lm/column_names"] = np.array([b"a", b"b"])
     with pytest.raises(ClusterH5Error, match=r"must be 2-D, has shape \(2, 3, 1\)"):
         modelarray_io.read_results(path, "lm")
+
+
+def test_result_names_fall_through_empty_places(tmp_path):
+    # names are looked up in ModelArrayIO's order; a place holding only empty
+    # names does not count, and with no names at all statistics are numbered
+    path = tmp_path / "r.h5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("results/a/results_matrix", data=np.zeros((2, 3)))
+        d.attrs["colnames"] = ["", ""]
+        f["results/a/column_names"] = np.array([b"s1", b"s2"])
+        d = f.create_dataset("results/b/results_matrix", data=np.zeros((2, 3)))
+        f["results/b/column_names"] = np.array([b"\0", b" "])
+    with h5py.File(path, "r") as f:
+        assert modelarray_io.result_names(str(path), f, "a") == ["s1", "s2"]
+        assert modelarray_io.result_names(str(path), f, "b") is None
+    assert modelarray_io.read_results(path, "b")[0] == [
+        "component001",
+        "component002",
+    ]
+
+
+def test_parcel_pairs_need_both_sides(tmp_path):
+    path = tmp_path / "p.h5"
+    with h5py.File(path, "w") as f:
+        f["scalars/x/values"] = np.zeros((2, 4), np.float32)
+        f["scalars/x/column_names"] = np.array([b"s1", b"s2"])
+        f["parcels/parcel_id_from"] = np.array(["P0", "P1"], dtype=h5py.string_dtype())
+    with pytest.raises(ClusterH5Error, match=r"\['parcel_id_from'\], not parcel ids"):
+        xr.open_dataset(path, engine="clusterh5")
+
+
+def test_split_outputs_must_differ(tmp_path):
+    # "a/b" and "a b" both become a_b_o.h5: refused before anything is written
+    with pytest.raises(ValueError, match="same split output file name"):
+        modelarray_io.output_plan(tmp_path / "o.h5", ["a/b", "a b"], True)
+    plan = modelarray_io.output_plan(tmp_path / "o.h5", ["a", "b"], False)
+    assert plan == [(tmp_path / "o.h5", ["a", "b"])]
+
+
+def test_empty_cohort_file_is_named(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("\n\n")
+    with pytest.raises(ClusterH5Error, match="cohort file is empty") as err:
+        modelarray_io.read_cohort_table(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "scalar_columns", "match"),
+    [
+        # a wide cohort's scalar_name and source_file are made from its cells
+        ("subj,FA,source_file\n1,a.nii,x\n", ["FA"], r"\['source_file'\] clash"),
+        ("scalar_name,source_file,_row\nFA,a.nii,3\n", None, r"\['_row'\] clash"),
+        # pandas renames a repeated header (age.1), the csv module does not
+        ("scalar_name,source_file,age,age\nFA,a.nii,3,4\n", None, "differently"),
+    ],
+)
+def test_cohort_frames_that_cannot_be_made_are_named(
+    tmp_path, text, scalar_columns, match
+):
+    path = tmp_path / "c.csv"
+    path.write_text(text)
+    with pytest.raises(ClusterH5Error, match=match) as err:
+        modelarray_io.read_cohort(path, scalar_columns)
+    assert str(path) in str(err.value)
+
+
+def test_cohort_table_column_cells(tmp_path):
+    # source_mask_file cells: stripped; empty, blank and NA cells are missing
+    path = tmp_path / "c.csv"
+    path.write_text(
+        "scalar_name,source_file,source_mask_file\n"
+        "FA,a.nii, m.nii \nFA,b.nii,\nFA,c.nii,NA\nFA,d.nii,  \n"
+    )
+    table = modelarray_io.read_cohort_table(path)
+    assert table.column("source_mask_file") == ["m.nii", None, None, None]
+    assert table.column("age") == [None] * 4
+
+
+def test_results_matrix_that_is_a_group_is_refused(tmp_path):
+    path = tmp_path / "r.h5"
+    with h5py.File(path, "w") as f:
+        f["scalars/x/values"] = np.zeros((2, 3), np.float32)
+        f.create_group("results/lm/results_matrix")
+    with pytest.raises(ClusterH5Error, match="no results for analysis 'lm'"):
+        modelarray_io.read_results(path, "lm")
+
+
+def test_two_element_greyordinates_are_not_transposed(tmp_path):
+    # (2, 2) is ModelArrayIO's (rows, elements) layout, not R's transpose
+    path = tmp_path / "g.h5"
+    attrs = {
+        "column_names": ["vertex_id", "structure_id"],
+        "structure_names": ["A", "B"],
+    }
+    _greyordinates_file(path, np.array([[5, 6], [1, 0]]), attrs)
+    with h5py.File(path, "r") as f:
+        got = modelarray_io.read_greyordinates(str(path), f)
+    assert got is not None
+    assert got[0].tolist() == [5, 6]
+    assert got[1].tolist() == ["B", "A"]

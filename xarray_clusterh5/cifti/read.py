@@ -446,9 +446,9 @@ class DataBlock:
 @dataclass
 class _Header:
     path: str
-    hdr: np.ndarray = field(repr=False)
+    hdr: np.ndarray = field(repr=False)  # pragma: no mutate - repr (debug) only
     endian: Literal["<", ">"]
-    raw: bytes = field(repr=False)
+    raw: bytes = field(repr=False)  # pragma: no mutate - repr (debug) only
 
     def __getitem__(self, key: str) -> Any:
         return self.hdr[key][()]
@@ -482,7 +482,7 @@ def _read_header(path: str) -> _Header:
 
         dt = header_dtype.newbyteorder(endian)
         hdr = np.frombuffer(head, dtype=dt, count=1)[0]
-        if bytes(hdr["magic"])[:3] != b"n+2":
+        if bytes(hdr["magic"]) != b"n+2":  # (numpy ends the field at its NUL)
             raise ClusterH5Error(path, "not a single-file NIfTI-2 (magic is not n+2)")
         vox_offset = int(hdr["vox_offset"])
         if vox_offset < NIFTI2_HEADER_SIZE + 4:
@@ -510,16 +510,18 @@ def _cifti_xml(h: _Header) -> bytes:
         raise ClusterH5Error(h.path, "has no NIfTI extensions, so no CIFTI XML")
     pos += 4
     order: Literal["little", "big"] = "little" if h.endian == "<" else "big"
-    while pos + 8 <= len(raw):
-        # (read unsigned: a negative size or code reads huge, which ends the loop)
+    while True:
+        # read unsigned: a negative size or code reads huge. With fewer than 8
+        # bytes left, the size is short or runs past the end: refused below
         esize = int.from_bytes(raw[pos : pos + 4], order)
         ecode = int.from_bytes(raw[pos + 4 : pos + 8], order)
         if esize < 8 or pos + esize > len(raw):
-            break
+            raise ClusterH5Error(
+                h.path, "has no CIFTI-2 extension (code 32) in its header"
+            )
         if ecode == CIFTI_ECODE:
             return raw[pos + 8 : pos + esize].rstrip(b"\x00")
         pos += esize
-    raise ClusterH5Error(h.path, "has no CIFTI-2 extension (code 32) in its header")
 
 
 _MAP_TAG_RE = re.compile(rb"<MatrixIndicesMap\b[^>]*>")
@@ -851,11 +853,9 @@ def read_columns(
     cast for unscaled data; scaled or unusual files are read through nibabel.
     ``os.pread`` releases the GIL, so threads read files in parallel.
     """
-    if out is None:
-        out = np.empty(stop - start, dtype=np.float32)
     n = stop - start
-    if n <= 0:
-        return out
+    if out is None:
+        out = np.empty(n, dtype=np.float32)
     if block.pconn:
         # stored column-major: element (r, c) at r + c * rows; ModelArrayIO
         # flattens row-major, so read the whole (small) matrix and reorder
@@ -876,10 +876,7 @@ def read_columns(
             os.close(fd)
     if len(buf) != nbytes:
         raise ClusterH5Error(block.path, "truncated: the data block ended early")
-    raw = np.frombuffer(buf, dtype=block.dtype)
-    if m > 1:
-        raw = raw[block.map_index :: m]
-    out[:] = raw
+    out[:] = np.frombuffer(buf, dtype=block.dtype)[block.map_index :: m]
     return out
 
 

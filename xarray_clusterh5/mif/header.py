@@ -245,13 +245,12 @@ def read_header(path: str | os.PathLike[str]) -> MifHeader:
     return parse_header(p, raw)
 
 
-def format_header(h: MifHeader, dtype: np.dtype, *, scaling: bool = False) -> bytes:
+def format_header(h: MifHeader, dtype: np.dtype) -> bytes:
     """Header bytes for ``h``'s geometry, ``dtype`` data and a ``file:`` line.
 
-    Lines in ModelArrayIO's order (dim, vox, layout, datatype, transform,
-    [scaling], the other keys verbatim, file); the offset is the first multiple
-    of 4 after the header, as MRtrix writes it. ``scaling`` copies the
-    template's scaling line (only right for data stored scaled).
+    Lines in ModelArrayIO's order (dim, vox, layout, datatype, transform, the
+    other keys verbatim, file); the offset is the first multiple of 4 after the
+    header, as MRtrix writes it. No ``scaling`` line: data are stored as given.
     """
     lines = [
         "mrtrix image",
@@ -263,9 +262,8 @@ def format_header(h: MifHeader, dtype: np.dtype, *, scaling: bool = False) -> by
     lines += [
         "transform: " + ", ".join(repr(float(v)) for v in row) for row in h.transform
     ]
-    if scaling and h.scaling is not None:
-        lines.append(f"scaling: {h.scaling[0]},{h.scaling[1]}")
     lines += [f"{k}: {v}" for k, v in h.keyvals]
+
     head = ("\n".join(lines) + "\n").encode("latin-1")
     offset = len(head) - len(head) % 4  # multiples of 4 up to the first that fits
     while len(head) + len(f"file: . {offset}\nEND\n") > offset:

@@ -283,7 +283,7 @@ def _fill_values(
     n_subjects, n_elements = dset.shape
     chunks = dset.chunks
     cw = chunks[1]
-    per_chunk = n_subjects * cw * dset.dtype.itemsize
+    per_chunk = n_subjects * cw * dset.dtype.itemsize  # pragma: no mutate - tuning
     width = cw * max(1, int(stripe_bytes // max(per_chunk, 1)))
     # lzf has no encoder here: h5py compresses those stripes itself
     spec = filter_spec(dset) if dset.compression != "lzf" else None
@@ -339,7 +339,7 @@ def _fill_values(
 
 def _decode_names(path: str, values: Any) -> list[str]:
     """Names from an attribute or dataset value: bytes or str, vlen or fixed."""
-    arr = np.asarray(values, dtype=object).reshape(-1)
+    arr = np.asarray(values, dtype=object).ravel()
     return [decode_str(v).rstrip("\x00").strip() for v in arr]
 
 
@@ -385,7 +385,7 @@ def scalar_column_names(path: str, f: h5py.File, scalar: str) -> list[str]:
     ):
         obj = get_link(path, f, p)
         if isinstance(obj, h5py.Dataset):
-            return [str(s) for s in read_strings(path, obj).reshape(-1)]
+            return [str(s) for s in read_strings(path, obj).ravel()]
     raise ClusterH5Error(path, f"scalar {scalar!r} has no column_names (source files)")
 
 
@@ -394,8 +394,11 @@ def result_names(path: str, f: h5py.File, analysis: str) -> list[str] | None:
 
     1. attribute ``colnames`` on ``results_matrix`` (legacy writers);
     2. dataset ``results/<a>/column_names`` (R ``writeResults``: variable-length;
-       the streaming writer: fixed-length, NUL-padded);
-    3. dataset ``results/<a>/results_matrix/column_names``.
+       the streaming writer: fixed-length, NUL-padded).
+
+    ModelArrayIO also looks for ``results/<a>/results_matrix/column_names``,
+    which cannot exist: ``results_matrix`` is a dataset, and HDF5 datasets hold
+    no links.
 
     Names are decoded as UTF-8 with trailing NULs and whitespace stripped. Unlike
     ModelArrayIO, empty names are kept in place (ModelArrayIO drops them, which
@@ -408,16 +411,13 @@ def result_names(path: str, f: h5py.File, analysis: str) -> list[str] | None:
         names = _decode_names(path, matrix.attrs["colnames"])
         if any(names):
             return names
-    for p in (
-        f"{layout.RESULTS}/{analysis}/column_names",
-        f"{layout.results_matrix_path(analysis)}/column_names",
-    ):
-        obj = get_link(path, f, p)
-        if isinstance(obj, h5py.Dataset):
-            with named_errors(path, "reading the statistic names", p):
-                names = _decode_names(path, obj[()])
-            if any(names):
-                return names
+    p = f"{layout.RESULTS}/{analysis}/column_names"
+    obj = get_link(path, f, p)
+    if isinstance(obj, h5py.Dataset):
+        with named_errors(path, "reading the statistic names", p):
+            names = _decode_names(path, obj[()])
+        if any(names):
+            return names
     return None
 
 
@@ -559,7 +559,7 @@ def read_parcels(path: str, f: h5py.File) -> dict[str, np.ndarray] | None:
     for name in ("parcel_id", "parcel_id_from", "parcel_id_to"):
         obj = get_link(path, grp, name)
         if isinstance(obj, h5py.Dataset):
-            out[name] = read_strings(path, obj).reshape(-1)
+            out[name] = read_strings(path, obj).ravel()
     return out or None
 
 
@@ -716,8 +716,14 @@ def cohort_frame(table: CohortTable) -> pd.DataFrame:
     """The DataFrame of a :class:`CohortTable`; pandas types the other columns."""
     import pandas as pd
 
-    text = [c for c in ("scalar_name", "source_file") if c in table.header]
-    df = pd.read_csv(table.path, dtype=dict.fromkeys(text, str))
+    # the frame's own columns (a wide cohort's are made from its cells)
+    made = ["_row", "scalar_name", "source_file"] if table.wide else ["_row"]
+    clash = [c for c in made if c in table.header]
+    if clash:
+        raise ClusterH5Error(
+            table.path, f"cohort column(s) {clash} clash with the table's; rename them"
+        )
+    df = pd.read_csv(table.path)
     if len(df) != len(table.cells) or list(df.columns) != table.header:
         raise ClusterH5Error(
             table.path, "pandas and the csv module read this cohort differently"
