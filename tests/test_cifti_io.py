@@ -31,6 +31,7 @@ THICK = [
 ]
 AREA = [COHORT / "area" / f"sub-000{i}_area.dscalar.nii" for i in range(1, 6)]
 ANALYSES = {"lm": 19, "lm_stream": 13, "legacy_attr": 25}
+THICK_SIZE = THICK[0].stat().st_size
 
 
 def _mai_values(name: str = "thickness") -> np.ndarray:
@@ -404,6 +405,8 @@ def test_not_cifti_inputs(tmp_path):
         ([6, 1, 1, 1, 2, 1, 100, 1], r"dims \[6, 1, 1, 1, 2, 1, 100\]"),
         ([6, 2, 1, 1, 1, 1, 100, 1], r"dims \[6, 2, 1, 1, 1, 1, 100\]"),
         ([6, 1, 1, 1, 1, 1, 10**9, 1], "impossible in a file"),
+        # one byte per value would just fit the file: the XML says 100 values
+        ([6, 1, 1, 1, 1, 1, THICK_SIZE, 1], r"\(1, \d+\) does not match .* \(1, 100\)"),
         ([6, 1, 1, 1, 1, 0, 100, 1], "give 0 x 100 values, impossible"),
         ([6, 1, 1, 1, 1, 1, 0, 1], "give 1 x 0 values, impossible"),
     ],
@@ -768,7 +771,9 @@ def test_surface_only_cohorts_compare_without_a_volume(tmp_path, monkeypatch):
         tmp_path / "a.dscalar.nii", np.ones((1, 78), np.float32),
         (ca.ScalarAxis(["a"]), surface),
     )  # fmt: skip
-    ref, _ = cifti.read_reference(first)
+    with monkeypatch.context() as fast:  # no volume: still the fast parser
+        fast.setattr(cifti, "_nib_load", _no_nibabel)
+        ref, _ = cifti.read_reference(first)
     assert ref.affine is None
     # the same model, other bytes (a tab for a space): compared by numbers
     second = tmp_path / "b.dscalar.nii"
@@ -869,6 +874,14 @@ def test_map_never_closed_is_named(tmp_path, kind):
         with pytest.raises(ClusterH5Error, match=match) as err:
             cifti.check_file(path, ref)
         assert str(path) in str(err.value)
+
+
+def test_cifti_xml_is_the_extension_content():
+    raw = THICK[0].read_bytes()
+    vox_offset = int(np.frombuffer(raw[168:176], "<i8")[0])
+    xml = cifti._cifti_xml(cifti._read_header(str(THICK[0])))
+    assert xml.startswith(b"<?xml") or xml.startswith(b"<CIFTI")
+    assert xml == raw[552:vox_offset].rstrip(b"\0")
 
 
 def test_extension_running_past_the_header_is_refused(tmp_path):

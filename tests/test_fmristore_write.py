@@ -247,6 +247,12 @@ def _tiny(**extra: object) -> dict:
     return kw
 
 
+def test_no_affine_and_no_spacing_is_one_millimetre(tmp_path: Path) -> None:
+    out = write_experiment(tmp_path / "u.h5", **_tiny())
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["header/pixdim"][()], [0, 1, 1, 1, 0, 0, 0, 0])
+
+
 def test_overwrite_and_atomicity(tmp_path: Path) -> None:
     target = tmp_path / "out.h5"
     write_experiment(target, **_tiny())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import zlib
 from pathlib import Path
 
@@ -249,3 +250,5 @@ def test_non_numeric_and_shuffle_after_deflate_are_refused(tmp_path: Path) -> No
             )
         )
         assert (spec.level, spec.shuffle) == (4, True)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            spec.level = 9  # type: ignore[misc]  # a spec describes the file

@@ -231,9 +231,9 @@ def test_mrtrix_reads_our_files(tmp_path):
 
 
 def test_path_objects_and_missing_files(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"none\.mif: no such file$"):
         read_mif(Path(tmp_path / "none.mif"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"none\.mif: no such file$"):
         read_header(tmp_path / "none.mif")
 
 

@@ -482,7 +482,7 @@ def _read_header(path: str) -> _Header:
 
         dt = header_dtype.newbyteorder(endian)
         hdr = np.frombuffer(head, dtype=dt, count=1)[0]
-        if bytes(hdr["magic"])[:3] != b"n+2":
+        if bytes(hdr["magic"]) != b"n+2":  # (numpy ends the field at its NUL)
             raise ClusterH5Error(path, "not a single-file NIfTI-2 (magic is not n+2)")
         vox_offset = int(hdr["vox_offset"])
         if vox_offset < NIFTI2_HEADER_SIZE + 4:

@@ -426,10 +426,6 @@ def to_tree(ds: xr.Dataset) -> xr.DataTree:
     """The padded view as the exact DataTree (root geometry, one node per run)."""
     ds = with_run_dim(ds)
     runs = scan_names(ds)
-    first = unpad(ds, runs[0]) if runs else None
-    if first is None:
-        raise ValueError("no runs")
-    root_vars = [v for v in first.coords if v != "time"]
     root = xr.Dataset(coords=_flat_coords_of_padded(ds, in_tree=True))
     root.attrs = {
         VIEW_ATTR: "root",
@@ -439,7 +435,7 @@ def to_tree(ds: xr.Dataset) -> xr.DataTree:
     nodes: dict[str, xr.Dataset] = {"/": root}
     for run in runs:
         node = unpad(ds, run)
-        node = node.drop_vars([v for v in root_vars if v in node.coords])
+        node = node.drop_vars([v for v in node.coords if v in root.coords])
         node.attrs = {k: v for k, v in node.attrs.items() if k not in GEOMETRY_ATTRS}
         nodes[f"/{run}"] = node
     return xr.DataTree.from_dict(nodes)

@@ -441,8 +441,7 @@ def _check_data_dtype(path: str, dset: h5py.Dataset) -> None:
 
 def is_clustered_experiment(f: h5py.File) -> bool:
     """True for files with fmristore's multi-scan layout (either generation)."""
-    cls = read_attr_str(f, L.ATTR_ROOT_CLASS) if L.ATTR_ROOT_CLASS in f.attrs else None
-    if cls in L.EXPERIMENT_CLASSES.values():
+    if read_attr_str(f, L.ATTR_ROOT_CLASS) in L.EXPERIMENT_CLASSES.values():
         return True
     return isinstance(f.get("scans"), h5py.Group) and isinstance(
         f.get("cluster_map"), h5py.Dataset
@@ -621,9 +620,11 @@ def cluster_dataset(
     name = L.cluster_path(scan, cluster_id)
     dset: Any = None
     if group is not None:
-        link = group.get(f"cluster_{int(cluster_id)}", getlink=True)
+        # fast path only: anything but a HardLink falls back to get_link below
+        key = f"cluster_{int(cluster_id)}"
+        link = group.get(key, getlink=True)  # pragma: no mutate - fast path only
         if isinstance(link, h5py.HardLink):
-            dset = group[f"cluster_{int(cluster_id)}"]
+            dset = group[key]
             check_local_object(path, dset)
     if dset is None:
         dset = get_link(path, f, name)

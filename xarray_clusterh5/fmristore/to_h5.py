@@ -177,7 +177,8 @@ def _stream_dask(
     import dask.array as da
 
     n_threads = threads or os.cpu_count() or 1
-    q: queue.Queue[Any] = queue.Queue(maxsize=max(2, 2 * n_threads))
+    depth = max(2, 2 * n_threads)  # pragma: no mutate - queue depth: tuning only
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     cancel = threading.Event()
     sinks: list[Any] = []
     for cid, arr in blocks.items():
