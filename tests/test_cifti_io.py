@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import hashlib
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -29,6 +31,7 @@ THICK = [
 ]
 AREA = [COHORT / "area" / f"sub-000{i}_area.dscalar.nii" for i in range(1, 6)]
 ANALYSES = {"lm": 19, "lm_stream": 13, "legacy_attr": 25}
+THICK_SIZE = THICK[0].stat().st_size
 
 
 def _mai_values(name: str = "thickness") -> np.ndarray:
@@ -246,6 +249,14 @@ def test_multi_map_needs_a_map_index(tmp_path):
     np.testing.assert_array_equal(cifti.read_columns(block, 10, 20), data[1, 10:20])
     with pytest.raises(ClusterH5Error, match="out of range"):
         cifti.read_reference(path, map_index=2)
+    # negative indices count from the end, as in Python
+    _, last = cifti.read_reference(path, map_index=-1)
+    np.testing.assert_array_equal(cifti.read_columns(last, 0, 100), data[1])
+    _, first = cifti.read_reference(path, map_index=-2)
+    np.testing.assert_array_equal(cifti.read_columns(first, 5, 6), data[0, 5:6])
+    assert cifti.read_columns(first, 7, 7).shape == (0,)
+    with pytest.raises(ClusterH5Error, match="map index -3 out of range: 2 maps"):
+        cifti.read_reference(path, map_index=-3)
 
 
 @pytest.mark.parametrize(
@@ -265,7 +276,19 @@ def test_dtseries_and_dlabel_are_cifti(tmp_path, axis0, kind):
     np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), data[2])
 
 
+def test_axis_without_a_type_leaves_the_intent_code_to_decide(tmp_path):
+    # the maps' axis types name no known pair: the intent (dscalar) decides
+    raw = THICK[0].read_bytes()
+    old = b' IndicesMapToDataType="CIFTI_INDEX_TYPE_SCALARS"'
+    assert raw.count(old) == 1
+    path = tmp_path / "t.dscalar.nii"
+    path.write_bytes(raw.replace(old, b" " * len(old)))
+    _, block = cifti.read_reference(path)
+    np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), _mai_values()[0])
+
+
 def test_intent_unknown_is_read_from_the_xml(tmp_path):
+
     # nibabel leaves intent 3000 (unknown) unless told; the axes decide
     data = np.ones((1, 100), np.float32)
     path = _write(
@@ -382,6 +405,10 @@ def test_not_cifti_inputs(tmp_path):
         ([6, 1, 1, 1, 2, 1, 100, 1], r"dims \[6, 1, 1, 1, 2, 1, 100\]"),
         ([6, 2, 1, 1, 1, 1, 100, 1], r"dims \[6, 2, 1, 1, 1, 1, 100\]"),
         ([6, 1, 1, 1, 1, 1, 10**9, 1], "impossible in a file"),
+        # one byte per value would just fit the file: the XML says 100 values
+        ([6, 1, 1, 1, 1, 1, THICK_SIZE, 1], r"\(1, \d+\) does not match .* \(1, 100\)"),
+        ([6, 1, 1, 1, 1, 0, 100, 1], "give 0 x 100 values, impossible"),
+        ([6, 1, 1, 1, 1, 1, 0, 1], "give 1 x 0 values, impossible"),
     ],
 )
 def test_damaged_nifti_dims_are_named(tmp_path, dim, match):
@@ -515,7 +542,66 @@ def test_pconn_values_are_read_row_major(tmp_path):
         cifti.read_reference(path, map_index=0)
 
 
+def test_parcellated_cohorts_with_other_parcels_are_refused(tmp_path):
+    rows, cols = _parcels(5, 20), _parcels(4, 25)
+    conn = _write(
+        tmp_path / "a.pconn.nii", np.ones((5, 4), np.float32), (rows, cols)
+    )  # fmt: skip
+    ref, _ = cifti.read_reference(conn)
+    # the rows of a pconn are parcels too: other rows, same columns
+    renamed = ca.ParcelsAxis(
+        [f"Q{i}" for i in range(5)], rows.voxels, rows.vertices, rows.affine,
+        rows.volume_shape, rows.nvertices,
+    )  # fmt: skip
+    other = _write(
+        tmp_path / "b.pconn.nii", np.ones((5, 4), np.float32), (renamed, cols)
+    )
+    with pytest.raises(
+        ClusterH5Error, match=r"parcels differ from .*a\.pconn\.nii \(axis 0\): other"
+    ):
+        cifti.check_file(other, ref)
+    square = _write(tmp_path / "c.pconn.nii", np.ones((5, 5), np.float32), (rows, rows))
+    with pytest.raises(ClusterH5Error, match="has 25 values per map; the first file"):
+        cifti.check_file(square, ref)
+
+    scalar = _write(
+        tmp_path / "d.pscalar.nii", np.ones((1, 4), np.float32),
+        (ca.ScalarAxis(["m"]), cols),
+    )  # fmt: skip
+    with pytest.raises(
+        ClusterH5Error, match=r"is a CIFTI-2 pscalar file; the first file .* is a pconn"
+    ):
+        cifti.check_file(scalar, ref)
+    # pscalar: the same parcel names over other vertices or voxels
+    ref, _ = cifti.read_reference(scalar)
+    moved = ca.ParcelsAxis.from_brain_models(
+        [(f"P{i}", _fixture_axis()[i * 25 + 1 : (i + 1) * 25 + 1]) for i in range(4)]
+    )
+    shifted = _write(
+        tmp_path / "e.pscalar.nii", np.ones((1, 4), np.float32),
+        (ca.ScalarAxis(["m"]), moved),
+    )  # fmt: skip
+    with pytest.raises(
+        ClusterH5Error,
+        match=r"\(axis 1\): same parcel names but other vertices or voxels",
+    ):
+        cifti.check_file(shifted, ref)
+
+
+def test_truncated_pconn_after_its_check_is_named(tmp_path):
+    path = _write(
+        tmp_path / "c.pconn.nii", np.ones((5, 4), np.float32),
+        (_parcels(5, 20), _parcels(4, 25)),
+    )  # fmt: skip
+    _, block = cifti.read_reference(path)
+    path.write_bytes(path.read_bytes()[:-4])
+    with pytest.raises(ClusterH5Error, match="the data block ended early") as err:
+        cifti.read_columns(block, 0, 20)
+    assert str(path) in str(err.value)
+
+
 def test_truncated_data_block(tmp_path):
+
     cut = tmp_path / "cut.dscalar.nii"
     cut.write_bytes(THICK[1].read_bytes()[:-8])
     ref, _ = cifti.read_reference(THICK[0])
@@ -570,6 +656,244 @@ def test_fast_xml_parse_equals_nibabel(tmp_path_factory, axis):
     assert ref.axis == parsed
     np.testing.assert_array_equal(ref.voxel, parsed.voxel)
     np.testing.assert_array_equal(cifti.read_columns(block, 0, len(axis)), data[0])
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (b"91,109,91", b"91,1x9,91"),
+        (b">21 1565", b">2x 1565"),
+        (b'MeterExponent="-3"', b'MeterExponent="-x"'),
+        (b' MeterExponent="-3"', b""),  # required by CIFTI-2, nibabel refuses
+        (b'SurfaceNumberOfVertices="32492"', b'SurfaceNumberOfVertices="3249x"'),
+        (b"90.0000000000", b"90.000000000x"),
+        (b"20 23 31", b"20 2x 31"),
+    ],
+)
+def test_damaged_numbers_in_the_xml_are_named(tmp_path, old, new):
+    # not a bare ValueError: the fast parser gives up, nibabel's error is named
+    bad = tmp_path / "n.dscalar.nii"
+    raw = THICK[1].read_bytes()
+    bad.write_bytes(raw.replace(old, new.ljust(len(old)), 1))
+    assert cifti.parse_brain_models(_fixture_bm_xml(), 100, "x") is not None
+    ref, _ = cifti.read_reference(THICK[0])
+    for read in (cifti.read_reference, lambda p: cifti.check_file(p, ref)):
+        with pytest.raises(ClusterH5Error, match="nibabel cannot read") as err:
+            read(bad)
+        assert str(bad) in str(err.value)
+
+
+def _fixture_bm_xml() -> bytes:
+
+    return cifti.read_reference(THICK[0])[0].xml
+
+
+@pytest.mark.parametrize(
+    "edits",
+    [
+        [(b'VolumeDimensions="91,109,91"', b'VolumeDimensions="91,109"')],
+        [(b"0.0000000000 1.0000000000<", b"1.0000000000<")],  # 15 matrix numbers
+        [(b' IndexCount="40"', b"")],
+        [(b' IndexOffset="40"', b"")],
+        [(b'IndexOffset="40"', b'IndexOffset="41"')],
+        [(b'IndexCount="12"', b'IndexCount="-12"')],
+        [(b'IndexCount="12"', b'IndexCount="1x"')],
+        # one voxel more in the last model: its count runs past the greyordinates
+        [(b'IndexCount="10"', b'IndexCount="11"'), (b"67 53 29<", b"67 53 29 1 1 1<")],
+        [(b' BrainStructure="CIFTI_STRUCTURE_THALAMUS_LEFT"', b"")],
+        [(b"CIFTI_STRUCTURE_CORTEX_LEFT", b"CIFTI_STRUCTURE_CORTEX&#95;LEFT")],
+        [(b' SurfaceNumberOfVertices="32492"', b"")],
+        [(b"<VertexIndices>21 ", b"<VertexIndices>")],
+        [(b"<VoxelIndicesIJK>20 23 31", b"<VoxelIndicesIJK>20 23")],
+        [(b"CIFTI_MODEL_TYPE_SURFACE", b"CIFTI_MODEL_TYPE_OTHER")],
+        [(b"<Volume ", b"<Volumen ")],
+        [(b"TransformationMatrixVoxelIndicesIJKtoXYZ ", b"Transform ")],
+    ],
+)
+def test_fast_parser_gives_up_on_unexpected_xml(edits):
+    # anything but the expected numbers: None, and nibabel decides
+    xml = _fixture_bm_xml()
+    assert cifti.parse_brain_models(xml, 100, "x") is not None
+    for old, new in edits:
+        assert xml.count(old) >= 1
+        xml = xml.replace(old, new, 1)
+    assert cifti.parse_brain_models(xml, 100, "x") is None
+
+
+@pytest.mark.parametrize("n", [99, 101])
+def test_fast_parser_gives_up_on_another_greyordinate_count(n):
+    assert cifti.parse_brain_models(_fixture_bm_xml(), n, "x") is None
+
+
+def test_fast_parser_reads_voxels_without_vertices():
+    ref = cifti.parse_brain_models(_fixture_bm_xml(), 100, "x")
+    assert ref is not None
+    np.testing.assert_array_equal(ref.vertex[78:], -1)
+    np.testing.assert_array_equal(ref.voxel[:78], -1)
+    assert ref.nvertices == {
+        "CIFTI_STRUCTURE_CORTEX_LEFT": 32492, "CIFTI_STRUCTURE_CORTEX_RIGHT": 32492
+    }  # fmt: skip
+    assert ref.volume_shape == (91, 109, 91)
+
+
+@pytest.mark.parametrize("change", ["affine", "volume_shape", "nvertices"])
+def test_same_greyordinates_in_another_volume_or_mesh_are_refused(tmp_path, change):
+    axis = _fixture_axis()
+    geometry = {
+        "affine": axis.affine, "volume_shape": axis.volume_shape,
+        "nvertices": dict(axis.nvertices),
+    }  # fmt: skip
+    if change == "affine":
+        geometry["affine"] = axis.affine @ np.diag([1.0, 1.0, 1.5, 1.0])
+    elif change == "volume_shape":
+        geometry["volume_shape"] = (91, 109, 92)
+    else:
+        geometry["nvertices"]["CIFTI_STRUCTURE_CORTEX_RIGHT"] = 32000
+    other = ca.BrainModelAxis(
+        axis.name, voxel=axis.voxel, vertex=axis.vertex, **geometry
+    )
+    bad = _write(
+        tmp_path / "g.dscalar.nii", np.zeros((1, 100), np.float32),
+        (ca.ScalarAxis(["m"]), other),
+    )  # fmt: skip
+    ref, _ = cifti.read_reference(THICK[0])
+    with pytest.raises(
+        ClusterH5Error,
+        match=r"its brain model differs from the first file's \(affine, volume or mesh",
+    ) as err:
+        cifti.check_file(bad, ref)
+    assert str(bad) in str(err.value)
+
+
+def test_surface_only_cohorts_compare_without_a_volume(tmp_path, monkeypatch):
+    surface = _fixture_axis()[:78]  # both cortices, no voxels: no affine
+    first = _write(
+        tmp_path / "a.dscalar.nii", np.ones((1, 78), np.float32),
+        (ca.ScalarAxis(["a"]), surface),
+    )  # fmt: skip
+    with monkeypatch.context() as fast:  # no volume: still the fast parser
+        fast.setattr(cifti, "_nib_load", _no_nibabel)
+        ref, _ = cifti.read_reference(first)
+    assert ref.affine is None
+    # the same model, other bytes (a tab for a space): compared by numbers
+    second = tmp_path / "b.dscalar.nii"
+    raw = first.read_bytes()
+    assert raw.count(b"<VertexIndices>21 1565") == 1
+    second.write_bytes(raw.replace(b"<VertexIndices>21 ", b"<VertexIndices>21\t"))
+    assert cifti.read_columns(cifti.check_file(second, ref), 0, 78).tolist() == [1] * 78
+    other, _ = cifti.read_reference(second)
+    assert ref.same_as(other)
+    assert other.same_as(ref)
+    with_volume = replace(other, affine=np.eye(4))
+    assert not ref.same_as(with_volume)
+    assert not with_volume.same_as(ref)
+    # nibabel's reading of the file (no volume, so no units to scale) is the same
+    monkeypatch.setattr(cifti, "parse_brain_models", lambda *a: None)
+    slow, _ = cifti.read_reference(second)
+    assert slow.affine is None
+    assert slow.same_as(ref)
+    assert slow.axis == surface
+
+
+@pytest.mark.parametrize("size", [8, 16])
+def test_other_extensions_before_the_cifti_one_are_skipped(tmp_path, size):
+    # a comment extension (code 6) first: the CIFTI XML is the second one
+    raw = THICK[0].read_bytes()
+    vox_offset = int(np.frombuffer(raw[168:176], "<i8")[0])
+    comment = np.array([size, 6], "<i4").tobytes() + b"x" * (size - 8)
+    new = bytearray(raw[:544] + comment + raw[544:])
+    new[168:176] = np.array([vox_offset + size], "<i8").tobytes()
+    path = tmp_path / "ext.dscalar.nii"
+    path.write_bytes(bytes(new))
+    ref, block = cifti.read_reference(path)
+    assert ref.axis == _fixture_axis()
+    np.testing.assert_array_equal(cifti.read_columns(block, 0, 100), _mai_values()[0])
+
+
+def test_nibabel_errors_are_computed_on_first_use():
+    import nibabel.filebasedimages
+
+    errors = cifti.NIBABEL_ERRORS
+    assert nibabel.filebasedimages.ImageFileError in errors
+    assert OSError in errors
+    assert errors == cifti.nibabel_errors()
+    with pytest.raises(AttributeError, match="has no attribute 'NIBABEL_ERROR'"):
+        cifti.NIBABEL_ERROR  # noqa: B018
+
+
+def test_file_shrinking_while_its_header_is_read_is_named(tmp_path, monkeypatch):
+    # another process truncates the file between its size check and the read
+    path = tmp_path / "s.dscalar.nii"
+    path.write_bytes(THICK[0].read_bytes()[:1000])  # inside the XML
+    real = cifti.os.fstat
+
+    class _Stat:
+        st_size = 10**6
+
+    monkeypatch.setattr(cifti.os, "fstat", lambda fd: _Stat() if fd > 2 else real(fd))
+    with pytest.raises(
+        ClusterH5Error, match="truncated: the file ends inside the header extension"
+    ) as err:
+        cifti.read_reference(path)
+    assert str(path) in str(err.value)
+
+
+def test_empty_cifti_extension_has_no_maps(tmp_path):
+    # an extension of code 32 holding no XML, last in the header
+    raw = bytearray(THICK[0].read_bytes())
+    vox_offset = int(np.frombuffer(raw[168:176], "<i8")[0])
+    raw[168:176] = np.array([552], "<i8").tobytes()
+    empty = np.array([8, 32], "<i4").tobytes()
+    path = tmp_path / "empty.dscalar.nii"
+    path.write_bytes(bytes(raw[:544]) + empty + bytes(raw[vox_offset:]))
+    with pytest.raises(ClusterH5Error, match="CIFTI XML has no brain-model map"):
+        cifti.read_reference(path)
+
+
+@pytest.mark.parametrize("kind", ["dscalar", "pscalar"])
+def test_map_never_closed_is_named(tmp_path, kind):
+    # the element holding the greyordinates or parcels is not closed
+    if kind == "dscalar":
+        raw = THICK[0].read_bytes()
+        match = "CIFTI XML has no brain-model map"
+    else:
+        src = _write(
+            tmp_path / "a.pscalar.nii", np.ones((1, 10), np.float32),
+            (ca.ScalarAxis(["a"]), _parcels(10, 10)),
+        )  # fmt: skip
+        raw = src.read_bytes()
+        match = "CIFTI XML has no parcels map"
+    end = raw.rindex(b"</MatrixIndicesMap>")
+    path = tmp_path / f"open.{kind}.nii"
+    path.write_bytes(raw[:end] + b"<MatrixIndicesMaq/>" + raw[end + 19 :])
+    with pytest.raises(ClusterH5Error, match=match) as err:
+        cifti.read_reference(path)
+    assert str(path) in str(err.value)
+    if kind == "dscalar":  # also as a later file of a cohort
+        ref, _ = cifti.read_reference(THICK[0])
+        with pytest.raises(ClusterH5Error, match=match) as err:
+            cifti.check_file(path, ref)
+        assert str(path) in str(err.value)
+
+
+def test_cifti_xml_is_the_extension_content():
+    raw = THICK[0].read_bytes()
+    vox_offset = int(np.frombuffer(raw[168:176], "<i8")[0])
+    xml = cifti._cifti_xml(cifti._read_header(str(THICK[0])))
+    assert xml.startswith(b"<?xml") or xml.startswith(b"<CIFTI")
+    assert xml == raw[552:vox_offset].rstrip(b"\0")
+
+
+def test_extension_running_past_the_header_is_refused(tmp_path):
+
+    # the CIFTI extension's size says it ends 16 bytes after vox_offset
+    raw = bytearray(THICK[0].read_bytes())
+    esize = int(np.frombuffer(raw[544:548], "<i4")[0])
+    raw[544:548] = np.array([esize + 16], "<i4").tobytes()
+    bad = tmp_path / "long.dscalar.nii"
+    bad.write_bytes(bytes(raw))
+    with pytest.raises(ClusterH5Error, match=r"has no CIFTI-2 extension \(code 32\)"):
+        cifti.read_reference(bad)
 
 
 # --------------------------------------------------------------------------
@@ -783,10 +1107,11 @@ def test_dtseries_keeps_the_voxel_order(tmp_path):
 def test_dtseries_bad_inputs(tmp_path):
     ijk = np.array([[0, 0, 0], [1, 1, 1]])
     data = np.zeros((2, 3))
-    with pytest.raises(ValueError, match="outside the volume"):
-        cifti_write.write_dtseries(
-            tmp_path / "a.dtseries.nii", data, ijk + 4, AFFINE, (5, 5, 5), 1
-        )
+    for outside in (ijk + 4, ijk - 1, np.array([[0, 0, 0], [4, 4, 5]])):
+        with pytest.raises(ValueError, match=r"outside the volume \(5, 5, 5\)"):
+            cifti_write.write_dtseries(
+                tmp_path / "a.dtseries.nii", data, outside, AFFINE, (5, 5, 5), 1
+            )
     with pytest.raises(ValueError, match="repeated"):
         cifti_write.write_dtseries(
             tmp_path / "a.dtseries.nii",
@@ -848,6 +1173,35 @@ def test_ptseries_one_parcel_per_cluster(tmp_path):
             tmp_path / "d.ptseries.nii", summary, ["a", "a", "b"], parcels, AFFINE,
             shape, 1.0,
         )  # fmt: skip
+    outside = [*parcels[:2], np.array([[0, 0, -1]])]
+    with pytest.raises(ValueError, match=r"outside the volume \(6, 6, 6\)"):
+        cifti_write.write_ptseries(
+            tmp_path / "d.ptseries.nii", summary, names, outside, AFFINE, shape, 1.0
+        )
+    with pytest.raises(FileExistsError):
+        cifti_write.write_ptseries(path, summary, names, parcels, AFFINE, shape, 0.8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.ptseries.nii"]
+
+
+@pytest.mark.parametrize("name", ["pconn", "pscalar", "dscalar"])
+def test_export_templates_are_fixed_once_loaded(tmp_path, name):
+    # a template's shape gives each written matrix: rows x columns for pconn
+    if name == "dscalar":
+        path, shape = THICK[0], (1, 100)
+    else:
+        axes = (_parcels(5, 20), _parcels(4, 25))
+        if name == "pscalar":
+            axes = (ca.ScalarAxis(["m"]), axes[1])
+        shape = (len(axes[0]), 4)
+        path = _write(tmp_path / f"t.{name}.nii", np.zeros(shape, np.float32), axes)
+    template = cifti_write.load_template(path)
+    assert template.shape == shape
+    assert template.n_elements == shape[0] * shape[1]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        template.shape = (1, 1)  # type: ignore[misc]
+    _, block = cifti.read_reference(path)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        block.offset = 0  # type: ignore[misc]
 
 
 def test_fixtures_are_modelarrayio_files():

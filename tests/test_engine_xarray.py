@@ -137,6 +137,14 @@ def test_cluster_selection_lists_and_errors() -> None:
         assert again.data.shape == (273, 64)
         with pytest.raises(KeyError, match="cluster id 3 not found"):
             ds.sel(cluster=3)
+        with pytest.raises(ValueError, match="exact cluster ids only"):
+            ds.sel(cluster=3, method="nearest")
+        # a label slice may spell out step 1, no other step
+        xr.testing.assert_identical(
+            ds.sel(cluster=slice(2, 17, 1)), ds.sel(cluster=slice(2, 17))
+        )
+        with pytest.raises(ValueError, match="cluster slices cannot have a step"):
+            ds.sel(cluster=slice(2, 40, 2))
         with pytest.raises(ValueError, match="select with cluster=<id or ids>"):
             ds.sel(cluster=2, voxel_cluster=2)
         for picks in (xr.DataArray([2, 40], dims="pick"), xr.DataArray([[2]])):
@@ -159,6 +167,8 @@ def test_cluster_index_needs_one_block_per_cluster_in_order() -> None:
         ["cluster", "voxel_cluster"], ClusterIndex
     )
     assert ds.sel(cluster=1)["voxel_cluster"].values.tolist() == [1, 1]
+    with pytest.raises(ValueError, match="needs a cluster and a voxel-label"):
+        xr.Dataset(coords=coords).set_xindex(["cluster"], ClusterIndex)
 
 
 def test_close_releases_the_file() -> None:
@@ -253,6 +263,10 @@ def test_views_convert_consistently() -> None:
         xr.testing.assert_identical(
             dt.clusterh5.to_padded().compute(), padded.compute()
         )
+        # a run reduced over time is refused by name, not by a transpose error
+        for reduced in (dt.isel(time=0), dt.mean("time")):
+            with pytest.raises(ValueError, match="run 'Mid_full' has no time dim"):
+                reduced.clusterh5.to_padded()
 
 
 def test_to_nifti_volume(tmp_path: Path) -> None:

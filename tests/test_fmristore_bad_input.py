@@ -142,6 +142,22 @@ CORRUPTIONS: dict[str, tuple[Callable[[h5py.File], None], str]] = {
         lambda f: f["scans/alpha_full"].attrs.create("n_time", [40]),
         r"cluster_5 has shape \(64, 203\), expected \(n_time=40, n_voxels=203\)",
     ),
+    "header_without_dim": (
+        lambda f: f.__delitem__("header/dim"),
+        r"no /header/dim: not an fmristore clustered file",
+    ),
+    # the cluster of the first mask voxel gives n_time: it must be a dataset
+    "probe_not_a_dataset": (
+        lambda f: (
+            f.__delitem__("scans/zeta_full/clusters/cluster_5"),
+            f.create_group("scans/zeta_full/clusters/cluster_5"),
+        ),
+        r"missing dataset /scans/zeta_full/clusters/cluster_5$",
+    ),
+    "metadata_complex": (
+        lambda f: f.create_dataset("scans/alpha_full/metadata/phase", data=1 + 2j),
+        r"/scans/alpha_full/metadata/phase has unsupported dtype complex128",
+    ),
     "n_time_summary": (
         lambda f: f.create_dataset("scans/beta_summary/metadata/n_time", data=20),
         r"summary_data has 23 time points, the scan's voxel data 20",
@@ -213,6 +229,28 @@ def test_n_time_comes_from_the_cluster_of_the_first_mask_voxel(
         np.testing.assert_array_equal(ds.sel(cluster=2).data, expected)
         with pytest.raises(ClusterH5Error, match=r"cluster_1 has shape \(7, 2\)"):
             ds.sel(cluster=1).load()
+
+
+def test_first_mask_voxel_in_cluster_zero_is_the_probe(tmp_path: Path) -> None:
+    # id 0 (written with nonpositive_ids="warn") is probed like any other id
+    path = tmp_path / "zero.h5"
+    with pytest.warns(UserWarning, match=r"cluster ids \[-3, 0\] are <= 0"):
+        write_experiment(
+            path,
+            mask=np.ones((2, 2, 1), dtype=bool),
+            cluster_map=[0, -3, -3, -3],
+            runs={"a": np.arange(20.0).reshape(4, 5)},
+            nonpositive_ids="warn",
+        )
+    with xr.open_dataset(path, engine="clusterh5", group="a") as ds:
+        assert ds["cluster"].values.tolist() == [-3, 0]
+        np.testing.assert_array_equal(ds.sel(cluster=0).data, [[0.0, 1, 2, 3, 4]])
+    _edit(path, lambda f: _replace(f, "scans/a/clusters/cluster_0", np.zeros((5, 2))))
+    with pytest.raises(
+        ClusterH5Error,
+        match=r"cluster_0 has shape \(5, 2\), expected \(n_time=5, n_voxels=1\)",
+    ):
+        xr.open_dataset(path, engine="clusterh5")
 
 
 def test_external_link_is_refused(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import h5py
@@ -252,3 +253,111 @@ def test_affine_source_names_the_header_form(nifti_files: dict, tmp_path: Path) 
     nib.save(nib.MGHImage(_atlas().astype(np.int32), AFFINE), mgh)
     ds = from_nifti({"a": nifti_files["task"][0]}, atlas=mgh)
     assert ds.attrs["affine_source"] == f"MGHImage affine of {mgh}"
+
+
+def test_one_string_vectors_are_stored_as_the_writer_stores_them(
+    nifti_files: dict, tmp_path: Path
+) -> None:
+    """A length-1 text vector is the string itself, as R's hdf5r writes it."""
+    text = {"one": ["x"], "u": np.array(["q"]), "two": ["a", "b"], "s": "word"}
+    ds = from_nifti(
+        {"rest": nifti_files["rest"][0]},
+        atlas=nifti_files["atlas"],
+        metadata={"rest": text},
+    )
+    meta = ds.clusterh5.scan_metadata()["rest"]
+    assert (meta["one"], meta["u"], meta["s"]) == ("x", "q", "word")
+    assert meta["two"].tolist() == ["a", "b"]
+    out = to_fmristore(ds, tmp_path / "t.h5")
+    with h5py.File(out) as f:
+        stored = {k: f[f"scans/rest/metadata/{k}"] for k in text}
+        assert {k: d.shape for k, d in stored.items()} == {
+            "one": (),
+            "u": (),
+            "two": (2,),
+            "s": (),
+        }
+        assert stored["one"][()] == b"x"
+        assert stored["two"][()].tolist() == [b"a", b"b"]
+    with xr.open_dataset(out, engine="clusterh5") as back:
+        assert back.clusterh5.scan_metadata()["rest"]["one"] == "x"
+
+
+def test_mask_and_runs_checked_against_the_reference(
+    nifti_files: dict, tmp_path: Path
+) -> None:
+    """Without an atlas image the first run defines the grid; errors name it."""
+    rest, task = nifti_files["rest"][0], nifti_files["task"][0]
+    other = tmp_path / "moved.nii.gz"
+    moved = AFFINE.copy()
+    moved[1, 3] += 2
+    nib.save(nib.Nifti1Image(np.zeros((*SHAPE, 3), np.float32), moved), other)
+    with pytest.raises(
+        ValueError, match=f"'b' has a different affine from {re.escape(str(rest))}"
+    ):
+        from_nifti({"a": rest, "b": other}, atlas=_atlas())
+    with pytest.raises(
+        ValueError, match=f"'b' has a different affine from {re.escape(str(other))}"
+    ):
+        from_nifti({"a": other, "b": task}, atlas=_atlas())
+    in_memory = nib.Nifti1Image(np.zeros((*SHAPE, 2), np.float32), AFFINE)
+    with pytest.raises(ValueError, match="from <in-memory Nifti1Image>"):
+        from_nifti([("a", in_memory), ("b", other)], atlas=_atlas())
+    # the mask: same grid and affine as the reference
+    with pytest.raises(ValueError, match=r"mask \(mask array\) has shape \(7, 6, 4\)"):
+        from_nifti({"a": rest}, atlas=_atlas(), mask=np.ones((7, 6, 4), bool))
+    mask_path = tmp_path / "mask.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones(SHAPE, np.uint8), moved), mask_path)
+    with pytest.raises(
+        ValueError, match=rf"mask \({re.escape(str(mask_path))}\) has a different"
+    ):
+        from_nifti({"a": rest}, atlas=nifti_files["atlas"], mask=mask_path)
+    nib.save(nib.Nifti1Image(np.ones(SHAPE, np.uint8), AFFINE), mask_path)
+    ds = from_nifti({"a": rest}, atlas=nifti_files["atlas"], mask=mask_path)
+    np.testing.assert_array_equal(ds["n_voxels"].values, [36, 7, 24])
+
+
+def test_spacing_is_the_length_of_each_voxel_axis(nifti_files: dict) -> None:
+    """Voxel sizes are column norms of the affine, also for rotated grids."""
+    from nibabel.eulerangles import euler2mat
+
+    rot = euler2mat(z=0.4, y=-0.3, x=0.2)
+    affine = np.eye(4)
+    affine[:3, :3] = rot @ np.diag([1.5, 2.0, 3.0])
+    img = nib.Nifti1Image(np.ones((*SHAPE, 2), np.float32), affine)
+    ds = from_nifti([("a", img)], atlas=_atlas())
+    np.testing.assert_allclose(ds.attrs["spacing"], [1.5, 2.0, 3.0], rtol=1e-12)
+    np.testing.assert_allclose(ds.attrs["affine"].reshape(4, 4), affine)
+
+
+def test_bad_inputs_and_cluster_tables_are_refused_by_name(nifti_files: dict) -> None:
+    rest = nifti_files["rest"][0]
+    with pytest.raises(ValueError, match="runs is empty: give at least one NIfTI run"):
+        from_nifti({}, atlas=_atlas())
+    with pytest.raises(TypeError, match="run 'a' must be a path or a nibabel image"):
+        from_nifti({"a": np.zeros((*SHAPE, 2))}, atlas=_atlas())
+    with pytest.raises(ValueError, match=r"atlas atlas array must be a 3-D volume"):
+        from_nifti({"a": rest}, atlas=_atlas()[..., None].repeat(2, axis=3))
+    with pytest.raises(ValueError, match="must hold integer labels, not <U1"):
+        from_nifti({"a": rest}, atlas=np.full(SHAPE, "x"))
+    boolean = from_nifti({"a": rest}, atlas=_atlas() > 0)  # one cluster, id 1
+    assert boolean["cluster"].values.tolist() == [1]
+    assert boolean["n_voxels"].values.tolist() == [67]
+    tables = [
+        ({"name": ["a", "b", "c"]}, "needs a 'cluster_id' column"),
+        ({"cluster_id": [3.0, 7.5, 10.0]}, r"\['cluster_id'\] holds non-integer"),
+        ({"cluster_id": [3, 7, 7, 10]}, "duplicate cluster ids"),
+    ]
+    for table, message in tables:
+        with pytest.raises(ValueError, match=message):
+            from_nifti({"a": rest}, atlas=_atlas(), cluster_metadata=table)
+    # a row for a cluster the mask leaves out is dropped, not refused
+    mask = _atlas() != 7
+    ds = from_nifti(
+        {"a": rest},
+        atlas=_atlas(),
+        mask=mask,
+        cluster_metadata={"cluster_id": [10.0, 7.0, 3.0], "name": ["t", "s", "r"]},
+    )
+    assert ds["cluster"].values.tolist() == [3, 10]
+    assert ds["name"].values.tolist() == ["r", "t"]

@@ -120,6 +120,7 @@ def test_cluster_meta_with_float_ids_and_missing_rows(tmp_path: Path) -> None:
         {
             "cluster_id": np.array([17.0]),
             "volume_mm3": np.array([131.25]),
+            "rank": np.array([3], dtype=np.int32),
             "label": np.array([b"parcel_17"], dtype=object),
         },
     )
@@ -129,6 +130,19 @@ def test_cluster_meta_with_float_ids_and_missing_rows(tmp_path: Path) -> None:
             ds["volume_mm3"].values, [np.nan, np.nan, 131.25, np.nan]
         )
         assert ds["label"].values.tolist() == ["", "", "parcel_17", ""]
+        # the table keeps the missing integers as NaN, not cast to garbage
+        table = ds.clusterh5.cluster_metadata()
+    np.testing.assert_array_equal(table["rank"], [np.nan, np.nan, 3, np.nan])
+    assert table["rank"].dtype == np.float64
+
+
+def test_cluster_table_keeps_the_file_dtypes() -> None:
+    # a column turned float in memory comes back in the type R stored
+    with xr.open_dataset(fmristore_path("irregular"), engine="clusterh5") as ds:
+        floated = ds.assign_coords(is_cortical=ds["is_cortical"].astype(np.float64))
+        table = floated.clusterh5.cluster_metadata()
+        assert table["is_cortical"].dtype == np.int8
+        np.testing.assert_array_equal(table["is_cortical"], ds["is_cortical"].values)
 
 
 def test_short_pixdim_gives_the_spacing(tmp_path: Path) -> None:

@@ -138,6 +138,17 @@ def test_probe_series_and_concat(fixture_name: str) -> None:
         np.testing.assert_allclose(got.values[:, 0], ijk["values"], rtol=1e-6)
 
 
+def test_padding_overhead(fixture_name: str) -> None:
+    """Padded cells of the runs with voxel data over their real values."""
+    with xr.open_dataset(fmristore_path(fixture_name), engine="clusterh5") as ds:
+        full = ds["has_data"].values
+        real = int(ds["n_voxels"].sum()) * int(ds["n_time"].values[full].sum())
+        cells = ds.sizes["cluster"] * ds.sizes["voxel"] * ds.sizes["time"]
+        want = cells * int(full.sum()) / real
+        assert ds.attrs["padding_overhead"] == pytest.approx(want, rel=1e-12)
+        assert ds.attrs["padding_overhead"] >= 1.0
+
+
 def test_summaries(fixture_name: str) -> None:
     exp = fmristore_expected(fixture_name)
     for run, block in exp["summary"].items():

@@ -322,3 +322,120 @@ def test_header_written_back_follows_affine_form(tmp_path: Path) -> None:
         np.testing.assert_allclose(back.attrs["affine"].reshape(4, 4), affine)
     with pytest.raises(ValueError, match="affine_form"):
         to_fmristore(ds.assign_attrs(affine_form="sform"), tmp_path / "bad.h5")
+
+
+def test_failed_dask_compute_raises_its_own_error(tmp_path: Path) -> None:
+    """An error inside the dask graph reaches the caller as it was raised."""
+
+    def broken(block: np.ndarray) -> np.ndarray:
+        if block.size:  # not dask's zero-size meta probe
+            raise ArithmeticError("upstream task failed")
+        return block
+
+    path = fmristore_path("irregular")
+    with xr.open_dataset(path, engine="clusterh5", group="zeta_full", chunks={}) as ds:
+        bad = ds["data"].data.map_blocks(broken, dtype=np.float32)
+        with pytest.raises(ArithmeticError, match="upstream task failed"):
+            to_fmristore(ds.assign(data=(ds["data"].dims, bad)), tmp_path / "o.h5")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_padded_view_n_voxels_must_match_padding(tmp_path: Path) -> None:
+    with xr.open_dataset(fmristore_path("vignette"), engine="clusterh5") as ds:
+        ds = ds.load()
+    n = ds["n_voxels"].values.copy()
+    n[0] -= 1
+    with pytest.raises(ValueError, match="n_voxels disagrees with the i/j/k"):
+        to_fmristore(ds.assign_coords(n_voxels=("cluster", n)), tmp_path / "x.h5")
+    assert not (tmp_path / "x.h5").exists()
+    # without the coordinate the padding alone says how many voxels there are
+    out = to_fmristore(ds.drop_vars("n_voxels"), tmp_path / "y.h5")
+    with xr.open_dataset(out, engine="clusterh5") as back:
+        xr.testing.assert_identical(back.load(), ds)
+
+
+def test_views_without_geometry_or_time_are_refused(tmp_path: Path) -> None:
+    path = fmristore_path("vignette")
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        ds = ds.load()
+    with xr.open_dataset(path, engine="clusterh5", group="rest_run") as run:
+        run = run.load()
+    with xr.open_datatree(path, engine="clusterh5") as dt:
+        dt = dt.load()
+    no_shape = dt.copy()
+    del no_shape.attrs["volume_shape"]
+    for view in (ds.drop_attrs(deep=False), run.drop_attrs(deep=False), no_shape):
+        with pytest.raises(ValueError, match="attribute 'volume_shape' is missing"):
+            to_fmristore(view, tmp_path / "x.h5")
+    with pytest.raises(ValueError, match="lacks the dimension 'time'"):
+        to_fmristore(ds.isel(time=0), tmp_path / "x.h5")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_padded_view_without_flags_writes_what_it_holds(tmp_path: Path) -> None:
+    """Without has_data/has_summary, every run has the variables the view holds."""
+    with xr.open_dataset(fmristore_path("vignette"), engine="clusterh5") as ds:
+        ds = ds.load()
+    plain = ds.drop_vars(["has_data", "has_summary"])
+    out = to_fmristore(plain, tmp_path / "p.h5")
+    with xr.open_dataset(out, engine="clusterh5") as back:
+        back = back.load()
+    assert back["has_data"].values.tolist() == [True, True]
+    assert back["has_summary"].values.tolist() == [True, True]
+    np.testing.assert_array_equal(back["data"].values, ds["data"].values)
+    out = to_fmristore(plain.drop_vars("summary"), tmp_path / "d.h5")
+    with h5py.File(out) as f:
+        assert sorted(f["scans/rest_run"]) == ["clusters", "metadata"]
+
+
+def test_inconsistent_views_are_refused_by_name(tmp_path: Path) -> None:
+    path = fmristore_path("vignette")
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        ds = ds.load()
+    with xr.open_dataset(path, engine="clusterh5", group="rest_run") as run:
+        run = run.load()
+    out = tmp_path / "x.h5"
+
+    def refused(view: xr.Dataset, message: str) -> None:
+        with pytest.raises(ValueError, match=message):
+            to_fmristore(view, out)
+        assert not out.exists()
+
+    # voxel indices: inside the volume, padding (-1) only after the voxels
+    for axis, bad in (("i", 10), ("j", -2), ("k", 5)):
+        v = ds[axis].values.copy()
+        v[0, 0] = bad
+        refused(
+            ds.assign_coords({axis: (ds[axis].dims, v)}),
+            "voxel indices i/j/k fall outside volume_shape",
+        )
+    v = run["k"].values.copy()
+    v[3] = 5
+    refused(run.assign_coords(k=("voxel", v)), "fall outside volume_shape")
+    gap = {c: ds[c].values.copy() for c in "ijk"}
+    for c in "ijk":
+        gap[c][0, 0] = -1  # a hole before the cluster's voxels
+    refused(
+        ds.assign_coords({c: (ds[c].dims, gap[c]) for c in "ijk"}).drop_vars(
+            "n_voxels"
+        ),
+        r"padding \(-1\) must come after the voxels of each cluster",
+    )
+    # flags and variables must agree, and a run must hold something
+    refused(ds.drop_vars("data"), "run 'rest_run' has_data but there is no 'data'")
+    refused(
+        ds.drop_vars("summary"),
+        "run 'motor_run' has_summary but there is no 'summary'",
+    )
+    refused(
+        ds.drop_vars(["data", "summary", "has_data", "has_summary"]),
+        "run 'motor_run' has neither data nor summary",
+    )
+    refused(run.drop_vars("data"), "scan 'rest_run' has neither data nor summary")
+    # the cluster coordinate must list exactly the clusters of the voxels
+    refused(
+        run.drop_indexes(["cluster", "voxel_cluster"]).assign_coords(
+            cluster=("cluster", [1, 2, 4])
+        ),
+        "cluster ids of the 'cluster' coordinate differ from 'voxel_cluster'",
+    )

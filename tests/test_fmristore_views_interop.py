@@ -142,6 +142,36 @@ def test_fixture_dims_are_exact(fixture_name: str) -> None:
                 np.testing.assert_array_equal(meta[run][key], spec["value"])
 
 
+def test_metadata_keys_named_like_view_variables_get_a_prefix(tmp_path: Path) -> None:
+    import pandas as pd
+
+    path = tmp_path / "names.h5"
+    write_experiment(
+        path,
+        mask=np.ones((2, 2, 1), dtype=bool),
+        cluster_map=[1, 1, 2, 2],
+        runs={"a": np.ones((4, 3), dtype=np.float32)},
+        scan_metadata={"a": {"summary": "x", "time": 2.0}},
+        cluster_metadata=pd.DataFrame(
+            {"cluster_id": [1, 2], "data": [5, 6], "n_voxels": [1.5, 2.5]}
+        ),
+    )
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        assert ds["data"].dims == PADDED_DIMS
+        assert ds["scan_summary"].values.tolist() == ["x"]
+        assert ds["scan_time"].values.tolist() == [2.0]
+        assert ds["cluster_data"].values.tolist() == [5, 6]
+        assert ds["cluster_n_voxels"].values.tolist() == [1.5, 2.5]
+        assert ds["n_voxels"].values.tolist() == [2, 2]
+        assert ds.clusterh5.scan_metadata() == {"a": {"summary": "x", "time": 2.0}}
+        table = ds.clusterh5.cluster_metadata()
+        assert table["data"].tolist() == [5, 6]
+        assert table["n_voxels"].tolist() == [1.5, 2.5]
+    with xr.open_dataset(path, engine="clusterh5", group="a") as run:
+        assert run["data"].dims == ("voxel", "time")
+        assert run["cluster_data"].values.tolist() == [5, 6]
+
+
 def test_experiment_without_scans_has_empty_run_and_time(tmp_path: Path) -> None:
     """No scans: the padded view keeps its dims, with no run and no time point."""
     path = tmp_path / "none.h5"
@@ -152,6 +182,9 @@ def test_experiment_without_scans_has_empty_run_and_time(tmp_path: Path) -> None
         assert dict(ds.sizes) == {"run": 0, "cluster": 2, "voxel": 2, "time": 0}
         np.testing.assert_array_equal(ds["cluster"].values, [4, 9])
         np.testing.assert_array_equal(ds["n_voxels"].values, [2, 1])
+        # its tree is the root alone, as open_datatree gives it
+        with xr.open_datatree(path, engine="clusterh5") as dt:
+            xr.testing.assert_identical(ds.clusterh5.to_tree(), dt)
 
 
 # --------------------------------------------------------------------------

@@ -194,6 +194,24 @@ def test_true_affine_stored(tmp_path: Path, flip: bool) -> None:
     assert fields["qoffset_y"] == -42.5
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_sheared_affine_quaternion_is_nibabels(flip: bool) -> None:
+    """With a shear the rotation is the polar factor, as nibabel's set_qform."""
+    import nibabel as nib
+
+    affine = np.eye(4)
+    affine[:3, :3] = [[2.0, 0.4, 0.1], [0.3, 2.2, -0.5], [0.0, 0.6, 2.5]]
+    affine[:3, 2] *= -1 if flip else 1
+    affine[:3, 3] = [10.0, -20.0, 5.0]
+    fields, zooms = affine_to_header(affine)
+    hdr = nib.Nifti1Header()
+    hdr.set_qform(affine, code=1)
+    assert fields["qfac"] == hdr["pixdim"][0] == (-1.0 if flip else 1.0)
+    for name in ("quatern_b", "quatern_c", "quatern_d"):
+        assert fields[name] == pytest.approx(float(hdr[name]), abs=1e-6), name
+    np.testing.assert_allclose(zooms, np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+
+
 def test_no_affine_is_r_header(tmp_path: Path) -> None:
     mask = np.ones((2, 2, 2), dtype=bool)
     out = write_experiment(
@@ -227,6 +245,12 @@ def _tiny(**extra: object) -> dict:
     }
     kw.update(extra)
     return kw
+
+
+def test_no_affine_and_no_spacing_is_one_millimetre(tmp_path: Path) -> None:
+    out = write_experiment(tmp_path / "u.h5", **_tiny())
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["header/pixdim"][()], [0, 1, 1, 1, 0, 0, 0, 0])
 
 
 def test_overwrite_and_atomicity(tmp_path: Path) -> None:
@@ -310,6 +334,15 @@ BAD = [
     ({"chunks": {"times": 3}}, "unknown chunk keys"),
     ({"affine": np.eye(3)}, "4x4"),
     ({"affine": np.diag([2.0, 0, 2, 1])}, "zero-length axis"),
+    # two voxel axes along one direction: no quaternion can represent it
+    (
+        {
+            "affine": np.array(
+                [[2.0, 2, 0, 0], [0, 0, 2, 0], [0, 0, 0, 1], [0, 0, 0, 1]]
+            )
+        },
+        "affine is singular",
+    ),
     # a callable shows each cluster's time points only as it is written
     (
         {"runs": {"rest": lambda cid: np.zeros((2, 5 if cid == 1 else 6))}},
@@ -334,6 +367,40 @@ BAD = [
             "scan_metadata": {"rest": {"n_time": 7}},
         },
         "metadata n_time=7 but the data have 5 time points",
+    ),
+    # refusals of each input check, by message
+    (
+        {"scan_metadata": {"rest": {"x": np.array(["a", 1], dtype=object)}}},
+        "'x' of scan 'rest' mixes strings with int values",
+    ),
+    ({"summary_only": "yes"}, "summary_only must be 'auto', 'r', True or False"),
+    (
+        {"cluster_map": np.array(["a", "b", "a", "b"])},
+        "cluster_map must hold integer labels, got dtype <U1",
+    ),
+    ({"scan_metadata": {"rest": {"x": "a\x00b"}}}, "holds a NUL character"),
+    ({"scan_metadata": {"rest": {"x": []}}}, "cannot store empty vectors"),
+    ({"affine": np.full((4, 4), np.nan)}, "affine must be a finite 4x4 matrix"),
+    ({"cluster_map": None}, "cluster_map is required with a boolean mask"),
+    (
+        {"mask": np.where(_tiny()["mask"], 2, 0)},
+        r"mask must be boolean \(0/1\) when cluster_map is given",
+    ),
+    ({"non_ascii": "latin1"}, "non_ascii must be 'error' or 'utf8', got 'latin1'"),
+    ({"nonpositive_ids": "skip"}, "nonpositive_ids must be 'error' or 'warn'"),
+    (
+        {"scan_metadata": {"rest": {"TR": "fast"}}},
+        "TR \\(metadata\\) of scan 'rest' must be a number of seconds, got 'fast'",
+    ),
+    ({"spacing": "wide"}, "spacing must be 3 numbers, got 'wide'"),
+    ({"chunks": {"time": 0}}, "chunk caps must be >= 1"),
+    (
+        {"runs": {"rest": {1: np.zeros((3, 5)), 2: np.zeros((2, 5))}}},
+        r"scan 'rest': cluster 1 data has shape \(3, 5\), expected \(2, T\)",
+    ),
+    (
+        {"runs": {"rest": iter([(2, np.zeros((2, 5))), (1, np.zeros((5,)))])}},
+        r"scan 'rest': cluster 1 data has shape \(5,\), expected \(2, T\)",
     ),
 ]
 
@@ -615,6 +682,61 @@ def test_pandas_cluster_metadata(tmp_path: Path) -> None:
         np.testing.assert_array_equal(g["cluster_id"][()], [2, 1])  # caller's order
         assert g["label"].asstr()[()].tolist() == ["b", "a"]
         assert g["cortical"].dtype == np.int8
+
+
+def test_numpy_metadata_types_follow_hdf5r(tmp_path: Path) -> None:
+    """Small ints and float32 keep their type; wider ones become R's int/double."""
+    meta = {
+        "i1": np.int8(-3),
+        "u2": np.array([1, 2], dtype=np.uint16),
+        "i2": np.int16(-300),
+        "i4": np.int32(7),
+        "u4": np.uint32(9),
+        "i8": np.array([1, 2], dtype=np.int64),
+        "f2": np.float16(0.5),
+        "f4": np.array([1.5, 2.5], dtype=np.float32),
+        "f8": np.float64(0.25),
+        "b": np.array([True, False]),
+    }
+    columns = {
+        "cluster_id": [1, 2],
+        "f4": np.array([0.5, 1.5], dtype=np.float32),
+        "i2": np.array([4, 5], dtype=np.int16),
+        "obj_num": np.array([1, 2], dtype=object),
+        "obj_bool": np.array([True, False], dtype=object),
+        "obj_str": np.array(["a", "b"], dtype=object),
+    }
+    out = write_experiment(
+        tmp_path / "m.h5",
+        **_tiny(),
+        scan_metadata={"rest": meta},
+        cluster_metadata=columns,
+    )
+    with h5py.File(out) as f:
+        g = f["scans/rest/metadata"]
+        got = {k: (g[k].dtype.str, g[k][()].tolist()) for k in meta}
+        c = f["clusters/cluster_meta"]
+        cols = {k: (c[k].dtype.str, c[k][()].tolist()) for k in columns}
+    assert got == {
+        "i1": ("|i1", -3),
+        "u2": ("<u2", [1, 2]),
+        "i2": ("<i2", -300),
+        "i4": ("<i4", 7),
+        "u4": ("<i4", 9),
+        "i8": ("<i4", [1, 2]),
+        "f2": ("<f8", 0.5),
+        "f4": ("<f4", [1.5, 2.5]),
+        "f8": ("<f8", 0.25),
+        "b": ("|i1", [1, 0]),
+    }
+    assert cols == {
+        "cluster_id": ("<i4", [1, 2]),
+        "f4": ("<f4", [0.5, 1.5]),
+        "i2": ("<i2", [4, 5]),
+        "obj_num": ("<i4", [1, 2]),
+        "obj_bool": ("|i1", [1, 0]),
+        "obj_str": ("|O", [b"a", b"b"]),
+    }
 
 
 # --------------------------------------------------------------------------

@@ -659,3 +659,27 @@ def test_located_chunks_are_where_hdf5_says(
             for info in [dset.id.get_chunk_info_by_coord((orow, ocol))]
         )
         assert got == want
+
+
+def test_byte_source_reads_neighbours_as_one_span() -> None:
+    """Ranges closer than ``max_gap`` are one read; every chunk gets its bytes."""
+    buf = bytes(range(256)) * 1024
+
+    class Recording(_chunkread.ByteSource):
+        def __init__(self) -> None:
+            self.spans: list[tuple[int, int]] = []
+
+        def read(self, spans: list[tuple[int, int]]) -> list[bytes]:
+            self.spans += spans
+            return [buf[o : o + n] for o, n in spans]
+
+    src = Recording()
+    gap = src.max_gap
+    far = 135 + gap + 1  # one byte too far from the end of the first span
+    ranges = [(115, 20), (100, 10), (102, 3), (far, 7), (far + 7 + gap, 9)]
+    full = (slice(None), slice(None))
+    chunks = [_chunkread._Chunk(None, 0, full, full, at) for at in ranges]
+    src.fetch(chunks)
+    assert src.spans == [(100, 35), (far, 7 + gap + 9)]
+    for c in chunks:
+        assert bytes(c.raw) == buf[c.at[0] : c.at[0] + c.at[1]]

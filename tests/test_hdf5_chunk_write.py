@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import zlib
 from pathlib import Path
 
 import h5py
@@ -189,7 +191,6 @@ def test_property_any_shape_and_chunks(tmp_path_factory, arr, data) -> None:
 @pytest.mark.parametrize("level", [0, 1, 4, 9])
 def test_fast_deflate_streams_are_zlib_and_gzip(monkeypatch, use_isal, level) -> None:
     import gzip
-    import zlib
 
     from xarray_clusterh5._hdf5 import deflate as dmod
 
@@ -204,3 +205,50 @@ def test_fast_deflate_streams_are_zlib_and_gzip(monkeypatch, use_isal, level) ->
     assert dmod.inflate_gzip(packed) == data
     with pytest.raises(zlib.error):
         dmod.inflate_gzip(packed[:-9] + b"garbage!!")
+
+
+def test_encode_chunk_refuses_what_hdf5_cannot_store() -> None:
+    block = np.arange(6, dtype="<i4").reshape(2, 3)
+    for level in (0, 9):  # the ends of deflate's range are zlib streams
+        out = encode_chunk(block, (2, 3), level=level, shuffle=False, fill=0)
+        assert zlib.decompress(out) == block.tobytes()
+    for level in (-1, 10):  # zlib takes -1 (its default level); HDF5 does not
+        with pytest.raises(ValueError, match=f"deflate level must be 0-9, got {level}"):
+            encode_chunk(block, (2, 3), level=level, shuffle=False, fill=0)
+    # edge blocks are padded with the fill value; larger blocks are refused
+    raw = encode_chunk(block[:1, :2], (2, 3), level=None, shuffle=False, fill=-7)
+    padded = np.frombuffer(raw, dtype="<i4").reshape(2, 3)
+    np.testing.assert_array_equal(padded, [[0, 1, -7], [-7, -7, -7]])
+    raw = encode_chunk(block[:, :2], (2, 3), level=None, shuffle=False, fill=-7)
+    padded = np.frombuffer(raw, dtype="<i4").reshape(2, 3)
+    np.testing.assert_array_equal(padded, [[0, 1, -7], [3, 4, -7]])
+    # a block of another rank is refused, not broadcast
+    with pytest.raises(ValueError, match="argument 2 is longer"):
+        encode_chunk(block[0, :2], (2, 2), level=None, shuffle=False, fill=0)
+    with pytest.raises(ValueError, match=r"block \(2, 3\) larger than chunk"):
+        encode_chunk(block, (2, 2), level=None, shuffle=False, fill=0)
+    with pytest.raises(ValueError, match=r"larger than chunk \(1, 3\)"):
+        encode_chunk(block, (1, 3), level=None, shuffle=False, fill=0)
+
+
+def test_non_numeric_and_shuffle_after_deflate_are_refused(tmp_path: Path) -> None:
+    with h5py.File(tmp_path / "n.h5", "w") as f:
+        text = f.create_dataset("t", shape=(4,), dtype="S4", chunks=(2,), compression=4)
+        with pytest.raises(ValueError, match="/t: direct chunk writes need a numeric"):
+            write_array_chunks(text, np.array([b"a", b"b", b"c", b"d"]))
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk((2,))
+        dcpl.set_deflate(4)
+        dcpl.set_shuffle()  # after deflate: the bytes would be shuffled last
+        space = h5py.h5s.create_simple((4,))
+        h5py.h5d.create(f.id, b"late", h5py.h5t.IEEE_F32LE, space, dcpl=dcpl)
+        with pytest.raises(ValueError, match="/late: shuffle after deflate"):
+            filter_spec(f["late"])
+        spec = filter_spec(
+            f.create_dataset(
+                "s", shape=(4,), dtype="f4", chunks=(2,), compression=4, shuffle=True
+            )
+        )
+        assert (spec.level, spec.shuffle) == (4, True)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            spec.level = 9  # type: ignore[misc]  # a spec describes the file

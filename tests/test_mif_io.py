@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import shutil
 import subprocess
+import sys
+import tracemalloc
 from pathlib import Path
 
 import h5py
@@ -22,7 +24,7 @@ from xarray_clusterh5.mif.header import (
     parse_header,
     read_header,
 )
-from xarray_clusterh5.mif.read import read_mif, read_range, read_values
+from xarray_clusterh5.mif.read import raw_values, read_mif, read_range, read_values
 from xarray_clusterh5.mif.write import mif_bytes, write_mif
 
 MIF = DATA / "modelarray_modalities" / "mif"
@@ -63,6 +65,12 @@ def test_fixture_headers():
     )  # fmt: skip
     np.testing.assert_array_equal(idx.transform[:, 3], [-6.25, -7.5, -5])
     assert idx.affine()[0, 0] == 2.5
+    # mrinfo.txt: voxel size 2.5 (the 4th axis is not spatial) and its transform
+    np.testing.assert_array_equal(
+        idx.affine(),
+        [[2.5, 0, 0, -6.25], [0, 2.5, 0, -7.5], [0, 0, 2.5, -5], [0, 0, 0, 1]],
+    )
+
     assert [k for k, _ in idx.keyvals] == ["command_history", "mrtrix_version"]
 
 
@@ -171,6 +179,12 @@ def _header_text(**over: str) -> str:
         (_header_text(vox="1,x,1"), r"bad MIF vox: '1,x,1'"),
         (_header_text(dim="2,a,1"), r"bad MIF dim '2,a,1'"),
         (_header_text(layout="+0,+1,+x"), r"bad MIF layout '\+0,\+1,\+x'"),
+        (_header_text(file=". 2x0"), r"bad MIF data offset '2x0'"),
+        (_header_text(dim="2,1,1\nnonsense"), "MIF header line without ':'"),
+        (
+            _header_text(transform="1,0,0,0\ntransform: 0,1,0\ntransform: 0,0,1,0"),
+            "3 rows of 4 numbers",
+        ),
     ],
 )
 def test_bad_files_are_named(tmp_path, text, match):
@@ -217,9 +231,9 @@ def test_mrtrix_reads_our_files(tmp_path):
 
 
 def test_path_objects_and_missing_files(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"none\.mif: no such file$"):
         read_mif(Path(tmp_path / "none.mif"))
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError, match=r"none\.mif: no such file$"):
         read_header(tmp_path / "none.mif")
 
 
@@ -281,3 +295,136 @@ def test_range_reads_equal_whole_reads(path):
         )
     with pytest.raises(IndexError):
         read_range(str(path), h, 10, 301)
+
+
+def test_header_built_by_hand_reads_a_bare_buffer():
+    # no file: the data start at offset 0 of the bytes given
+    h = MifHeader("t", (3, 2), (1.0, 1.0), (1, 0), (False, True), np.dtype(">i2"),
+                  np.eye(3, 4), None)  # fmt: skip
+    assert h.data_offset == 0
+    disk = np.array([1, 2, 3, 4, 5, 6], ">i2")
+    np.testing.assert_array_equal(raw_values(h, disk.tobytes()), disk)
+    with pytest.raises(ClusterH5Error, match="truncated: 6 >i2 values need 12 bytes"):
+        raw_values(h, disk.tobytes()[:10])
+
+
+@pytest.mark.parametrize("dtype", ["<f4", "u1", ">f4"])
+def test_reading_does_not_copy_native_data(tmp_path, dtype):
+    # peak memory: the file's bytes once; only another byte order needs a copy
+    h = MifHeader("t", (500, 400, 1), (1.0,) * 3, (0, 1, 2), (False,) * 3,
+                  np.dtype(dtype), np.eye(3, 4), None)  # fmt: skip
+    data = np.arange(h.n_values).reshape(h.dim) % 200
+    out = write_mif(tmp_path / "big.mif", h, data, dtype=dtype)
+    tracemalloc.start()
+    try:
+        _, back = read_mif(out)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(back, data)
+    assert back.dtype.isnative
+    copies = 1 if np.dtype(dtype).isnative else 2
+    assert copies * back.nbytes <= peak < (copies + 0.25) * back.nbytes
+
+
+def test_datatypes_without_byte_order_are_native():
+    native = "<" if sys.byteorder == "little" else ">"
+    assert parse_header("x", _header_text(datatype="Float32").encode()).dtype == (
+        np.dtype(native + "f4")
+    )
+    assert parse_header("x", _header_text(datatype="UInt8").encode()).dtype == "u1"
+    assert parse_header("x", _header_text(datatype="Int16BE").encode()).dtype == ">i2"
+
+
+def _one_value_file(text: str, value: float = 2.5) -> bytes:
+    return text.encode() + np.array([value, 4.0], "<f4").tobytes()
+
+
+def _data_right_after_end(text: str) -> str:
+    """``text`` (with ``file: . OFFSET``) with the offset just after END."""
+    for n in range(len(text) - 10, len(text) + 10):
+        head = text.replace("file: . OFFSET", f"file: . {n}")
+        if len(head) == n:
+            return head
+    raise AssertionError(text)
+
+
+def test_data_offset_may_end_the_header(tmp_path):
+    # data right after END: at the offset given, or with no offset at all
+    text = _data_right_after_end(_header_text(file=". OFFSET"))
+    no_offset = _header_text(file=".")
+    for i, head in enumerate([text, no_offset]):
+        path = tmp_path / f"{i}.mif"
+        path.write_bytes(_one_value_file(head))
+        h, data = read_mif(path)
+        assert h.data_offset == len(head)
+        np.testing.assert_array_equal(data.reshape(-1), [2.5, 4.0])
+
+
+def test_blank_and_comment_lines_are_skipped(tmp_path):
+    text = _header_text(file=". OFFSET").replace("vox:", "\n# by hand\n  \nvox:")
+    text = _data_right_after_end(text)
+    path = tmp_path / "c.mif"
+
+    path.write_bytes(_one_value_file(text))
+    h, data = read_mif(path)
+    assert h.keyvals == []
+    assert h.vox == (1.0, 1.0, 1.0)
+    np.testing.assert_array_equal(data.reshape(-1), [2.5, 4.0])
+    # no transform line: identity, written back as 3 rows of 4 numbers
+    np.testing.assert_array_equal(h.affine(), np.eye(4))
+    back_h, back = read_mif(write_mif(tmp_path / "back.mif", h, data))
+    np.testing.assert_array_equal(back_h.transform, np.eye(3, 4))
+    np.testing.assert_array_equal(back, data)
+
+
+def test_layout_with_a_missing_axis_is_not_written(tmp_path):
+    # a hand-built header with 3 axes but 2 reversed flags: refused, not cut
+    h = MifHeader("t", (2, 1, 1), (1.0,) * 3, (0, 1, 2), (False, False),
+                  np.dtype("<f4"), np.eye(3, 4), None)  # fmt: skip
+    with pytest.raises(ValueError, match="zip"):
+        write_mif(tmp_path / "x.mif", h, np.zeros((2, 1, 1)))
+    assert not (tmp_path / "x.mif").exists()
+
+
+def test_complex_data_are_not_scalars(tmp_path):
+    h = MifHeader("t", (3, 1, 1), (1.0,) * 3, (0, 1, 2), (False,) * 3,
+                  np.dtype("<c8"), np.eye(3, 4), None)  # fmt: skip
+    data = np.array([1 + 2j, 3, -1j], np.complex64).reshape(h.dim)
+    out = write_mif(tmp_path / "c.mif", h, data, dtype="<c8")
+    np.testing.assert_array_equal(read_mif(out)[1], data)  # read as stored
+    with pytest.raises(ClusterH5Error, match="complex MIF data cannot be read") as err:
+        read_values(str(out))
+    assert str(out) in str(err.value)
+
+
+def test_range_read_of_a_truncated_file_is_named(tmp_path):
+    src = INPUTS / "sub-01_FD.mif"
+    cut = tmp_path / "cut.mif"
+    cut.write_bytes(src.read_bytes()[:-8])  # the last two values are missing
+    h = read_header(cut)
+    assert read_range(str(cut), h, 0, 298).size == 298
+    with pytest.raises(ClusterH5Error, match="the file ends inside the data") as err:
+        read_range(str(cut), h, 290, 300)
+    assert str(cut) in str(err.value)
+
+
+def test_header_reads_stop_after_one_mebibyte(tmp_path):
+    # read_header looks for END in the first MiB only, not through a large file
+    # whole: here END lies 100 bytes past it
+    text = _header_text(file=". OFFSET")
+    end = text.index("file:")
+    pad = (1 << 20) + 100 - len(text)
+    text = _data_right_after_end(text[:end] + f"comment: {'x' * pad}\n" + text[end:])
+    assert (1 << 20) < text.index("\nEND\n") < (1 << 20) + 4096
+    path = tmp_path / "long.mif"
+    path.write_bytes(_one_value_file(text))
+    with pytest.raises(ClusterH5Error, match="no END line") as err:
+        read_header(path)
+    assert str(path) in str(err.value)
+    # a header of a few chunks is read whole
+    text = _header_text(file=". OFFSET")
+    end = text.index("file:")
+    text = _data_right_after_end(text[:end] + f"comment: {'y' * 10_000}\n" + text[end:])
+    path.write_bytes(_one_value_file(text))
+    assert read_header(path).keyvals == [("comment", "y" * 10_000)]

@@ -364,6 +364,11 @@ def test_to_modelarray_shows_progress_by_default(in_cohort, tmp_path, capsys):
     cohort.to_modelarray(ds, tmp_path / "p.h5")
     err = capsys.readouterr().err
     assert "100/100" in err  # the bar counts elements
+    # of every scalar: two scalars of 100 elements in one file
+    two = cohort.from_cohort("cohort_long_two_scalars.csv")
+    capsys.readouterr()
+    cohort.to_modelarray(two, tmp_path / "two.h5")
+    assert "200/200" in capsys.readouterr().err
 
 
 def test_accessor_to_cifti_dispatches_results_to_modelarrayio_exports(
@@ -478,6 +483,7 @@ def test_cohort_array_indexing_equals_numpy(rows, cols):
         [str(p) for p in files], None, False, 1
     )
     arr = modelarray_io.CohortArray(blocks, ref.n_elements)
+    assert (len(arr), arr.ndim, arr.shape) == (5, 2, (5, 100))
     full = _values("thickness.h5", "thickness")
     # outer (orthogonal) indexing, as dask and xarray's backends ask for it
     r, c = np.arange(5)[rows], np.arange(100)[cols]
@@ -492,3 +498,23 @@ def test_cohort_array_indexing_equals_numpy(rows, cols):
         arr[0, 0, 0]
     # a contiguous range out of order is read in the order asked
     np.testing.assert_array_equal(arr[:, [3, 1, 2]], full[:, [3, 1, 2]])
+
+
+def test_results_matrix_by_analysis_name_without_stat_labels():
+    # a variable renamed in xarray is still found by the analysis it holds;
+    # statistics without labels are numbered as ModelArrayIO numbers them
+    values = np.arange(6.0).reshape(2, 3)
+    ds = xr.Dataset(
+        {
+            "fit": (
+                ("stat", "element"),
+                values,
+                {"modelarray_group": "results", "modelarray_name": "lm_age"},
+            )
+        }
+    )
+    name, stats, matrix = cohort.results_matrix(ds, "lm_age")
+    assert (name, stats) == ("lm_age", ["component001", "component002"])
+    np.testing.assert_array_equal(matrix, values)
+    with pytest.raises(KeyError, match="no results variable 'lm_sex'"):
+        cohort.results_matrix(ds, "lm_sex")

@@ -258,3 +258,43 @@ def test_template_is_the_first_kept_row_as_read_cohort_says(work, text):
     first = modelarray_io.read_cohort("c.csv")["source_file"].iloc[0]
     assert first == "inputs/sub-03_FD_float64.mif"
     assert template_from_cohort("c.csv") == str(work / first)
+
+
+def test_directions_with_a_second_volume_are_refused(work):
+    hd, dirs = read_mif("inputs/directions.mif")
+    hd.dim = (300, 3, 2)
+    write_mif("dirs2.mif", hd, np.concatenate([dirs, dirs], axis=2))
+    with pytest.raises(
+        ClusterH5Error, match=r"must be N x 3 \(x 1\), not \(300, 3, 2\)"
+    ):
+        read_fixel_table("inputs/index.mif", "dirs2.mif")
+
+
+def test_negative_fixel_counts_are_refused(work):
+    h, idx = read_mif("inputs/index.mif", scaled=False)
+    idx = idx.astype(np.int64)
+    empty = np.argwhere(idx[..., 0] == 0)[0]
+    idx[(*tuple(empty), 0)] = -1  # an empty voxel claims -1 fixels
+    write_mif("neg_index.mif", h, idx, dtype="<i4")
+    with pytest.raises(ClusterH5Error, match="negative fixel counts") as err:
+        read_fixel_table("neg_index.mif", "inputs/directions.mif")
+    assert "neg_index.mif" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("dim", "dtype", "match"),
+    [
+        # the right number of values, but over two axes: not one value per fixel
+        ((150, 2, 1), "<f4", r"fixel data has dim \(150, 2, 1\)"),
+        ((300, 1, 1), "<c8", "complex MIF data"),
+    ],
+)
+def test_subject_data_must_be_one_real_value_per_fixel(
+    work, tmp_path, dim, dtype, match
+):
+    h = read_header("inputs/sub-01_FD.mif")
+    h.dim = dim
+    write_mif("inputs/sub-07_FD.mif", h, np.ones(300), dtype=dtype, overwrite=True)
+    with pytest.raises(ClusterH5Error, match=match) as err:
+        cohort_to_h5("cohort.csv", tmp_path / "o.h5", **FIXEL_ARGS)
+    assert "sub-07_FD.mif" in str(err.value)

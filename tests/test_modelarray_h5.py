@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -162,10 +163,12 @@ def test_streamed_stripes_round_trip(
     path = tmp_path_factory.mktemp("s") / "s.h5"
     names = [f"s{i}.dscalar.nii" for i in range(n_subjects)]
     with h5py.File(path, "w") as f:
+        options = modelarray_io.StorageOptions(
+            chunk_voxels=chunk_voxels, shuffle=shuffle, compression_level=level
+        )
         modelarray_io.write_scalar(
-            f, "x", n_subjects, n_elements, names, _fill_from(values),
-            chunk_voxels=chunk_voxels, stripe_bytes=stripe_bytes, shuffle=shuffle,
-            compression_level=level,
+            f, "x", n_subjects, n_elements, names, _fill_from(values), options,
+            stripe_bytes=stripe_bytes,
         )  # fmt: skip
     with h5py.File(path, "r") as f:
         d = f["scalars/x/values"]
@@ -380,6 +383,9 @@ def test_external_links_are_refused(tmp_path):
     [
         (np.zeros(100), r"/greyordinates must be 2-D, has shape \(100,\)"),
         (np.full((2, 100), 7), "structure_id outside structure_names"),
+        # codes index the 4 structure names: 4 and -1 are just outside
+        (np.full((2, 100), 4), "structure_id outside structure_names"),
+        (np.full((2, 100), -1), "structure_id outside structure_names"),
     ],
 )
 def test_damaged_greyordinates_are_named(tmp_path, table, match):
@@ -542,3 +548,218 @@ def test_cohort_table_refuses_ragged_rows(tmp_path):
         modelarray_io.read_cohort_table(path)
     path.write_text("\ufeffscalar_name,source_file\nFA,a.nii\n")
     assert modelarray_io.read_cohort_table(path).source_file == ["a.nii"]
+
+
+def test_cohort_frame_leads_with_the_entry_columns(tmp_path):
+    # from_cohort's coordinates: scalar_name, source_file, _row, then the CSV's
+    path = tmp_path / "c.csv"
+    path.write_text("age,source_file,scalar_name\n30,a.nii,FA\n41,b.nii,MD\n")
+    frame = modelarray_io.read_cohort(path)
+    assert list(frame.columns) == ["scalar_name", "source_file", "_row", "age"]
+    assert frame["scalar_name"].tolist() == ["FA", "MD"]
+    assert frame["_row"].tolist() == [0, 1]
+    assert frame["age"].tolist() == [30, 41]
+
+
+def test_default_storage_options_chunk_as_modelarrayio(tmp_path):
+    # StorageOptions() is what to_modelarray and write_scalar use unless told
+    with h5py.File(tmp_path / "s.h5", "w") as f:
+        dset = modelarray_io.StorageOptions().create_values(f, "x", 50, 91282)
+        assert dset.chunks == (50, 10485)
+        values = np.arange(50 * 30, dtype=np.float64).reshape(50, 30)
+        y = modelarray_io.write_scalar(
+            f, "y", 50, 30, [f"s{i}" for i in range(50)], _fill_from(values)
+        )
+        settings = (y.dtype, y.chunks, y.compression, y.compression_opts, y.shuffle)
+        assert settings == (np.float32, (50, 30), "gzip", 4, True)
+        np.testing.assert_array_equal(y[()], values)
+        assert (dset.dtype, dset.compression, dset.compression_opts) == (
+            np.float32,
+            "gzip",
+            4,
+        )
+        assert dset.shuffle
+
+
+def _greyordinates_file(path, table, attrs):
+    with h5py.File(path, "w") as f:
+        f["greyordinates"] = table
+        f["greyordinates"].attrs.update(attrs)
+
+
+def test_greyordinates_columns_by_name_or_position(tmp_path):
+    path = tmp_path / "g.h5"
+    vertex, codes = np.array([5, 6, 7]), np.array([0, 0, 0])
+    # no column_names attribute: rows vertex_id, structure_id as ModelArrayIO writes
+    _greyordinates_file(path, np.stack([vertex, codes]), {"structure_names": ["L"]})
+    with h5py.File(path, "r") as f:
+        got = modelarray_io.read_greyordinates(str(path), f)
+    assert got is not None
+    assert got[0].tolist() == [5, 6, 7]
+    assert got[1].tolist() == ["L", "L", "L"]  # one structure: code 0 is in range
+    # named columns in the other order
+    attrs = {
+        "column_names": ["structure_id", "vertex_id"],
+        "structure_names": ["A", "B"],
+    }
+    _greyordinates_file(path, np.stack([[1, 0, 1], vertex]), attrs)
+    with h5py.File(path, "r") as f:
+        got = modelarray_io.read_greyordinates(str(path), f)
+    assert got is not None
+    assert got[0].tolist() == [5, 6, 7]
+    assert got[1].tolist() == ["B", "A", "B"]
+    # stored (n, 2) as R's writers may: read transposed
+    attrs = {
+        "column_names": ["vertex_id", "structure_id"],
+        "structure_names": ["A", "B"],
+    }
+    _greyordinates_file(path, np.stack([vertex, [1, 0, 1]], axis=1), attrs)
+    with h5py.File(path, "r") as f:
+        got = modelarray_io.read_greyordinates(str(path), f)
+    assert got is not None
+    assert got[0].tolist() == [5, 6, 7]
+    assert got[1].tolist() == ["B", "A", "B"]
+
+
+def test_results_of_a_bare_fmristore_file_are_refused(tmp_path):
+    # the two groups every fmristore file has, and nothing else
+    path = tmp_path / "fm.h5"
+    with h5py.File(path, "w") as f:
+        f.create_group("scans")
+        f["cluster_map"] = np.zeros(3, np.int32)
+    with pytest.raises(ClusterH5Error, match="is an fmristore clustered experiment"):
+        modelarray_io.read_results(path, "lm")
+
+
+def test_storage_options_cannot_be_changed():
+    # one StorageOptions serves every scalar of a conversion
+    options = modelarray_io.StorageOptions()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.dtype = "float64"  # type: ignore[misc]
+
+
+def test_stripe_reader_reads_the_asked_elements():
+    files = [
+        COHORT / "thickness" / f"sub-000{i}_thickness.dscalar.nii" for i in range(1, 6)
+    ]
+    ref, blocks = modelarray_io.check_cohort_files(
+        [str(p) for p in files], None, False, 1
+    )
+    array = modelarray_io.CohortArray(blocks, ref.n_elements)
+    with h5py.File(MODELARRAY / "modelarrayio" / "thickness.h5", "r") as f:
+        full = f["scalars/thickness/values"][()]
+    with ThreadPoolExecutor(2) as pool:
+        read = modelarray_io.stripe_reader(array, pool, 2)
+        for start, stop in [(0, 100), (10, 20), (99, 100)]:
+            np.testing.assert_array_equal(read(start, stop), full[:, start:stop])
+
+
+def test_results_matrix_must_be_2d(tmp_path):
+    path = tmp_path / "r.h5"
+    with h5py.File(path, "w") as f:
+        f["scalars/x/values"] = np.zeros((2, 3), np.float32)
+        f["results/lm/results_matrix"] = np.zeros((2, 3, 1))
+        f["results/lm/column_names"] = np.array([b"a", b"b"])
+    with pytest.raises(ClusterH5Error, match=r"must be 2-D, has shape \(2, 3, 1\)"):
+        modelarray_io.read_results(path, "lm")
+
+
+def test_result_names_fall_through_empty_places(tmp_path):
+    # names are looked up in ModelArrayIO's order; a place holding only empty
+    # names does not count, and with no names at all statistics are numbered
+    path = tmp_path / "r.h5"
+    with h5py.File(path, "w") as f:
+        d = f.create_dataset("results/a/results_matrix", data=np.zeros((2, 3)))
+        d.attrs["colnames"] = ["", ""]
+        f["results/a/column_names"] = np.array([b"s1", b"s2"])
+        d = f.create_dataset("results/b/results_matrix", data=np.zeros((2, 3)))
+        f["results/b/column_names"] = np.array([b"\0", b" "])
+    with h5py.File(path, "r") as f:
+        assert modelarray_io.result_names(str(path), f, "a") == ["s1", "s2"]
+        assert modelarray_io.result_names(str(path), f, "b") is None
+    assert modelarray_io.read_results(path, "b")[0] == [
+        "component001",
+        "component002",
+    ]
+
+
+def test_parcel_pairs_need_both_sides(tmp_path):
+    path = tmp_path / "p.h5"
+    with h5py.File(path, "w") as f:
+        f["scalars/x/values"] = np.zeros((2, 4), np.float32)
+        f["scalars/x/column_names"] = np.array([b"s1", b"s2"])
+        f["parcels/parcel_id_from"] = np.array(["P0", "P1"], dtype=h5py.string_dtype())
+    with pytest.raises(ClusterH5Error, match=r"\['parcel_id_from'\], not parcel ids"):
+        xr.open_dataset(path, engine="clusterh5")
+
+
+def test_split_outputs_must_differ(tmp_path):
+    # "a/b" and "a b" both become a_b_o.h5: refused before anything is written
+    with pytest.raises(ValueError, match="same split output file name"):
+        modelarray_io.output_plan(tmp_path / "o.h5", ["a/b", "a b"], True)
+    plan = modelarray_io.output_plan(tmp_path / "o.h5", ["a", "b"], False)
+    assert plan == [(tmp_path / "o.h5", ["a", "b"])]
+
+
+def test_empty_cohort_file_is_named(tmp_path):
+    path = tmp_path / "c.csv"
+    path.write_text("\n\n")
+    with pytest.raises(ClusterH5Error, match="cohort file is empty") as err:
+        modelarray_io.read_cohort_table(path)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "scalar_columns", "match"),
+    [
+        # a wide cohort's scalar_name and source_file are made from its cells
+        ("subj,FA,source_file\n1,a.nii,x\n", ["FA"], r"\['source_file'\] clash"),
+        ("scalar_name,source_file,_row\nFA,a.nii,3\n", None, r"\['_row'\] clash"),
+        # pandas renames a repeated header (age.1), the csv module does not
+        ("scalar_name,source_file,age,age\nFA,a.nii,3,4\n", None, "differently"),
+    ],
+)
+def test_cohort_frames_that_cannot_be_made_are_named(
+    tmp_path, text, scalar_columns, match
+):
+    path = tmp_path / "c.csv"
+    path.write_text(text)
+    with pytest.raises(ClusterH5Error, match=match) as err:
+        modelarray_io.read_cohort(path, scalar_columns)
+    assert str(path) in str(err.value)
+
+
+def test_cohort_table_column_cells(tmp_path):
+    # source_mask_file cells: stripped; empty, blank and NA cells are missing
+    path = tmp_path / "c.csv"
+    path.write_text(
+        "scalar_name,source_file,source_mask_file\n"
+        "FA,a.nii, m.nii \nFA,b.nii,\nFA,c.nii,NA\nFA,d.nii,  \n"
+    )
+    table = modelarray_io.read_cohort_table(path)
+    assert table.column("source_mask_file") == ["m.nii", None, None, None]
+    assert table.column("age") == [None] * 4
+
+
+def test_results_matrix_that_is_a_group_is_refused(tmp_path):
+    path = tmp_path / "r.h5"
+    with h5py.File(path, "w") as f:
+        f["scalars/x/values"] = np.zeros((2, 3), np.float32)
+        f.create_group("results/lm/results_matrix")
+    with pytest.raises(ClusterH5Error, match="no results for analysis 'lm'"):
+        modelarray_io.read_results(path, "lm")
+
+
+def test_two_element_greyordinates_are_not_transposed(tmp_path):
+    # (2, 2) is ModelArrayIO's (rows, elements) layout, not R's transpose
+    path = tmp_path / "g.h5"
+    attrs = {
+        "column_names": ["vertex_id", "structure_id"],
+        "structure_names": ["A", "B"],
+    }
+    _greyordinates_file(path, np.array([[5, 6], [1, 0]]), attrs)
+    with h5py.File(path, "r") as f:
+        got = modelarray_io.read_greyordinates(str(path), f)
+    assert got is not None
+    assert got[0].tolist() == [5, 6]
+    assert got[1].tolist() == ["B", "A"]

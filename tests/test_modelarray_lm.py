@@ -486,6 +486,18 @@ def test_in_memory_dataarray() -> None:
     )
     with pytest.raises(ClusterH5Error, match="<in-memory Dataset>: no scalar 'FA'"):
         lm(ds, "FA ~ x", ph)
+    # an unnamed DataArray takes the formula's response as its name
+    unnamed = lm(arr.rename(None), "thickness ~ x", ph)
+    assert unnamed.name == "thickness"
+    np.testing.assert_allclose(
+        unnamed.sel(stat="x.estimate").values, beta[1], rtol=1e-12
+    )
+    # the response must be exactly (subject, element)
+    for bad in (arr.expand_dims(run=2, axis=2), arr.rename(element="voxel")):
+        with pytest.raises(
+            ClusterH5Error, match=r"'thickness' must have dims \(subject, element\)"
+        ):
+            lm(bad, "thickness ~ x", ph)
 
 
 def test_element_chunks_hold_up_to_32_mib() -> None:

@@ -139,6 +139,7 @@ def test_translation_to_python() -> None:
         ("I((a ** b) ** c)", "I((a^b)^c)"),
         ("I(a ** b ** c)", "I(a^b^c)"),
         ("I(-(a + b))", "I(-(a + b))"),
+        ("I(-(a % b))", "I(-(a%%b))"),
         ("I((-a) ** 2)", "I((-a)^2)"),
         ("I(-a * b)", "I(-a * b)"),
         ("I(a % 2 + b // 3)", "I(a%%2 + b%/%3)"),

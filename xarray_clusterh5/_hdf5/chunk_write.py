@@ -190,7 +190,8 @@ class ChunkWriter:
 
     def __init__(self, threads: int | None = None, max_pending: int | None = None):
         self.threads = threads or default_threads()
-        self.max_pending = max_pending or 4 * self.threads
+        depth = 4 * self.threads  # pragma: no mutate - queue depth: tuning only
+        self.max_pending = max_pending or depth
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="chunkio")
         self._pending: collections.deque[
             tuple[h5py.Dataset, tuple[int, ...], Future[bytes]]

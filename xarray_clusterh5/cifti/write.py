@@ -24,7 +24,13 @@ import numpy as np
 from nibabel.cifti2 import cifti2_axes
 
 from xarray_clusterh5._hdf5.files import atomic_output
-from xarray_clusterh5.cifti.read import _block, _cifti_xml, _dims, _kind, _read_header
+from xarray_clusterh5.cifti.read import (
+    _cifti_xml,
+    _dims,
+    _kind,
+    _read_header,
+    _storage,
+)
 from xarray_clusterh5.errors import ClusterH5Error
 
 
@@ -33,13 +39,17 @@ class Template:
     """An export template: header bytes for the fast path, or a nibabel image."""
 
     path: str
-    n_elements: int
     kind: str
+    #: (rows, columns) of each written matrix: (1, n) except for pconn
+    shape: tuple[int, int]
     header_bytes: bytes | None
     dtype: np.dtype | None
     image: Any = None
-    #: (rows, columns) of each written matrix: (1, n) except for pconn
-    shape: tuple[int, int] = (1, 0)
+
+    @property
+    def n_elements(self) -> int:
+        """Values per written file (a pconn matrix flattened row-major)."""
+        return self.shape[0] * self.shape[1]
 
 
 def load_template(path: str | os.PathLike[str]) -> Template:
@@ -59,16 +69,15 @@ def load_template(path: str | os.PathLike[str]) -> Template:
             "template must be a single-map dscalar or pscalar file or a pconn "
             f"file; this is a {kind} with {n_maps} maps",
         )
-    shape = (n_maps, n_el) if kind == "pconn" else (1, n_el)
-    block = _block(h, n_maps, n_el, 0)
-    fast = not block.use_nibabel and block.dtype.kind == "f"
-    if fast:
-        return Template(path, n_maps * n_el, kind, h.raw, block.dtype, shape=shape)
+    shape = (n_maps, n_el)  # (1, n) but for pconn, as checked above
+    dtype, use_nibabel = _storage(h)
+    if not use_nibabel and dtype.kind == "f":  # header bytes + data
+        return Template(path, kind, shape, h.raw, dtype)
     try:
         img = nib.load(path)
     except Exception as err:
         raise ClusterH5Error(path, f"nibabel cannot read it: {err}") from err
-    return Template(path, n_maps * n_el, kind, None, None, img, shape=shape)
+    return Template(path, kind, shape, None, None, img)
 
 
 def write_dscalar_row(
@@ -118,7 +127,9 @@ def _check_ijk(ijk: Any, volume_shape: Sequence[int], what: str) -> np.ndarray:
     arr = arr.astype(np.int64)
     shape = np.asarray(volume_shape, dtype=np.int64)
     if arr.size and ((arr < 0).any() or (arr >= shape).any()):
-        raise ValueError(f"{what}: voxel indices outside the volume {tuple(shape)}")
+        raise ValueError(
+            f"{what}: voxel indices outside the volume {tuple(shape.tolist())}"
+        )
     return arr
 
 

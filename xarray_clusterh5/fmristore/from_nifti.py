@@ -12,8 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import nibabel as nib
 import numpy as np
@@ -224,7 +223,7 @@ def _typed_metadata(value: Any, what: str) -> Any:
     """Metadata values with the types the reader gives for what the writer stores."""
     arr = np.asarray(value)
     if arr.dtype.kind == "U":  # text, non-ASCII too: the writer's option decides
-        return str(arr[()]) if arr.size == 1 else arr.astype(str)
+        return str(arr.item()) if arr.size == 1 else arr.astype(str)
     # the writer's own typing (R's int32 and double, int8 logicals)
     stored = r_value(value, what, "error")
     if stored.dtype.kind == "O":  # bytes or strings among objects, ASCII
@@ -236,8 +235,7 @@ def _typed_metadata(value: Any, what: str) -> Any:
 _Images = list[tuple[str, ImageLike, Any]]  # (name, source, nibabel image)
 
 
-@dataclass(frozen=True)
-class _Space:
+class _Space(NamedTuple):
     """The voxel space of an experiment: the reference image and the mask."""
 
     shape: tuple[int, int, int]
@@ -320,11 +318,13 @@ def _space(atlas: Any, mask: Any, images: _Images) -> tuple[_Space, np.ndarray]:
     # the atlas image defines the space; with an array atlas the first run does
     ref_img = atlas_img if atlas_img is not None else images[0][2]
     affine = np.asarray(ref_img.affine, dtype=np.float64)
-    ref_desc = atlas_desc if atlas_img is not None else _describe(images[0][1])
+    ref_desc = _describe(ref_img)  # the atlas's description when it is an image
     _check_images(images, labels.shape, affine, (atlas_desc, ref_desc))
     keep = _kept_voxels(labels, mask, affine, ref_desc)
-    if (labels[keep] < 0).any():
-        bad = np.unique(labels[keep][labels[keep] < 0]).tolist()[:10]
+    kept = labels[keep]
+    negative = kept < 0  # pragma: no mutate - keep drops label 0: < 0, <= 0, < 1 agree
+    if negative.any():
+        bad = np.unique(kept[negative]).tolist()[:10]
         raise ValueError(
             f"atlas ({atlas_desc}) has negative labels {bad}; fmristore cluster ids "
             "must be >= 1 for R to read them back"

@@ -66,7 +66,6 @@ R_LOGICAL_ENUM: Final = {"FALSE": 0, "TRUE": 1, "NA": 2}
 
 DATA_DTYPE: Final = np.dtype("<f4")
 CLUSTER_MAP_DTYPE: Final = np.dtype("<i4")
-GZIP_LEVEL: Final = 4
 
 
 def scan_path(scan: str) -> str:

@@ -426,10 +426,6 @@ def to_tree(ds: xr.Dataset) -> xr.DataTree:
     """The padded view as the exact DataTree (root geometry, one node per run)."""
     ds = with_run_dim(ds)
     runs = scan_names(ds)
-    first = unpad(ds, runs[0]) if runs else None
-    if first is None:
-        raise ValueError("no runs")
-    root_vars = [v for v in first.coords if v != "time"]
     root = xr.Dataset(coords=_flat_coords_of_padded(ds, in_tree=True))
     root.attrs = {
         VIEW_ATTR: "root",
@@ -439,7 +435,7 @@ def to_tree(ds: xr.Dataset) -> xr.DataTree:
     nodes: dict[str, xr.Dataset] = {"/": root}
     for run in runs:
         node = unpad(ds, run)
-        node = node.drop_vars([v for v in root_vars if v in node.coords])
+        node = node.drop_vars([v for v in node.coords if v in root.coords])
         node.attrs = {k: v for k, v in node.attrs.items() if k not in GEOMETRY_ATTRS}
         nodes[f"/{run}"] = node
     return xr.DataTree.from_dict(nodes)
@@ -488,12 +484,17 @@ def experiment_of(tree: xr.DataTree) -> Any:
         ds = node.to_dataset()
         run_attrs = {**root.attrs, **node.attrs, "scan": name, VIEW_ATTR: "run"}
         meta = scan_metadata(ds.assign_attrs(run_attrs))[name]
+        if "time" not in ds.dims:
+            raise ValueError(
+                f"run {name!r} has no time dimension (reduced over time?): "
+                "a DataTree view needs every run's time series"
+            )
         scans.append(
             ScanInfo(
                 name=str(name),
                 has_data="data" in ds,
                 has_summary="summary" in ds,
-                n_time=int(ds.sizes.get("time", 0)),
+                n_time=int(ds.sizes["time"]),
                 class_attr=node.attrs.get("scan_class"),
                 metadata=meta,
             )

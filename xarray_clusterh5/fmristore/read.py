@@ -331,7 +331,7 @@ def _full_scan_n_time(
     first_cluster: int | None,
     n_time: int | None,
 ) -> int:
-    """Time points of a full scan, from one probed cluster dataset (as R does).
+    """Time points of a full scan, from one first_cluster cluster dataset (as R does).
 
     Locally, a scan lacking cluster datasets is reported here; counting the
     links of an old-style group reads every symbol-table node, which HDF5
@@ -347,18 +347,19 @@ def _full_scan_n_time(
             f"scan {name!r} lacks cluster datasets {missing[:10]}"
             f"{' ...' if len(missing) > 10 else ''} for ids in /cluster_map",
         )
-    probe = get_link(path, f, L.cluster_path(name, first_cluster or cluster_ids[0]))
+    # a scan has data only when the cluster map has voxels; id 0 is valid too
+    assert first_cluster is not None
+    probe = get_link(path, f, L.cluster_path(name, first_cluster))
     if not isinstance(probe, h5py.Dataset):
         raise ClusterH5Error(
-            path,
-            f"missing dataset {L.cluster_path(name, first_cluster or 0)}",
+            path, f"missing dataset {L.cluster_path(name, first_cluster)}"
         )
     _check_data_dtype(path, probe)
     if probe.ndim != 2:
         raise ClusterH5Error(path, f"{probe.name} must be 2-D (T, n_voxels)")
     if n_time is None:
         n_time = int(probe.shape[0])
-    pos = int(np.searchsorted(cluster_ids, first_cluster or cluster_ids[0]))
+    pos = int(np.searchsorted(cluster_ids, first_cluster))
     if probe.shape != (n_time, int(n_voxels[pos])):
         raise ClusterH5Error(
             path,
@@ -440,8 +441,7 @@ def _check_data_dtype(path: str, dset: h5py.Dataset) -> None:
 
 def is_clustered_experiment(f: h5py.File) -> bool:
     """True for files with fmristore's multi-scan layout (either generation)."""
-    cls = read_attr_str(f, L.ATTR_ROOT_CLASS) if L.ATTR_ROOT_CLASS in f.attrs else None
-    if cls in L.EXPERIMENT_CLASSES.values():
+    if read_attr_str(f, L.ATTR_ROOT_CLASS) in L.EXPERIMENT_CLASSES.values():
         return True
     return isinstance(f.get("scans"), h5py.Group) and isinstance(
         f.get("cluster_map"), h5py.Dataset
@@ -620,9 +620,11 @@ def cluster_dataset(
     name = L.cluster_path(scan, cluster_id)
     dset: Any = None
     if group is not None:
-        link = group.get(f"cluster_{int(cluster_id)}", getlink=True)
+        # fast path only: anything but a HardLink falls back to get_link below
+        key = f"cluster_{int(cluster_id)}"
+        link = group.get(key, getlink=True)  # pragma: no mutate - fast path only
         if isinstance(link, h5py.HardLink):
-            dset = group[f"cluster_{int(cluster_id)}"]
+            dset = group[key]
             check_local_object(path, dset)
     if dset is None:
         dset = get_link(path, f, name)

@@ -50,10 +50,6 @@ __all__ = ["to_fmristore"]
 
 def _header_kwargs(attrs: Mapping[str, Any]) -> dict[str, Any]:
     """affine/spacing/write_srow for write_experiment from the geometry attrs."""
-    if "volume_shape" not in attrs:
-        raise ValueError(
-            "not a clustered fMRI Dataset: attribute 'volume_shape' is missing"
-        )
     spacing = check_spacing(
         attrs.get("spacing", (1, 1, 1)), "the 'spacing' attribute of the Dataset"
     )
@@ -67,6 +63,10 @@ def _header_kwargs(attrs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _volume_shape(attrs: Mapping[str, Any]) -> tuple[int, int, int]:
+    if "volume_shape" not in attrs:
+        raise ValueError(
+            "not a clustered fMRI Dataset: attribute 'volume_shape' is missing"
+        )
     x, y, z = (int(n) for n in np.asarray(attrs["volume_shape"]).ravel())
     return x, y, z
 
@@ -125,6 +125,20 @@ def _is_dask(obj: Any) -> bool:
     return hasattr(obj, "dask") and hasattr(obj, "chunks")
 
 
+def _assembled(parts: list[tuple[Any, np.ndarray]], shape: tuple[int, ...]) -> Any:
+    """One block from the chunks dask stored; one whole chunk is not copied.
+
+    The writer casts every block to float32, so both paths give the same data.
+    """
+    first = parts[0][1]
+    if len(parts) == 1 and first.shape == shape:  # pragma: no mutate - no-copy path
+        return first
+    block = np.empty(shape, dtype=np.float32)
+    for k, p in parts:
+        block[k] = p
+    return block
+
+
 class _QueueSink:
     """``dask.array.store`` target that hands each block to a bounded queue."""
 
@@ -142,12 +156,7 @@ class _QueueSink:
             covered = sum(p.size for _, p in self.parts)
             if covered < int(np.prod(self.shape)):
                 return
-            if len(self.parts) == 1 and self.parts[0][1].shape == self.shape:
-                block = self.parts[0][1]  # the usual case: one chunk, no copy
-            else:
-                block = np.empty(self.shape, dtype=np.float32)
-                for k, p in self.parts:
-                    block[k] = p
+            block = _assembled(self.parts, self.shape)
             self.parts = []
             while not self.cancel.is_set():
                 with contextlib.suppress(queue.Full):
@@ -168,7 +177,8 @@ def _stream_dask(
     import dask.array as da
 
     n_threads = threads or os.cpu_count() or 1
-    q: queue.Queue[Any] = queue.Queue(maxsize=max(2, 2 * n_threads))
+    depth = max(2, 2 * n_threads)  # pragma: no mutate - queue depth: tuning only
+    q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     cancel = threading.Event()
     sinks: list[Any] = []
     for cid, arr in blocks.items():
@@ -288,7 +298,9 @@ def _from_padded(ds: xr.Dataset, threads: int | None) -> dict[str, Any]:
         return np.full(len(runs), var in ds.data_vars)
 
     has_data, has_summary = flag("has_data", "data"), flag("has_summary", "summary")
-    n_time = np.full(len(runs), ds.sizes.get("time", 0))
+    if "time" not in ds.dims:
+        raise ValueError("padded clustered Dataset lacks the dimension 'time'")
+    n_time = np.full(len(runs), ds.sizes["time"])
     if "n_time" in ds.coords:  # a time slice of the view can shorten runs
         n_time = np.minimum(as_numpy(ds["n_time"]).astype(int), n_time)
     run_specs: dict[str, Run] = {}

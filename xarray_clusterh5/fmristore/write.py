@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import h5py
 import numpy as np
@@ -202,7 +202,7 @@ def r_value(value: Any, what: str, non_ascii: str) -> np.ndarray:
     if kind == "b":
         return arr.astype(np.int8)
     if kind in "iu":
-        if arr.dtype.itemsize <= 2 or arr.dtype == np.int32:
+        if arr.dtype.itemsize < 4 or arr.dtype == np.int32:
             return arr.astype(arr.dtype.newbyteorder("<"))
         return _fit_int32(arr, what)
     if kind == "f":
@@ -248,8 +248,10 @@ def affine_to_header(
     if np.any(zooms == 0):
         raise ValueError("affine has a zero-length axis")
     rot = rzs / zooms
+    if np.linalg.matrix_rank(rot) < 3:  # no rotation (quaternion) can give it
+        raise ValueError("affine is singular: its axes are not independent")
     qfac = 1.0
-    if np.linalg.det(rot) < 0:
+    if np.linalg.det(rot) < 0:  # pragma: no mutate - rot has full rank: det != 0
         qfac = -1.0
         rot[:, -1] *= -1
     p, _s, qs = np.linalg.svd(rot)
@@ -567,14 +569,8 @@ def _cluster_metadata_columns(
         if name == "cluster_id":
             out[name] = r_value(ids.astype(np.int32), what, non_ascii)
             continue
-        arr = np.asarray(col)
-        if arr.dtype == object:
-            # pandas gives object columns; type them by their values
-            if all(isinstance(v, str) for v in arr):
-                arr = arr.astype(str)
-            elif all(isinstance(v, bool | np.bool_) for v in arr):
-                arr = arr.astype(bool)
-        out[name] = r_value(arr, what, non_ascii)
+        # r_value types pandas' object columns by their values
+        out[name] = r_value(np.asarray(col), what, non_ascii)
     return out
 
 
@@ -583,8 +579,7 @@ def _cluster_metadata_columns(
 # --------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Header:
+class _Header(NamedTuple):
     """The ``/header`` fields: ``pixdim`` spacing, qform scalars, ``srow_*``."""
 
     pixdim: tuple[float, float, float]

@@ -58,8 +58,7 @@ class MifHeader:
     transform: np.ndarray  # (3, 4) direction cosines + origin
     scaling: tuple[float, float] | None  # (offset, multiplier)
     keyvals: list[tuple[str, str]] = field(default_factory=list)
-    data_offset: int = 0
-    vox_text: str | None = None
+    data_offset: int = 0  # where the data start (0 for a header built by hand)
 
     @property
     def n_values(self) -> int:
@@ -87,8 +86,7 @@ def parse_dtype(path: str, text: str) -> np.dtype:
         raise ClusterH5Error(path, "MIF datatype Bit (packed bits) is not supported")
     if name not in _BASE_TYPES:
         raise ClusterH5Error(path, f"unknown MIF datatype {text.strip()!r}")
-    code = _BASE_TYPES[name]
-    return np.dtype(code if code[1:] == "1" else endian + code)
+    return np.dtype(endian + _BASE_TYPES[name])  # (numpy drops it for 1 byte)
 
 
 def dtype_name(dtype: np.dtype) -> str:
@@ -99,8 +97,7 @@ def dtype_name(dtype: np.dtype) -> str:
         raise ValueError(f"{dt} cannot be stored in a MIF file")
     if dt.itemsize == 1:
         return _NAMES[code]
-    little = dt.byteorder == "<" or (dt.byteorder in "=|" and sys.byteorder == "little")
-    return _NAMES[code] + ("LE" if little else "BE")
+    return _NAMES[code] + ("LE" if dt.str[0] == "<" else "BE")  # str: explicit order
 
 
 def parse_layout(
@@ -140,9 +137,12 @@ def _lines(path: str, raw: bytes) -> tuple[list[tuple[str, str]], int]:
         raise ClusterH5Error(
             path, "not a MIF file (does not start with 'mrtrix image')"
         )
-    end = raw.find(b"\nEND\n")
-    if end < 0:
-        raise ClusterH5Error(path, "MIF header has no END line (truncated file?)")
+    try:
+        end = raw.index(b"\nEND\n")
+    except ValueError:
+        raise ClusterH5Error(
+            path, "MIF header has no END line (truncated file?)"
+        ) from None
     out = []
     for line in raw[len(MAGIC) : end].decode("latin-1").split("\n"):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -166,7 +166,10 @@ def _data_offset(path: str, files: list[str], header_end: int) -> int:
             f"data are in a separate file ({parts[0]!r}); only single-file .mif "
             "and .mif.gz images are supported",
         )
-    offset = int(parts[1]) if len(parts) > 1 else header_end
+    try:
+        offset = int(parts[1]) if len(parts) > 1 else header_end
+    except ValueError:
+        raise ClusterH5Error(path, f"bad MIF data offset {parts[1]!r}") from None
     if offset < header_end:
         raise ClusterH5Error(path, f"data offset {offset} lies inside the header")
     return offset
@@ -213,7 +216,7 @@ def parse_header(path: str, raw: bytes) -> MifHeader:
         scaling = (sc[0], sc[1])
     return MifHeader(
         path, dim, vox, order, rev, parse_dtype(path, single["datatype"]), tf,
-        scaling, keyvals, _data_offset(path, files, header_end), single["vox"],
+        scaling, keyvals, _data_offset(path, files, header_end),
     )  # fmt: skip
 
 
@@ -242,13 +245,12 @@ def read_header(path: str | os.PathLike[str]) -> MifHeader:
     return parse_header(p, raw)
 
 
-def format_header(h: MifHeader, dtype: np.dtype, *, scaling: bool = False) -> bytes:
+def format_header(h: MifHeader, dtype: np.dtype) -> bytes:
     """Header bytes for ``h``'s geometry, ``dtype`` data and a ``file:`` line.
 
-    Lines in ModelArrayIO's order (dim, vox, layout, datatype, transform,
-    [scaling], the other keys verbatim, file); the offset is the first multiple
-    of 4 after the header, as MRtrix writes it. ``scaling`` copies the
-    template's scaling line (only right for data stored scaled).
+    Lines in ModelArrayIO's order (dim, vox, layout, datatype, transform, the
+    other keys verbatim, file); the offset is the first multiple of 4 after the
+    header, as MRtrix writes it. No ``scaling`` line: data are stored as given.
     """
     lines = [
         "mrtrix image",
@@ -260,9 +262,8 @@ def format_header(h: MifHeader, dtype: np.dtype, *, scaling: bool = False) -> by
     lines += [
         "transform: " + ", ".join(repr(float(v)) for v in row) for row in h.transform
     ]
-    if scaling and h.scaling is not None:
-        lines.append(f"scaling: {h.scaling[0]},{h.scaling[1]}")
     lines += [f"{k}: {v}" for k, v in h.keyvals]
+
     head = ("\n".join(lines) + "\n").encode("latin-1")
     offset = len(head) - len(head) % 4  # multiples of 4 up to the first that fits
     while len(head) + len(f"file: . {offset}\nEND\n") > offset:

@@ -32,7 +32,7 @@ def logical_to_disk(data: np.ndarray, h: MifHeader) -> np.ndarray:
     """The inverse of :func:`disk_to_logical`: 1-D, in on-disk order."""
     flips = tuple(slice(None, None, -1) if r else slice(None) for r in h.reversed_axes)
     slow_to_fast = sorted(range(len(h.dim)), key=lambda a: -h.order[a])
-    return np.ascontiguousarray(data[flips].transpose(slow_to_fast)).reshape(-1)
+    return np.ascontiguousarray(data[flips].transpose(slow_to_fast)).ravel()
 
 
 def raw_values(h: MifHeader, raw: bytes | None = None) -> np.ndarray:
@@ -93,9 +93,7 @@ def read_values(path: str, h: MifHeader | None = None) -> np.ndarray:
     if h.dtype.kind == "c":
         raise ClusterH5Error(path, "complex MIF data cannot be read as scalars")
     values = apply_scaling(raw_values(h, raw), h)
-    return np.ascontiguousarray(disk_to_logical(values, h), dtype=np.float32).reshape(
-        -1
-    )
+    return np.ascontiguousarray(disk_to_logical(values, h), dtype=np.float32).ravel()
 
 
 def read_range(path: str, h: MifHeader, start: int, stop: int) -> np.ndarray:

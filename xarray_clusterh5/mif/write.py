@@ -19,7 +19,7 @@ from xarray_clusterh5.mif.header import MifHeader, format_header
 from xarray_clusterh5.mif.read import logical_to_disk
 
 #: gzip level of ``.mif.gz`` output (nibabel's default, which ModelArrayIO uses)
-GZIP_LEVEL = 1
+GZIP_LEVEL = 1  # pragma: no mutate - compression effort only: inflates the same
 
 
 def mif_bytes(h: MifHeader, data: np.ndarray, dtype: np.dtype | str = "<f4") -> bytes:
@@ -30,7 +30,8 @@ def mif_bytes(h: MifHeader, data: np.ndarray, dtype: np.dtype | str = "<f4") -> 
         raise ValueError(
             f"{h.path}: template has {h.n_values} values ({h.dim}), data has {arr.size}"
         )
-    disk = logical_to_disk(arr.reshape(h.dim), h).astype(dt, copy=False)
+    disk = logical_to_disk(arr.reshape(h.dim), h).astype(dt)
+
     return format_header(h, dt) + disk.tobytes()
 
 

@@ -59,7 +59,7 @@ def _index_volumes(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 def _directions(path: str) -> np.ndarray:
     _, data = read_mif(path)
-    extra = data.shape[2:] if data.ndim > 2 else ()
+    extra = data.shape[2:]
     if data.ndim < 2 or data.shape[1] != 3 or any(s != 1 for s in extra):
         raise ClusterH5Error(
             path, f"fixel directions must be N x 3 (x 1), not {data.shape}"
@@ -136,7 +136,7 @@ def check_subjects(
     progress: Callable[[Any], Any] | None = None,
 ) -> None:
     """Every subject file must be MIF with exactly the table's fixel count."""
-    with ThreadPoolExecutor(max(1, threads)) as pool:
+    with ThreadPoolExecutor(max(1, threads)) as pool:  # pragma: no mutate - pool size
         done = pool.map(lambda p: _check_one(p, table.n_elements), sources)
         list(progress(done) if progress is not None else done)
 

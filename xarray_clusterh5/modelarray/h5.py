@@ -236,14 +236,8 @@ def write_scalar(
     n_elements: int,
     column_names: Sequence[str],
     read_stripe: Callable[[int, int], np.ndarray],
+    options: StorageOptions | None = None,
     *,
-    dtype: Any = "float32",
-    compression: str | None = "gzip",
-    compression_level: int = 4,
-    shuffle: bool = True,
-    chunk_voxels: int = 0,
-    target_chunk_mb: float = 2.0,
-    threads: int | None = None,
     stripe_bytes: int = STRIPE_BYTES,
     progress: Callable[[int], Any] | None = None,
 ) -> h5py.Dataset:
@@ -259,9 +253,9 @@ def write_scalar(
         ``start:stop``, shape ``(n_subjects, stop - start)``; called once per
         stripe, in order. A stripe is a whole number of chunks wide and about
         ``stripe_bytes`` large, so memory stays bounded whatever the cohort size.
-    dtype, compression, compression_level, shuffle, chunk_voxels, target_chunk_mb :
-        as ModelArrayIO's flags (see :class:`StorageOptions`).
-    threads : compression threads (default: available CPUs).
+    options : dtype, filters, chunks and threads, as ModelArrayIO's flags
+        (default: ModelArrayIO's defaults, see :class:`StorageOptions`).
+    stripe_bytes : about how many bytes of values one stripe holds.
     progress : called with the number of elements finished after each stripe.
     """
     check_hdf5_name(scalar, "scalar name")
@@ -270,10 +264,7 @@ def write_scalar(
             f"scalar {scalar!r}: {len(column_names)} column names for "
             f"{n_subjects} subjects"
         )
-    options = StorageOptions(
-        dtype, compression, compression_level, shuffle, chunk_voxels,
-        target_chunk_mb, threads,
-    )  # fmt: skip
+    options = options or StorageOptions()
     dset = options.create_values(f, scalar, n_subjects, n_elements)
     write_column_names(f, scalar, column_names)
     _fill_values(dset, scalar, read_stripe, options.n_threads(), stripe_bytes, progress)
@@ -292,7 +283,7 @@ def _fill_values(
     n_subjects, n_elements = dset.shape
     chunks = dset.chunks
     cw = chunks[1]
-    per_chunk = n_subjects * cw * dset.dtype.itemsize
+    per_chunk = n_subjects * cw * dset.dtype.itemsize  # pragma: no mutate - tuning
     width = cw * max(1, int(stripe_bytes // max(per_chunk, 1)))
     # lzf has no encoder here: h5py compresses those stripes itself
     spec = filter_spec(dset) if dset.compression != "lzf" else None
@@ -302,7 +293,9 @@ def _fill_values(
     # chunks compress while later ones are cut and the next stripe is read; at
     # most about STRIPE_BYTES of chunks wait, so a stripe as large as the whole
     # matrix (NIfTI/MIF cohorts) does not also hold all its compressed chunks
-    max_pending = max(2 * n_threads, STRIPE_BYTES // max(per_chunk, 1))
+    # (queue depth: tuning only, every depth writes the same chunks)
+    fit = STRIPE_BYTES // max(per_chunk, 1)  # pragma: no mutate - queue depth
+    max_pending = max(2 * n_threads, fit)  # pragma: no mutate - queue depth
 
     def drain(limit: int) -> None:
         while len(pending) > limit:
@@ -319,7 +312,7 @@ def _fill_values(
                         f"scalar {scalar!r}: stripe {start}:{stop} has shape "
                         f"{block.shape}, expected {(n_subjects, stop - start)}"
                     )
-                block = block.astype(dset.dtype, copy=False)
+                block = np.asarray(block, dtype=dset.dtype)
                 if spec is None:
                     dset[:, start:stop] = block
                 else:
@@ -346,7 +339,7 @@ def _fill_values(
 
 def _decode_names(path: str, values: Any) -> list[str]:
     """Names from an attribute or dataset value: bytes or str, vlen or fixed."""
-    arr = np.asarray(values, dtype=object).reshape(-1)
+    arr = np.asarray(values, dtype=object).ravel()
     return [decode_str(v).rstrip("\x00").strip() for v in arr]
 
 
@@ -392,7 +385,7 @@ def scalar_column_names(path: str, f: h5py.File, scalar: str) -> list[str]:
     ):
         obj = get_link(path, f, p)
         if isinstance(obj, h5py.Dataset):
-            return [str(s) for s in read_strings(path, obj).reshape(-1)]
+            return [str(s) for s in read_strings(path, obj).ravel()]
     raise ClusterH5Error(path, f"scalar {scalar!r} has no column_names (source files)")
 
 
@@ -401,8 +394,11 @@ def result_names(path: str, f: h5py.File, analysis: str) -> list[str] | None:
 
     1. attribute ``colnames`` on ``results_matrix`` (legacy writers);
     2. dataset ``results/<a>/column_names`` (R ``writeResults``: variable-length;
-       the streaming writer: fixed-length, NUL-padded);
-    3. dataset ``results/<a>/results_matrix/column_names``.
+       the streaming writer: fixed-length, NUL-padded).
+
+    ModelArrayIO also looks for ``results/<a>/results_matrix/column_names``,
+    which cannot exist: ``results_matrix`` is a dataset, and HDF5 datasets hold
+    no links.
 
     Names are decoded as UTF-8 with trailing NULs and whitespace stripped. Unlike
     ModelArrayIO, empty names are kept in place (ModelArrayIO drops them, which
@@ -415,16 +411,13 @@ def result_names(path: str, f: h5py.File, analysis: str) -> list[str] | None:
         names = _decode_names(path, matrix.attrs["colnames"])
         if any(names):
             return names
-    for p in (
-        f"{layout.RESULTS}/{analysis}/column_names",
-        f"{layout.results_matrix_path(analysis)}/column_names",
-    ):
-        obj = get_link(path, f, p)
-        if isinstance(obj, h5py.Dataset):
-            with named_errors(path, "reading the statistic names", p):
-                names = _decode_names(path, obj[()])
-            if any(names):
-                return names
+    p = f"{layout.RESULTS}/{analysis}/column_names"
+    obj = get_link(path, f, p)
+    if isinstance(obj, h5py.Dataset):
+        with named_errors(path, "reading the statistic names", p):
+            names = _decode_names(path, obj[()])
+        if any(names):
+            return names
     return None
 
 
@@ -521,7 +514,7 @@ def read_greyordinates(path: str, f: h5py.File) -> tuple[np.ndarray, np.ndarray]
     si = cols.index("structure_id") if "structure_id" in cols else 1
     names = [decode_str(s) for s in np.asarray(raw_names, dtype=object)]
     codes = table[si].astype(np.int64)
-    if names and (codes.min(initial=0) < 0 or codes.max(initial=0) >= len(names)):
+    if names and not np.all((codes >= 0) & (codes < len(names))):
         raise ClusterH5Error(
             path, "/greyordinates structure_id outside structure_names"
         )
@@ -566,7 +559,7 @@ def read_parcels(path: str, f: h5py.File) -> dict[str, np.ndarray] | None:
     for name in ("parcel_id", "parcel_id_from", "parcel_id_to"):
         obj = get_link(path, grp, name)
         if isinstance(obj, h5py.Dataset):
-            out[name] = read_strings(path, obj).reshape(-1)
+            out[name] = read_strings(path, obj).ravel()
     return out or None
 
 
@@ -723,8 +716,14 @@ def cohort_frame(table: CohortTable) -> pd.DataFrame:
     """The DataFrame of a :class:`CohortTable`; pandas types the other columns."""
     import pandas as pd
 
-    text = [c for c in ("scalar_name", "source_file") if c in table.header]
-    df = pd.read_csv(table.path, dtype=dict.fromkeys(text, str))
+    # the frame's own columns (a wide cohort's are made from its cells)
+    made = ["_row", "scalar_name", "source_file"] if table.wide else ["_row"]
+    clash = [c for c in made if c in table.header]
+    if clash:
+        raise ClusterH5Error(
+            table.path, f"cohort column(s) {clash} clash with the table's; rename them"
+        )
+    df = pd.read_csv(table.path)
     if len(df) != len(table.cells) or list(df.columns) != table.header:
         raise ClusterH5Error(
             table.path, "pandas and the csv module read this cohort differently"
@@ -798,7 +797,7 @@ def resolve_sources(
     fell_back = 0
     urls = [s for s in sources if remote.is_url(s)]
     fetched = remote.local_copies(urls, storage_options) if urls else []
-    copies = dict(zip(urls, fetched, strict=True))
+    copies = dict(zip(urls, fetched, strict=True))  # pragma: no mutate - 1 per URL
     for s in sources:
         if s in copies:  # fetched once into a temporary cache: conversions read it all
             out.append(copies[s])
@@ -882,7 +881,7 @@ class CohortArray:
         else:
             lo, hi = int(cols_1d.min()), int(cols_1d.max()) + 1
             out = np.empty((rows_1d.size, cols_1d.size), dtype=self.dtype)
-            contiguous = cols_1d.size == hi - lo and np.all(np.diff(cols_1d) == 1)
+            contiguous = np.array_equal(cols_1d, np.arange(lo, hi))
             buf = np.empty(hi - lo, dtype=self.dtype)
             for i, r in enumerate(rows_1d):
                 if contiguous:
@@ -978,7 +977,8 @@ def stripe_reader(
     threads read several files at once while other threads compress.
     """
     n = len(array.blocks)
-    step = max(1, n // (4 * threads))  # threads >= 1: the pool's size
+    # files per task, about 4 tasks per thread (threads >= 1: the pool's size)
+    step = max(1, int(n // (4 * threads)))  # pragma: no mutate - tuning only
 
     def read(start: int, stop: int) -> np.ndarray:
         out = np.empty((n, stop - start), dtype=np.float32)
@@ -1082,10 +1082,7 @@ def _write_stream(
 ) -> None:
     write_scalar(
         f, stream.name, len(stream.column_names), n_elements, stream.column_names,
-        stream.read_stripe, dtype=options.dtype, compression=options.compression,
-        compression_level=options.compression_level, shuffle=options.shuffle,
-        chunk_voxels=options.chunk_voxels, target_chunk_mb=options.target_chunk_mb,
-        threads=options.n_threads(), stripe_bytes=stream.stripe_bytes,
+        stream.read_stripe, options, stripe_bytes=stream.stripe_bytes,
         progress=bar.update if bar is not None else None,
     )  # fmt: skip
 

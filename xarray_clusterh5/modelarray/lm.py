@@ -446,7 +446,7 @@ def fit_block(
     fit_mask = np.isfinite(Y).sum(axis=0) > threshold
     Yr = Y if rows.size == Y.shape[0] else Y[rows]
     res = ols.fit(X, Yr, intercept=intercept, fit_mask=fit_mask)
-    out = [ids.reshape(-1)]
+    out = [ids.ravel()]
     for j in range(len(columns.terms)):
         out += [res.terms[s][:, j] for s in columns.terms_v]
     out += [res.model[s] for s in columns.model_v]

@@ -177,7 +177,7 @@ def _r_factor_name(part: str, state: dict) -> str:
     if part in keys:
         return deparse(part)
     depth = 0
-    for pos in range(len(part) - 1, -1, -1):  # the last top-level "[...]"
+    for pos in reversed(range(len(part))):  # the last top-level "[...]"
         depth += {")": 1, "(": -1}.get(part[pos], 0)
         if part[pos] == "[" and depth == 0 and part[:pos] in keys:
             expr, suffix = part[:pos], part[pos + 1 : -1]
