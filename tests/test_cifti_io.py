@@ -89,6 +89,64 @@ def test_fast_reads_equal_modelarrayio_values(files):
         )
 
 
+def _open_fds_on(paths: list[Path]) -> int:
+    names = {str(p.resolve()) for p in paths}
+    fd_dir = Path("/proc/self/fd")
+    return sum(1 for fd in fd_dir.iterdir() if _target(fd) in names)
+
+
+def _target(link: Path) -> str:
+    try:
+        return str(link.resolve())
+    except OSError:  # closed between listing and reading
+        return ""
+
+
+@pytest.mark.parametrize("limit", [0, 2, 5])
+@pytest.mark.parametrize("files", [THICK, AREA], ids=["thickness", "area"])
+def test_stripes_from_held_files_equal_modelarrayio_values(files, limit):
+    # some files held open, the rest opened per read: the same values
+    ref, _ = cifti.read_reference(files[0])
+    blocks = [cifti.check_file(p, ref) for p in files]
+    expected = _mai_values(files[0].parent.name)
+    with cifti.OpenFiles(blocks, limit=limit) as held:
+        assert [fd is not None for fd in held.fds] == [i < limit for i in range(5)]
+        assert _open_fds_on(files) == limit
+        for start, stop in [(0, 100), (37, 61), (99, 100)]:
+            out = np.full((5, stop - start), np.nan, dtype=np.float32)
+            cifti.read_stripe_rows(blocks, held.fds, start, stop, out, range(5))
+            np.testing.assert_array_equal(out, expected[:, start:stop])
+    assert held.fds == [None] * 5
+    assert _open_fds_on(files) == 0
+
+
+def test_held_file_truncated_later_is_named(tmp_path):
+    copy = tmp_path / "sub.dscalar.nii"
+    copy.write_bytes(THICK[0].read_bytes())
+    _, block = cifti.read_reference(copy)
+    with cifti.OpenFiles([block]) as held:
+        with open(copy, "r+b") as fh:
+            fh.truncate(block.offset + 50 * 4)
+        out = np.empty((1, 100), dtype=np.float32)
+        with pytest.raises(ClusterH5Error, match=r"sub\.dscalar\.nii.*truncated"):
+            cifti.read_stripe_rows([block], held.fds, 0, 100, out, range(1))
+        cifti.read_stripe_rows([block], held.fds, 10, 50, out[:, :40], range(1))
+        np.testing.assert_array_equal(out[0, :40], _mai_values()[0, 10:50])
+
+
+def test_open_files_close_what_they_opened_when_one_is_missing(tmp_path):
+    copies = []
+    for i, p in enumerate(THICK[:3]):
+        copies.append(tmp_path / f"s{i}.dscalar.nii")
+        copies[-1].write_bytes(p.read_bytes())
+    ref, _ = cifti.read_reference(copies[0])
+    blocks = [cifti.check_file(p, ref) for p in copies]
+    copies[2].unlink()
+    with pytest.raises(FileNotFoundError):
+        cifti.OpenFiles(blocks)
+    assert _open_fds_on(copies[:2]) == 0
+
+
 def test_fixture_files_take_the_fast_path(monkeypatch):
     # every ModelArrayIO/Workbench file of the fixtures: no nibabel parse at all
     expected = {p: nib.load(p).header.get_axis(1) for p in THICK + AREA}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -285,17 +286,48 @@ def test_failed_write_leaves_nothing(in_cohort, tmp_path, monkeypatch):
     out = tmp_path / "o.h5"
     out.write_bytes(b"keep")
 
-    def broken(block, start, stop, out=None):
-        if "area" in block.path:
-            raise OSError(f"{block.path}: disk on fire")
-        return real(block, start, stop, out)
+    def broken(path, fd, buffers, offset):
+        if "area" in path:
+            raise OSError(f"{path}: disk on fire")
+        return real(path, fd, buffers, offset)
 
-    real = cifti.read_columns
-    monkeypatch.setattr(cifti, "read_columns", broken)
+    real = cifti._pread
+    monkeypatch.setattr(cifti, "_pread", broken)
     with pytest.raises(OSError, match="disk on fire"):
         cohort.to_modelarray(ds, out, overwrite=True, progress=False)
     assert out.read_bytes() == b"keep"
     assert [p.name for p in tmp_path.iterdir()] == ["o.h5"]
+
+
+def test_unchanged_cohort_streams_from_the_files_held_open(
+    in_cohort, tmp_path, monkeypatch
+):
+    # from_cohort's own arrays are written as the CLI writes them: no dask
+    # graph per stripe, every file open once for the whole write, then closed
+    def no_dask(self, key):
+        raise AssertionError("read through dask")
+
+    held = []
+    real = cifti.OpenFiles.__init__
+
+    def spy(self, blocks, limit=None):
+        real(self, blocks, limit)
+        held.append([fd is not None for fd in self.fds])
+
+    ds = cohort.from_cohort("cohort_long_two_scalars.csv", batch_size=2)
+    monkeypatch.setattr(modelarray_io.CohortArray, "__getitem__", no_dask)
+    monkeypatch.setattr(cifti.OpenFiles, "__init__", spy)
+    cohort.to_modelarray(ds, tmp_path / "o.h5", progress=False)
+    assert_same_file(tmp_path / "o.h5", MAI / "two_scalars.h5")
+    assert held == [[True] * 5, [True] * 5]
+    files = sorted(in_cohort.glob("*/*.dscalar.nii"))
+    links = [Path("/proc/self/fd", fd) for fd in os.listdir("/proc/self/fd")]
+    open_now = {os.path.realpath(p) for p in links if p.exists()}
+    assert open_now.isdisjoint(os.path.realpath(p) for p in files)
+    # a changed array (its dask name changes) is read through dask
+    ds["thickness"] = ds["thickness"] + 0
+    with pytest.raises(AssertionError, match="read through dask"):
+        cohort.to_modelarray(ds, tmp_path / "c.h5", progress=False)
 
 
 def test_subsets_and_transforms_write_their_values(in_cohort, tmp_path):

@@ -31,7 +31,10 @@ The Dataset model (shared with the ModelArray reader in ``modelarray.store``):
 from __future__ import annotations
 
 import os
+import weakref
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +58,14 @@ from xarray_clusterh5.modelarray.store import (
 )
 
 DEFAULT_BATCH = 64
+
+#: dask array name -> the CIFTI cohort array it reads, for arrays made here.
+#: Any change to the data (a selection, arithmetic) gives a new name, so a
+#: name found here means the values are the files' own: ``to_modelarray``
+#: then streams from the files, held open, instead of through dask.
+_FROM_FILES: weakref.WeakValueDictionary[str, modelarray_io.CohortArray] = (
+    weakref.WeakValueDictionary()
+)
 #: dims of the voxel grid's 4x4 ``affine`` coordinate (NIfTI cohorts)
 AFFINE_DIMS = ("affine_row", "affine_col")
 
@@ -228,6 +239,8 @@ def cohort_dataset(
             arr, chunks=chunks, asarray=False, lock=False,
             name=f"cohort-{s}-{token}", inline_array=True,
         )  # fmt: skip
+        if isinstance(arr, modelarray_io.CohortArray):
+            _FROM_FILES[darr.name] = arr
         data_vars[s] = xr.DataArray(
             darr,
             dims=(dim, ELEMENT_DIM),
@@ -345,9 +358,16 @@ def _element_writer(ds: xr.Dataset) -> Any:
     )
 
 
-def _stripe_reader(var: xr.DataArray) -> Any:
+def _stripe_reader(
+    var: xr.DataArray, pool: ThreadPoolExecutor, threads: int, held: ExitStack
+) -> Any:
     subject_dim = next(d for d in var.dims if d != ELEMENT_DIM)
     var = var.transpose(subject_dim, ELEMENT_DIM)
+    files = _FROM_FILES.get(getattr(var.data, "name", ""))
+    if files is not None:
+        # one pread per file and stripe (the CLI's loop), not a dask graph each
+        opened = held.enter_context(cifti.OpenFiles(files.blocks))
+        return modelarray_io.stripe_reader(files, pool, threads, opened)
 
     def read(start: int, stop: int) -> np.ndarray:
         # dask fuses this slice into the CohortArray reads: only these bytes are read
@@ -428,14 +448,18 @@ def to_modelarray(
     if split_files is None:
         split_files = ds.attrs.get("cohort_format") == "wide"
     plan = modelarray_io.output_plan(path, names, bool(split_files))
-    streams = {
-        n: modelarray_io.ScalarStream(n, _sources_of(ds, n), _stripe_reader(ds[n]))
-        for n in names
-    }
-    return modelarray_io.write_modelarray(
-        plan, write_elements, streams, ds.sizes[ELEMENT_DIM], options,
-        overwrite=overwrite, progress=progress, parents=parents,
-    )  # fmt: skip
+    n_threads = options.n_threads()
+    with ThreadPoolExecutor(n_threads) as pool, ExitStack() as held:
+        streams = {
+            n: modelarray_io.ScalarStream(
+                n, _sources_of(ds, n), _stripe_reader(ds[n], pool, n_threads, held)
+            )
+            for n in names
+        }
+        return modelarray_io.write_modelarray(
+            plan, write_elements, streams, ds.sizes[ELEMENT_DIM], options,
+            overwrite=overwrite, progress=progress, parents=parents,
+        )  # fmt: skip
 
 
 def _refuse_unwritten_results(

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -88,12 +89,15 @@ def cohort_to_h5(
     )  # fmt: skip
     sources = table.source_file
     n_threads = options.n_threads()
-    with ThreadPoolExecutor(n_threads, thread_name_prefix="cohort-read") as pool:
+    with (
+        ThreadPoolExecutor(n_threads, thread_name_prefix="cohort-read") as pool,
+        ExitStack() as held_files,
+    ):
         streams = {
             s: modelarray_io.ScalarStream(
                 s,
                 [sources[i] for i in r],
-                src.stripe_reader(s, pool, n_threads, options.dtype),
+                src.stripe_reader(s, pool, n_threads, options.dtype, held_files),
                 src.stripe_bytes,
             )
             for s, r in rows.items()

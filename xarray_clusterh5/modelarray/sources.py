@@ -15,6 +15,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,12 +107,20 @@ class CohortSource:
     stripe_bytes: int = modelarray_io.STRIPE_BYTES
 
     def stripe_reader(
-        self, scalar: str, pool: ThreadPoolExecutor, threads: int, dtype: Any
+        self,
+        scalar: str,
+        pool: ThreadPoolExecutor,
+        threads: int,
+        dtype: Any,
+        files: ExitStack,
     ) -> Callable[[int, int], np.ndarray]:
+        """How to read element stripes of ``scalar``; files held open are
+        closed with ``files``."""
         arr = self.arrays[scalar]
         if isinstance(arr, RowCohortArray):
             return row_stripe_reader(arr, pool, dtype)
-        return modelarray_io.stripe_reader(arr, pool, threads)
+        held = files.enter_context(cifti.OpenFiles(arr.blocks))
+        return modelarray_io.stripe_reader(arr, pool, threads, held)
 
 
 def _bar(progress: bool, total: int, desc: str) -> Callable[[Any], Any] | None:
