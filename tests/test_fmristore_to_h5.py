@@ -439,3 +439,50 @@ def test_inconsistent_views_are_refused_by_name(tmp_path: Path) -> None:
         ),
         "cluster ids of the 'cluster' coordinate differ from 'voxel_cluster'",
     )
+
+
+@pytest.mark.parametrize("view", ["padded", "run"])
+def test_round_trip_in_a_volume_taller_than_deep(tmp_path: Path, view: str) -> None:
+    # y longer than z: within a cluster, a voxel at (0, 11, 0) precedes one at
+    # (0, 0, 1) in mask order (x fastest, then y, then z), whatever z's size
+    shape = (3, 12, 2)
+    labels = np.zeros(shape, dtype=np.int32)
+    labels[:, :, :] = 7
+    labels[0, 0, 0] = 0
+    labels[2, 5:, 1] = 9
+    rng = np.random.default_rng(3)
+    n = int((labels > 0).sum())
+    src = write_experiment(
+        tmp_path / "src.h5",
+        mask=labels,
+        runs={"a": rng.normal(size=(n, 4)).astype("f4")},
+    )
+    group = {"padded": None, "run": "a"}[view]
+    with xr.open_dataset(src, engine="clusterh5", group=group) as ds:
+        ds = ds.load()
+    out = to_fmristore(ds, tmp_path / "out.h5")
+    with xr.open_dataset(out, engine="clusterh5", group=group) as back:
+        xr.testing.assert_identical(back.load(), ds)
+    with h5py.File(src) as a, h5py.File(out) as b:
+        for name in ("mask", "cluster_map", "scans/a/clusters/cluster_7"):
+            np.testing.assert_array_equal(a[name][()], b[name][()])
+
+
+def test_run_view_with_voxels_shuffled_within_a_cluster(tmp_path: Path) -> None:
+    # the writer puts each cluster's voxels back in mask order: a view whose
+    # rows of a cluster are shuffled (yet span the same range) is written as
+    # the unshuffled one (the rows [0, 1, 3, 2, ...] are not a slice)
+    labels = np.full((3, 12, 2), 7, dtype=np.int32)
+    labels[2, 5:, 1] = 9
+    n = int((labels > 0).sum())
+    values = np.arange(n * 4, dtype="f4").reshape(n, 4)
+    src = write_experiment(tmp_path / "src.h5", mask=labels, runs={"a": values})
+    with xr.open_dataset(src, engine="clusterh5", group="a") as ds:
+        ds = ds.load()
+    rng = np.random.default_rng(0)
+    for swap in ([2, 3], [0, 64 - 1], list(rng.permutation(64)[:6])):
+        perm = np.arange(n)
+        perm[sorted(swap)] = perm[swap]
+        out = to_fmristore(ds.isel(voxel=perm), tmp_path / "o.h5", overwrite=True)
+        with xr.open_dataset(out, engine="clusterh5", group="a") as back:
+            xr.testing.assert_identical(back.load(), ds)

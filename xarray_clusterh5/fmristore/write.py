@@ -368,8 +368,10 @@ def _geometry(mask: Any, cluster_map: Any, nonpositive_ids: str) -> _Geometry:
 
 
 def row_selection(rows: np.ndarray) -> slice | np.ndarray:
-    """Ascending ``rows`` as a slice when contiguous (cheap on h5py, zarr, dask)."""
-    if rows.size and rows[-1] - rows[0] + 1 == rows.size:
+    """``rows`` as a slice when they are consecutive and ascending (cheap on
+    h5py, zarr, dask), else as they are."""
+    # first and last alone do not tell: [0, 2, 1, 3] spans 0..3 but is shuffled
+    if rows.size and np.all(np.diff(rows) == 1):
         return slice(int(rows[0]), int(rows[-1]) + 1)
     return rows
 
