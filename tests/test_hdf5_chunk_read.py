@@ -458,8 +458,10 @@ def test_decoder_marks_corrupt_window_and_checks_out() -> None:
         with _chunkread.Decoder() as dec:
             dec.add(_chunkread.fetch_window(bad, sel))
             dec.add(_chunkread.fetch_window(good, sel))
-            with pytest.raises(ValueError, match="expected"):
-                dec.add(_chunkread.fetch_window(good, sel), out=np.empty((8, 7)))
+            for wrong in (np.empty((8, 7)), np.empty((8, 8)), np.empty((8, 7), "f4")):
+                # wrong shape, wrong dtype, or both: each is refused
+                with pytest.raises(ValueError, match="expected"):
+                    dec.add(_chunkread.fetch_window(good, sel), out=wrong)
             got = dec.finish()
         assert got[0] is None
         assert got[1] is not None
@@ -683,3 +685,22 @@ def test_byte_source_reads_neighbours_as_one_span() -> None:
     assert src.spans == [(100, 35), (far, 7 + gap + 9)]
     for c in chunks:
         assert bytes(c.raw) == buf[c.at[0] : c.at[0] + c.at[1]]
+
+
+def test_file_ranges_close_their_descriptor_even_when_it_is_zero(tmp_path) -> None:
+    # with stdin closed, the duplicate descriptor is 0: it is still closed
+    path = tmp_path / "x.bin"
+    path.write_bytes(b"abcdef")
+    saved = os.dup(0)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.close(0)
+        ranges = _chunkread.FileRanges(fd)
+        assert ranges.read([(1, 3)]) == [b"bcd"]
+        ranges.close()
+        with pytest.raises(OSError, match="Bad file descriptor"):
+            os.fstat(0)
+    finally:
+        os.dup2(saved, 0)
+        os.close(saved)
+        os.close(fd)

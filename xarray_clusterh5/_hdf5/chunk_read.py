@@ -82,7 +82,7 @@ _F32 = np.dtype("<f4")
 _SUPPORTED = (np.dtype("<f4"), np.dtype("<f8"))
 
 _pool: ThreadPoolExecutor | None = None
-_pool_size = 1
+_pool_size = 1  # pragma: no mutate - set with the pool, before any use
 _pool_lock = threading.Lock()
 
 
@@ -462,7 +462,7 @@ class Decoder:
         self._helpers: list[Future[None]] = []
         self._batch: list[_Job] = []
         self._batch_stored = 0
-        self._queued = 0
+        self._queued = 0  # pragma: no mutate - only decides on helper threads
         self._queued_bytes = 0  # pragma: no mutate - tuning
         self._done = False
 

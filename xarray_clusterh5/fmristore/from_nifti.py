@@ -35,7 +35,7 @@ __all__ = ["from_nifti", "nifti_tr"]
 ImageLike = str | os.PathLike[str] | nib.spatialimages.SpatialImage
 
 #: bytes of one run read at once (a window of whole volumes)
-_WINDOW_BYTES = 8 * 2**20
+_WINDOW_BYTES = 8 * 2**20  # pragma: no mutate - window size: memory only
 
 _TIME_UNIT_SECONDS = {"sec": 1.0, "msec": 1e-3, "usec": 1e-6}
 

@@ -354,7 +354,7 @@ def _positions(subset: Any, n: int, what: str) -> np.ndarray:
 
 def _default_chunk(var: xr.DataArray) -> int:
     n_subj = var.shape[0]
-    width = max(1, CHUNK_BYTES // (8 * max(n_subj, 1)))
+    width = max(1, CHUNK_BYTES // (8 * max(n_subj, 1)))  # pragma: no mutate - chunking
     disk = var.encoding.get("chunksizes")
     if disk:  # (subject, element) chunks on disk: whole ones per dask chunk
         step = int(disk[list(var.dims).index(ELEMENT_DIM)])
