@@ -352,3 +352,28 @@ def test_summary_replaced_by_a_group_after_open(tmp_path: Path) -> None:
         ClusterH5Error, match=rf"irregular\.h5: missing dataset /{name}$"
     ):
         ds["summary"].load()
+
+
+def test_read_experiment_refuses_files_without_the_layout(tmp_path: Path) -> None:
+    # the file model's own check (the engine sniffs first; direct callers of
+    # read_experiment rely on this one)
+    from xarray_clusterh5.fmristore.read import read_experiment
+
+    path = tmp_path / "plain.h5"
+    with h5py.File(path, "w") as f:
+        f["scans/x"] = np.arange(3)  # /scans but no /cluster_map
+    with (
+        h5py.File(path, "r") as f,
+        pytest.raises(ClusterH5Error, match=r"plain\.h5: .*clustered layout"),
+    ):
+        read_experiment(f)
+
+
+def test_scan_that_is_a_dataset_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "irregular.h5"
+    shutil.copy(fmristore_path("irregular"), path)
+    with h5py.File(path, "r+") as f:
+        del f["scans/alpha_full"]
+        f["scans/alpha_full"] = np.arange(3)
+    with pytest.raises(ClusterH5Error, match=r"/scans/alpha_full is not a group"):
+        xr.open_dataset(path, engine="clusterh5")

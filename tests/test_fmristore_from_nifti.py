@@ -260,6 +260,7 @@ def test_one_string_vectors_are_stored_as_the_writer_stores_them(
 ) -> None:
     """A length-1 text vector is the string itself, as R's hdf5r writes it."""
     text = {"one": ["x"], "u": np.array(["q"]), "two": ["a", "b"], "s": "word"}
+    text |= {"bytes": [b"c", b"d"], "byte": b"z"}  # bytes are ASCII text too
     ds = from_nifti(
         {"rest": nifti_files["rest"][0]},
         atlas=nifti_files["atlas"],
@@ -268,6 +269,7 @@ def test_one_string_vectors_are_stored_as_the_writer_stores_them(
     meta = ds.clusterh5.scan_metadata()["rest"]
     assert (meta["one"], meta["u"], meta["s"]) == ("x", "q", "word")
     assert meta["two"].tolist() == ["a", "b"]
+    assert (meta["bytes"].tolist(), meta["byte"]) == (["c", "d"], "z")
     out = to_fmristore(ds, tmp_path / "t.h5")
     with h5py.File(out) as f:
         stored = {k: f[f"scans/rest/metadata/{k}"] for k in text}
@@ -276,6 +278,8 @@ def test_one_string_vectors_are_stored_as_the_writer_stores_them(
             "u": (),
             "two": (2,),
             "s": (),
+            "bytes": (2,),
+            "byte": (),
         }
         assert stored["one"][()] == b"x"
         assert stored["two"][()].tolist() == [b"a", b"b"]

@@ -26,7 +26,12 @@ from tests._helpers import (
     h5ls_listing,
 )
 from xarray_clusterh5 import ClusterH5Error
-from xarray_clusterh5.fmristore.write import Run, affine_to_header, write_experiment
+from xarray_clusterh5.fmristore.write import (
+    Run,
+    affine_to_header,
+    r_value,
+    write_experiment,
+)
 
 QFIELDS = ("qoffset_x", "qoffset_y", "qoffset_z", "quatern_b", "quatern_c", "quatern_d")
 HEAD_OF = {"vignette": "vignette_head", "irregular": "irregular_head"}
@@ -811,3 +816,16 @@ def test_fixture_list_is_complete() -> None:
     assert sorted(FMRISTORE_FIXTURES) == sorted(
         p.name.removesuffix(".h5") for p in FMRISTORE.glob("*.h5")
     )
+
+
+def test_r_value_int32_bounds_and_null() -> None:
+    # R's integers are 32-bit: both ends fit exactly, one past either is refused
+    ends = np.array([-(2**31), 2**31 - 1], dtype=np.int64)
+    stored = r_value(ends, "x", "error")
+    assert stored.dtype == np.dtype("<i4")
+    assert stored.tolist() == ends.tolist()
+    for bad in (-(2**31) - 1, 2**31):
+        with pytest.raises(ValueError, match="x does not fit R's 32-bit integers"):
+            r_value(np.array([0, bad], dtype=np.int64), "x", "error")
+    with pytest.raises(ValueError, match="x is None; fmristore cannot store NULL"):
+        r_value(None, "x", "error")

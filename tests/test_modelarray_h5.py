@@ -213,6 +213,23 @@ def test_column_names_must_match_subjects(tmp_path):
         )
 
 
+def test_stripes_of_the_wrong_shape_are_refused(tmp_path):
+    # a reader that returns too few subjects (or elements) must not be written
+    # broadcast or cut: the stripe is named with both shapes
+    for wrong in (np.zeros((2, 4), np.float32), np.zeros((3, 3), np.float32)):
+        with (
+            h5py.File(tmp_path / "w.h5", "w") as f,
+            pytest.raises(
+                ValueError,
+                match=rf"scalar 'fa': stripe 0:4 has shape \({wrong.shape[0]}, "
+                rf"{wrong.shape[1]}\), expected \(3, 4\)",
+            ),
+        ):
+            modelarray_io.write_scalar(
+                f, "fa", 3, 4, ["a", "b", "c"], lambda a, b, w=wrong: w
+            )
+
+
 def test_scalar_names_must_be_hdf5_names(tmp_path):
     with h5py.File(tmp_path / "x.h5", "w") as f:
         for bad in ["a/b", "..", ""]:

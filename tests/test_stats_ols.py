@@ -160,3 +160,30 @@ def test_each_element_is_its_own_least_squares(
         np.testing.assert_allclose(res.model["deviance"][j], rss, rtol=1e-9)
         assert res.model["nobs"][j] == rows.sum()
         assert res.model["df.residual"][j] == rows.sum() - 3
+
+
+def test_fewer_subjects_than_terms_alike_stacked_and_shared() -> None:
+    # 4 subjects, 5 columns: R keeps the first 4 independent ones, the 5th is
+    # NA; with missing values each element's own fit (stacked) must agree
+    rng = np.random.default_rng(7)
+    X = np.column_stack([np.ones(4), rng.normal(size=(4, 4))])
+    Y = rng.normal(size=(4, 6))
+    Y[0, 3:] = np.nan
+    fits = {}
+    old = ols.GROUP_MIN
+    for group_min in (1, 10**6):  # shared patterns, or every element stacked
+        ols.GROUP_MIN = group_min
+        try:
+            fits[group_min] = ols.fit(X, Y, intercept=True)
+        finally:
+            ols.GROUP_MIN = old
+    shared, stacked = fits[1], fits[10**6]
+    est = stacked.terms["estimate"]
+    assert np.all(np.isnan(est[:, 4]))
+    np.testing.assert_allclose(est, shared.terms["estimate"], rtol=1e-9)
+    for j in range(6):
+        rows = np.isfinite(Y[:, j])
+        keep = 4 if rows.all() else 3
+        beta = np.linalg.solve(X[rows][:, :keep], Y[rows, j])
+        np.testing.assert_allclose(est[j, :keep], beta, rtol=1e-9)
+        assert np.all(np.isnan(est[j, keep:]))

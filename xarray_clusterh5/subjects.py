@@ -320,7 +320,7 @@ def _indices(key: Any, size: int) -> tuple[np.ndarray, bool]:
         return np.array([int(key) % size], dtype=np.int64), False
     if isinstance(key, slice):
         return np.arange(size, dtype=np.int64)[key], True
-    return np.asarray(key, dtype=np.int64).reshape(-1), True
+    return np.asarray(key, dtype=np.int64).ravel(), True
 
 
 def open_subjects_datatree(

@@ -261,7 +261,7 @@ def decode_str(value: Any) -> str:
     if isinstance(value, np.ndarray):
         if value.size != 1:
             raise ValueError(f"expected one string, got shape {value.shape}")
-        value = value.reshape(-1)[0]
+        value = value.ravel()[0]
     if isinstance(value, bytes | np.bytes_):
         return bytes(value).decode("utf-8").rstrip("\x00")
     return str(value)

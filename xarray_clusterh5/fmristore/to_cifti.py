@@ -36,7 +36,7 @@ def _tr(meta: dict[str, Any], run: str) -> float:
             stacklevel=3,
         )
         return 1.0
-    return float(np.asarray(tr).reshape(-1)[0])
+    return float(np.asarray(tr).ravel()[0])
 
 
 def _parcel_names(ds: xr.Dataset) -> list[str]:

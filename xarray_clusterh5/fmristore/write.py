@@ -543,9 +543,7 @@ def _cluster_metadata_columns(
     }
     if len(set(lengths.values())) != 1:
         raise ValueError(f"cluster_metadata columns differ in length: {lengths}")
-    ids = _as_int_ids(columns["cluster_id"], "cluster_metadata['cluster_id']").reshape(
-        -1
-    )
+    ids = _as_int_ids(columns["cluster_id"], "cluster_metadata['cluster_id']").ravel()
     uniq, counts = np.unique(ids, return_counts=True)
     if (counts > 1).any():
         raise ValueError(

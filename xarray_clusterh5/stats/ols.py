@@ -135,7 +135,7 @@ def _fit_groups(
     _, inverse, counts = np.unique(
         packed, axis=0, return_inverse=True, return_counts=True
     )
-    inverse = inverse.reshape(-1)
+    inverse = inverse.ravel()
     for g in np.flatnonzero(counts >= GROUP_MIN):
         members = cols[inverse == g]
         rows = finite[:, members[0]]
