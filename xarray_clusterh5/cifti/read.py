@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -107,7 +107,7 @@ def cifti_kind_from_name(path: str | os.PathLike[str]) -> str | None:
 # --------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class BrainModel:
     """The brain-model axis of a cohort's first file, with cheap comparison bytes.
 
@@ -349,7 +349,8 @@ def _brain_model_of(path: str, bm_xml: bytes, n_el: int) -> BrainModel:
     model = BrainModel.from_axis(axis, bm_xml, path)
     if model.affine is not None:  # voxels, so a volume: nibabel keeps its units
         matrix = volume.transformation_matrix_voxel_indices_ijk_to_xyz
-        model.affine = _in_mm(model.affine, int(matrix.meter_exponent))
+        scaled = _in_mm(model.affine, int(matrix.meter_exponent))
+        model = replace(model, affine=scaled)
     return model
 
 
@@ -365,7 +366,7 @@ def factorize_structures(
     return rank[inverse].astype(np.int64), [str(u) for u in uniq[order]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class ParcelModel:
     """The parcels of a pscalar or pconn cohort's first file.
 
@@ -443,7 +444,7 @@ class DataBlock:
     pconn: bool
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Header:
     path: str
     hdr: np.ndarray = field(repr=False)  # pragma: no mutate - repr (debug) only

@@ -27,7 +27,7 @@ from xarray_clusterh5.fmristore import read
 _F32 = np.dtype("float32")
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Job:
     """One window of one ``cluster_<id>`` dataset and where its values go."""
 

@@ -140,7 +140,7 @@ def _read_masked(
     n = mask_index.size
     out = np.empty((n, n_time), dtype=np.float32)
     vol_bytes = int(np.prod(shape)) * max(4, np.dtype(img.get_data_dtype()).itemsize)
-    step = max(1, _WINDOW_BYTES // max(vol_bytes, 1))
+    step = max(1, _WINDOW_BYTES // max(vol_bytes, 1))  # pragma: no mutate - memory
     for t0 in range(0, n_time, step):
         t1 = min(n_time, t0 + step)
         block = np.asarray(proxy[..., t0:t1])

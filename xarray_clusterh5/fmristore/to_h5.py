@@ -176,7 +176,8 @@ def _stream_dask(
     import dask
     import dask.array as da
 
-    n_threads = threads or os.cpu_count() or 1  # pragma: no mutate - tuning
+    fallback = os.cpu_count() or 1  # pragma: no mutate - a thread count only
+    n_threads = threads or fallback
     depth = max(2, 2 * n_threads)  # pragma: no mutate - queue depth: tuning only
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     cancel = threading.Event()

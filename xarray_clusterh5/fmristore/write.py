@@ -303,7 +303,7 @@ def _small_dataset(group: h5py.Group, name: str, value: np.ndarray) -> None:
 # --------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Geometry:
     shape: tuple[int, int, int]
     mask_index: np.ndarray  # (N,) 0-based F-order linear indices
@@ -587,7 +587,7 @@ class _Header(NamedTuple):
     srow: np.ndarray | None  # (3, 4) rows of the affine, or None
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Plan:
     """A checked experiment, ready to be written."""
 

@@ -40,7 +40,7 @@ _STRUCTURAL = ("dim", "vox", "layout", "datatype", "transform", "scaling", "file
 _MAX_HEADER = 1 << 20
 
 
-@dataclass
+@dataclass(frozen=True)
 class MifHeader:
     """What a ``.mif`` header says.
 

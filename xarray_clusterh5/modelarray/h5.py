@@ -931,7 +931,7 @@ def check_cohort_files(
         with named_errors(p, "checking the CIFTI header", catch=cifti.nibabel_errors()):
             return cifti.check_file(p, ref, map_index=map_index)
 
-    with ThreadPoolExecutor(max(1, n_threads)) as pool:
+    with ThreadPoolExecutor(max(1, n_threads)) as pool:  # pragma: no mutate - pool size
         results = pool.map(check, rest)
         if progress:
             from tqdm.auto import tqdm

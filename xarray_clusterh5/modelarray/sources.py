@@ -92,7 +92,7 @@ def row_stripe_reader(
     return read
 
 
-@dataclass
+@dataclass(frozen=True)
 class CohortSource:
     """A checked cohort: elements, element table, lazy arrays, coordinates."""
 

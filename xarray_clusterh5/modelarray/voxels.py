@@ -113,7 +113,7 @@ def check_subjects(
     """Check every image and subject mask against the group mask (headers only)."""
     jobs = [(s, "image") for s in sources]
     jobs += [(m, "subject mask") for m in dict.fromkeys(m for m in masks if m)]
-    with ThreadPoolExecutor(max(1, threads)) as pool:
+    with ThreadPoolExecutor(max(1, threads)) as pool:  # pragma: no mutate - pool size
         done = pool.map(
             lambda job: _check_one(grid, job[0], job[1], allow_affine_mismatch), jobs
         )

@@ -38,7 +38,7 @@ STACK_BATCH = 256
 _FIELDS = ("beta", "se_unit", "rss", "mss", "nobs", "rank")
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Fit:
     """Raw fit of k elements: what every statistic is derived from."""
 
@@ -62,7 +62,7 @@ class _Fit:
             getattr(self, name)[where] = getattr(other, name)
 
 
-@dataclass
+@dataclass(frozen=True)
 class OLSResult:
     """Statistics of every element; NaN rows for elements not fitted.
 
