@@ -367,10 +367,16 @@ def coverage_map(
 
 
 def tests_of(m: Mutant, cover: dict[str, dict[int, set[str]]]) -> list[str]:
-    """The tests that run the mutant's lines, else its module's test files."""
+    """The tests that run the mutant's lines, else (lines run at import, such
+    as a class's decorator, which no single test owns) its module's test files
+    and the package-wide rules of ``tests/test_package_*.py``."""
     by_line = cover.get(m.module, {})
     ids = set().union(*(by_line.get(n, set()) for n in range(m.line, m.end_line + 1)))
-    return sorted(ids) or _test_files([m.module])
+    return sorted(ids) or _test_files([m.module]) + _package_test_files()
+
+
+def _package_test_files() -> list[str]:
+    return sorted(f"tests/{p.name}" for p in (ROOT / "tests").glob("test_package_*.py"))
 
 
 def run_tests(copy: Path, tests: list[str], timeout: float) -> tuple[str, float]:

@@ -1291,3 +1291,22 @@ def test_volume_affine_in_millimetres_whatever_the_meter_exponent(
     want[:3] *= 10.0
     np.testing.assert_allclose(cm.affine, want, rtol=1e-15)
     assert not np.allclose(cm.affine, mm.affine)
+
+
+def test_open_files_hold_half_the_open_file_limit(tmp_path):
+    # the other half is left to the process: with a soft limit of 64, a
+    # cohort of 80 files holds 32 open and opens the rest per read
+    import resource
+
+    _, block = cifti.read_reference(THICK[0])
+    blocks = [block] * 80
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, hard))
+    try:
+        with cifti.OpenFiles(blocks) as held:
+            assert sum(fd is not None for fd in held.fds) == 32
+            out = np.empty((80, 100), dtype=np.float32)
+            cifti.read_stripe_rows(blocks, held.fds, 0, 100, out, range(80))
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    np.testing.assert_array_equal(out, np.tile(_mai_values()[0], (80, 1)))

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from xarray_clusterh5._hdf5.chunk_write import (
     ChunkWriter,
+    chunk_offsets,
     encode_chunk,
     filter_spec,
     shuffle_bytes,
@@ -252,3 +253,11 @@ def test_non_numeric_and_shuffle_after_deflate_are_refused(tmp_path: Path) -> No
         assert (spec.level, spec.shuffle) == (4, True)
         with pytest.raises(dataclasses.FrozenInstanceError):
             spec.level = 9  # type: ignore[misc]  # a spec describes the file
+
+
+def test_chunk_offsets_need_one_chunk_size_per_axis() -> None:
+    assert list(chunk_offsets((4, 3), (2, 2))) == [
+        (0, 0), (0, 2), (2, 0), (2, 2)
+    ]  # fmt: skip
+    with pytest.raises(ValueError, match="zip"):
+        list(chunk_offsets((4, 3), (2,)))

@@ -550,3 +550,14 @@ def test_results_matrix_by_analysis_name_without_stat_labels():
     np.testing.assert_array_equal(matrix, values)
     with pytest.raises(KeyError, match="no results variable 'lm_sex'"):
         cohort.results_matrix(ds, "lm_sex")
+
+
+def test_to_modelarray_makes_no_folders_unless_asked(in_cohort, tmp_path):
+    # like open(): a missing output folder is an error by default
+    ds = cohort.from_cohort("cohort_thickness.csv")
+    out = tmp_path / "missing" / "o.h5"
+    with pytest.raises(ClusterH5Error, match="missing"):
+        cohort.to_modelarray(ds, out, progress=False)
+    assert not out.parent.exists()
+    cohort.to_modelarray(ds, out, progress=False, parents=True)
+    assert_same_file(out, MAI / "thickness.h5")

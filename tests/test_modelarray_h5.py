@@ -40,7 +40,9 @@ def _fill_from(values: np.ndarray):
 @pytest.mark.parametrize(
     ("n_subjects", "n_elements", "expected"),
     [(50, 91282, (50, 10485)), (200, 91282, (200, 2621)), (2, 91282, (2, 91282)),
-     (5, 100, (5, 100))],
+     (5, 100, (5, 100)),
+     # more than 2 MiB per element: one element per chunk, never 0
+     (10**6, 91282, (10**6, 1))],
 )  # fmt: skip
 def test_default_chunks_are_modelarrayios(n_subjects, n_elements, expected):
     # the shapes ModelArrayIO 26.0.0 wrote (research notes 1.1 and the fixtures)

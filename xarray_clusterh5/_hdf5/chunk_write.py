@@ -53,7 +53,7 @@ def default_threads() -> int:
         # never empty; a thread count only
         return len(os.sched_getaffinity(0))  # pragma: no mutate
     except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
+        return os.cpu_count() or 1  # pragma: no mutate
 
 
 @dataclass(frozen=True)

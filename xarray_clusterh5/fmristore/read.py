@@ -137,7 +137,7 @@ class Experiment:
 
 def _read_value(path: str, dset: h5py.Dataset) -> Any:
     """A metadata value with R's types: scalar or vector; strings decoded."""
-    if dset.dtype.kind in "SOU" or h5py.check_string_dtype(dset.dtype):
+    if h5py.check_string_dtype(dset.dtype) is not None:
         values = read_strings(path, dset)
         return str(values) if values.ndim == 0 else values
     if dset.dtype.kind not in "biuf":
@@ -591,7 +591,9 @@ def clusters_group_of(f: h5py.File, path: str, scan: str) -> h5py.Group | None:
     links = f.id.links
     try:  # all hard links (the usual case): no object opened on the way
         prefixes = ("/".join(parts[: i + 1]).encode() for i in range(len(parts)))
-        if all(links.get_info(p).type == h5py.h5l.TYPE_HARD for p in prefixes):
+        # a fast path: the general path below gives the same group
+        hard = h5py.h5l.TYPE_HARD
+        if all(links.get_info(p).type == hard for p in prefixes):  # pragma: no mutate
             group = f[name]
             return group if isinstance(group, h5py.Group) else None
     except (KeyError, RuntimeError, OSError, ValueError):

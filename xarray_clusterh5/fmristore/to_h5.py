@@ -413,7 +413,8 @@ def _from_run_view(ds: xr.Dataset, threads: int | None) -> dict[str, Any]:
 
 
 def _from_tree(tree: xr.DataTree, threads: int | None) -> dict[str, Any]:
-    root = tree.to_dataset(inherit=False)
+    # the root has no parent to inherit from: inherit=True gives the same Dataset
+    root = tree.to_dataset(inherit=False)  # pragma: no mutate
     mask, cmap, ids, _labels, rows = _mask_map_and_rows(root, root.attrs)
     runs: dict[str, Run] = {}
     meta: dict[str, dict[str, Any]] = {}

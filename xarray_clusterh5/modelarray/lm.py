@@ -410,7 +410,7 @@ def _graph(
         ids[None, :],
         chunks=((n_raw + 1,), values.chunks[1]),
         dtype=np.float64,
-        meta=np.empty((0, 0)),
+        meta=np.empty((0, 0)),  # pragma: no mutate - only its ndim is used
         name=f"lm-fit-{token}",
         X=design.matrix,
         rows=design.rows,
@@ -424,7 +424,7 @@ def _graph(
         picked,
         chunks=((len(columns.corrected),), (picked.shape[1],)),
         dtype=np.float64,
-        meta=np.empty((0, 0)),
+        meta=np.empty((0, 0)),  # pragma: no mutate - only its ndim is used
         name=f"lm-correct-{token}",
         methods=tuple(columns.p_methods),
     )

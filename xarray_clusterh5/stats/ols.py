@@ -157,9 +157,9 @@ def kept_columns(X: np.ndarray) -> np.ndarray:
 def _kept_columns(R: np.ndarray, norms: np.ndarray) -> np.ndarray:
     """R's rule: a column is kept unless its new part is at most tol x its norm."""
     diag = np.abs(np.diagonal(R, axis1=-2, axis2=-1))
-    if diag.shape[-1] < norms.shape[-1]:  # fewer rows than columns
-        pad = [(0, 0)] * (diag.ndim - 1) + [(0, norms.shape[-1] - diag.shape[-1])]
-        diag = np.pad(diag, pad)
+    # fewer rows than columns: the missing diagonal entries are 0 (dropped)
+    pad = [(0, 0)] * (diag.ndim - 1) + [(0, norms.shape[-1] - diag.shape[-1])]
+    diag = np.pad(diag, pad)
     return (diag > RANK_TOL * norms) & (norms > 0)
 
 
