@@ -263,3 +263,17 @@ def test_file_description_is_immutable() -> None:
         exp.path = "other.h5"  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         exp.scans[0].n_time = 1  # type: ignore[misc]
+
+
+def test_cluster_index_repr_and_series_bounds() -> None:
+    # the index names its clusters and every voxel of the file (not the
+    # first cluster's); mask indices outside the mask are refused, 0-based
+    path = fmristore_path("irregular")
+    with xr.open_dataset(path, engine="clusterh5", group="alpha_full") as run:
+        index = run.xindexes["cluster"]
+        assert repr(index) == "<ClusterIndex (4 clusters, 484 voxels)>"
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        for bad in ([484], [-1], [0, 999]):
+            with pytest.raises(IndexError, match=r"outside 0\.\.483 \(0-based"):
+                ds.clusterh5.series(bad, run="alpha_full")
+        assert ds.clusterh5.series([483], run="alpha_full").sizes["voxel"] == 1

@@ -147,6 +147,7 @@ def test_translation_to_python() -> None:
         ("I(a + (b <= 1))", "I(a + (b <= 1))"),
         ("I(x != (y < 2))", "I(x != (y < 2))"),
         ("I(a >= -1)", "I(a >= -1)"),
+        ("I(- -a)", "I(--a)"),  # R: deparse(quote(I(- -a)))
         ("log(a + 1)", "log(a + 1)"),
     ],
 )

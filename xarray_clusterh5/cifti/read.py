@@ -968,7 +968,9 @@ def _open_file_budget() -> int:
     except ImportError:  # Windows: no such limit to ask for
         return 256
     soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
-    return 1 << 20 if soft == resource.RLIM_INFINITY else soft // 2
+    if soft == resource.RLIM_INFINITY:  # no limit: a million files is plenty
+        return 1 << 20  # pragma: no mutate
+    return soft // 2
 
 
 def _read_matrix(block: DataBlock) -> np.ndarray:
