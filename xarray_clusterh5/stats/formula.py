@@ -249,7 +249,8 @@ def _deparse(node: ast.AST, parent: int = 0, right: bool = False) -> str:
     if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
         sign = "-" if isinstance(node.op, ast.USub) else "+"
         text = sign + _deparse(node.operand, 12)
-        return f"({text})" if parent > 12 else text
+        # parents are 0, 8-12, 14 or 99: "> 12" and "> 13" agree on all of them
+        return f"({text})" if parent > 12 else text  # pragma: no mutate
     if isinstance(node, ast.Compare) and len(node.ops) == 1:
         text = (
             _deparse(node.left, 8)
