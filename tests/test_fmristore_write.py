@@ -829,3 +829,21 @@ def test_r_value_int32_bounds_and_null() -> None:
             r_value(np.array([0, bad], dtype=np.int64), "x", "error")
     with pytest.raises(ValueError, match="x is None; fmristore cannot store NULL"):
         r_value(None, "x", "error")
+
+
+def test_whole_number_float_labels_are_integers(tmp_path: Path) -> None:
+    # an atlas saved as float (2.0, 5.0) labels its clusters 2 and 5
+    labels = np.zeros((3, 3, 2), dtype=np.float32)
+    labels[0, :, 0] = 2.0
+    labels[1:, :, 1] = 5.0
+    n = int((labels > 0).sum())
+    out = write_experiment(
+        tmp_path / "f.h5", mask=labels, runs={"a": np.ones((n, 2), "f4")}
+    )
+    with h5py.File(out) as f:
+        assert sorted(f["scans/a/clusters"]) == ["cluster_2", "cluster_5"]
+    with pytest.raises(ValueError, match="non-integer labels"):
+        write_experiment(
+            tmp_path / "g.h5", mask=labels + 0.5 * (labels > 0),
+            runs={"a": np.ones((n, 2), "f4")},
+        )  # fmt: skip

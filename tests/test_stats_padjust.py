@@ -151,3 +151,16 @@ def test_methods_are_ordered_and_bounded(p: np.ndarray) -> None:
     for m in METHODS:
         assert np.all(adj[m] >= p - tol)
         assert np.all(adj[m] <= 1.0)
+
+
+@pytest.mark.parametrize(
+    ("method", "expected"),
+    [("bonferroni", [0.08, 0.02]), ("holm", [0.04, 0.02]),
+     ("hochberg", [0.04, 0.02]), ("hommel", [0.04, 0.02]),
+     ("BH", [0.04, 0.02]), ("fdr", [0.04, 0.02]), ("BY", [0.06, 0.03]),
+     ("none", [0.04, 0.01])],
+)  # fmt: skip
+def test_two_p_values_by_hand(method: str, expected: list[float]) -> None:
+    # n = 2 is where R's hommel is hochberg; every other method keeps its own
+    # rule (BY: BH times 1 + 1/2), as R's p.adjust(c(0.04, 0.01), method)
+    np.testing.assert_allclose(p_adjust([0.04, 0.01], method), expected, rtol=1e-12)
