@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 
 import h5py
@@ -667,8 +668,8 @@ def test_stripe_reader_reads_the_asked_elements():
     array = modelarray_io.CohortArray(blocks, ref.n_elements)
     with h5py.File(MODELARRAY / "modelarrayio" / "thickness.h5", "r") as f:
         full = f["scalars/thickness/values"][()]
-    with ThreadPoolExecutor(2) as pool:
-        read = modelarray_io.stripe_reader(array, pool, 2)
+    with ThreadPoolExecutor(2) as pool, ExitStack() as held:
+        read = modelarray_io.stripe_reader(array, pool, 2, held)
         for start, stop in [(0, 100), (10, 20), (99, 100)]:
             np.testing.assert_array_equal(read(start, stop), full[:, start:stop])
 

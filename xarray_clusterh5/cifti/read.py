@@ -872,7 +872,7 @@ def read_columns(
         return out
     m = block.n_maps
     first = block.offset + start * m * block.dtype.itemsize
-    if is_direct(block, out):
+    if _is_direct(block, out):
         # the stored bytes are the values: read them straight into ``out``
         got = _pread(block.path, fd, [out], first)
     else:
@@ -901,14 +901,14 @@ def read_stripe_rows(
     want = (stop - start) * out.itemsize
     for i in rows:
         b, fd, row = blocks[i], fds[i], out[i]
-        if fd is None or not is_direct(b, row):
+        if fd is None or not _is_direct(b, row):
             read_columns(b, start, stop, row, fd)
             continue
         if _pread(b.path, fd, [row], b.offset + start * out.itemsize) != want:
             raise ClusterH5Error(b.path, "truncated: the data block ended early")
 
 
-def is_direct(block: DataBlock, out: np.ndarray) -> bool:
+def _is_direct(block: DataBlock, out: np.ndarray) -> bool:
     """Whether the stored bytes of ``block`` are ``out``'s values as they are."""
     return block.n_maps == 1 and out.dtype == block.dtype and out.flags.c_contiguous
 

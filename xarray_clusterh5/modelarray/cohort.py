@@ -366,8 +366,7 @@ def _stripe_reader(
     files = _FROM_FILES.get(getattr(var.data, "name", ""))
     if files is not None:
         # one pread per file and stripe (the CLI's loop), not a dask graph each
-        opened = held.enter_context(cifti.OpenFiles(files.blocks))
-        return modelarray_io.stripe_reader(files, pool, threads, opened)
+        return modelarray_io.stripe_reader(files, pool, threads, held)
 
     def read(start: int, stop: int) -> np.ndarray:
         # dask fuses this slice into the CohortArray reads: only these bytes are read

@@ -31,6 +31,7 @@ import sys
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -972,17 +973,17 @@ def stripe_reader(
     array: CohortArray,
     pool: ThreadPoolExecutor,
     threads: int,
-    files: cifti.OpenFiles | None = None,
+    held: ExitStack,
 ) -> Callable[[int, int], np.ndarray]:
     """``read(start, stop)``: elements ``start:stop`` of every file, read in threads.
 
     Each file's bytes come from one ``os.pread`` (no GIL), so the pool's
     threads read several files at once while other threads compress.
-    ``files``: the array's files held open (one ``pread`` per file and stripe
-    instead of an open, a read and a close).
+    The array's files are held open until ``held`` closes (one ``pread`` per
+    file and stripe instead of an open, a read and a close).
     """
     n = len(array.blocks)
-    fds = files.fds if files is not None else [None] * n
+    fds = held.enter_context(cifti.OpenFiles(array.blocks)).fds
     # files per task, about 4 tasks per thread (threads >= 1: the pool's size)
     step = max(1, int(n // (4 * threads)))  # pragma: no mutate - tuning only
 

@@ -112,14 +112,13 @@ class CohortSource:
         pool: ThreadPoolExecutor,
         threads: int,
         dtype: Any,
-        files: ExitStack,
+        held: ExitStack,
     ) -> Callable[[int, int], np.ndarray]:
         """How to read element stripes of ``scalar``; files held open are
-        closed with ``files``."""
+        closed with ``held``."""
         arr = self.arrays[scalar]
         if isinstance(arr, RowCohortArray):
             return row_stripe_reader(arr, pool, dtype)
-        held = files.enter_context(cifti.OpenFiles(arr.blocks))
         return modelarray_io.stripe_reader(arr, pool, threads, held)
 
 
