@@ -120,6 +120,22 @@ def test_stripes_from_held_files_equal_modelarrayio_values(files, limit):
     assert _open_fds_on(files) == 0
 
 
+def test_files_read_through_nibabel_are_not_held_open():
+    # pconn and scaled/unusual-dtype files are read by nibabel, not by
+    # preadv on a held descriptor: holding them would only spend descriptors
+    _, block = cifti.read_reference(THICK[0])
+    blocks = [
+        replace(block, use_nibabel=True),
+        block,
+        replace(block, pconn=True),
+        replace(block, pconn=True, use_nibabel=True),
+    ]
+    with cifti.OpenFiles(blocks) as held:
+        assert [fd is not None for fd in held.fds] == [False, True, False, False]
+        assert _open_fds_on([THICK[0]]) == 1
+    assert _open_fds_on([THICK[0]]) == 0
+
+
 def test_held_file_truncated_later_is_named(tmp_path):
     copy = tmp_path / "sub.dscalar.nii"
     copy.write_bytes(THICK[0].read_bytes())

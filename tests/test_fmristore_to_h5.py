@@ -383,6 +383,10 @@ def test_padded_view_without_flags_writes_what_it_holds(tmp_path: Path) -> None:
     assert back["has_data"].values.tolist() == [True, True]
     assert back["has_summary"].values.tolist() == [True, True]
     np.testing.assert_array_equal(back["data"].values, ds["data"].values)
+    # mask positions follow from i/j/k when mask_index is not there to check
+    out = to_fmristore(ds.drop_vars("mask_index"), tmp_path / "m.h5")
+    with xr.open_dataset(out, engine="clusterh5") as back:
+        xr.testing.assert_identical(back.load(), ds)
     out = to_fmristore(plain.drop_vars("summary"), tmp_path / "d.h5")
     with h5py.File(out) as f:
         assert sorted(f["scans/rest_run"]) == ["clusters", "metadata"]

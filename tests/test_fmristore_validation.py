@@ -156,6 +156,12 @@ def test_to_fmristore_refuses_the_same_voxel_twice(tmp_path: Path) -> None:
     twice = ds.assign_coords({c: (ds[c].dims, ijk[c], ds[c].attrs) for c in "ijk"})
     with pytest.raises(ValueError, match="the same voxel appears twice"):
         to_fmristore(twice, tmp_path / "padded.h5")
+    # the padded view's positions in mask order are checked too
+    mi = ds["mask_index"].values.copy()
+    mi[0, [0, 1]] = mi[0, [1, 0]]
+    swapped = ds.assign_coords(mask_index=(ds["mask_index"].dims, mi))
+    with pytest.raises(ValueError, match="mask_index disagrees with i/j/k"):
+        to_fmristore(swapped, tmp_path / "padded.h5")
     with xr.open_dataset(
         fmristore_path("irregular"), engine="clusterh5", group="zeta_full"
     ) as run:

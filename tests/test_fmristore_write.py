@@ -520,6 +520,27 @@ def test_lazy_data_with_a_summary(tmp_path: Path) -> None:
         write_experiment(tmp_path / "bad.h5", **_tiny(runs=runs))
 
 
+def test_summary_as_nested_lists_is_checked_and_written(tmp_path: Path) -> None:
+    # any (K, T) array-like, as documented: lists are checked like arrays
+    rows = [[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]]
+    for runs in ({"s": Run(summary=rows)}, {"s": {"summary": rows}}):
+        out = write_experiment(tmp_path / "l.h5", **_tiny(runs=runs), overwrite=True)
+        with h5py.File(out) as f:
+            np.testing.assert_array_equal(
+                f["scans/s/clusters_summary/summary_data"], rows
+            )
+    # refused before any voxel data is read
+    asked: list[int] = []
+    runs = {"s": Run(data=lambda cid: asked.append(cid), summary=rows[:1])}
+    with pytest.raises(ValueError, match=r"summary has shape \(1, 3\)"):
+        write_experiment(tmp_path / "bad.h5", **_tiny(runs=runs))
+    assert asked == []
+    runs = {"s": Run(data=np.zeros((4, 2)), summary=rows)}
+    with pytest.raises(ValueError, match="summary has 3 time points, data 2"):
+        write_experiment(tmp_path / "bad.h5", **_tiny(runs=runs))
+    assert not (tmp_path / "bad.h5").exists()
+
+
 def test_run_is_immutable() -> None:
     run = Run(data=np.zeros((4, 3)))
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -413,6 +413,63 @@ def test_parallel_heuristic() -> None:
     assert not worth(12, 4_000)
 
 
+def test_chunk_table_is_worth_it_for_half_the_chunks() -> None:
+    # one pass over every chunk (H5Dchunk_iter) pays when the window covers
+    # at least half of them; fewer are looked up one by one
+    mostly = _chunkread._mostly_needed
+    assert mostly((100, 100), (10, 10), (0, 100), (0, 50))  # 50 of 100 chunks
+    assert not mostly((100, 100), (10, 10), (0, 100), (90, 100))  # 10
+    assert not mostly((100, 100), (10, 10), (90, 100), (0, 100))  # 10
+    assert not mostly((100, 100), (10, 10), (0, 40), (0, 100))  # 40
+    # partial chunks count whole: rows 5..95 touch all 10 chunk rows
+    assert mostly((100, 100), (10, 10), (5, 95), (45, 95))  # 10 x 6 = 60
+    assert not mostly((100, 100), (10, 10), (5, 95), (61, 95))  # 10 x 4 = 40
+    assert mostly((30, 7), (8, 7), (0, 16), (0, 7))  # 2 of 4 (ragged last)
+    # chunks taller than wide: rows count in chunk rows, columns in columns
+    assert mostly((100, 100), (10, 50), (0, 100), (0, 50))  # 10 x 1 of 20
+    assert not mostly((100, 100), (10, 50), (60, 100), (0, 100))  # 4 x 2 of 20
+    assert not mostly((100, 100), (50, 10), (0, 50), (60, 100))  # 1 x 4 of 20
+
+
+class _CountingPool:
+    """The real pool, counting helper submissions."""
+
+    def __init__(self) -> None:
+        self.pool, _ = _chunkread._get_pool()
+        self.submitted = 0
+
+    def submit(self, *args: object, **kwargs: object) -> object:
+        self.submitted += 1
+        return self.pool.submit(*args, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("worth", [True, False])
+def test_decoder_starts_helpers_once_and_only_when_worth_it(
+    worth: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # size - 1 helpers (the caller is the last), started at the first batch
+    # worth it, never again; none for work too small to share
+    pool = _CountingPool()
+    monkeypatch.setattr(_chunkread, "_get_pool", lambda: (pool, 3))
+    monkeypatch.setattr(_chunkread, "MIN_PARALLEL_BYTES", 0 if worth else 10**12)
+    monkeypatch.setattr(_chunkread.ByteSource, "batch_bytes", 1)  # a batch per add
+    rng = np.random.default_rng(8)
+    data = rng.standard_normal((6, 32, 24)).astype(np.float32)
+    sel = (slice(None), slice(None))
+    with memfile() as f:
+        dsets = [
+            f.create_dataset(f"c{n}", data=d, chunks=(8, 8), compression="gzip")
+            for n, d in enumerate(data)
+        ]
+        with _chunkread.Decoder() as dec:
+            for d in dsets:
+                dec.add(_chunkread.fetch_window(d, sel))
+            got = dec.finish()
+    assert pool.submitted == (2 if worth else 0)
+    for g, d in zip(got, data, strict=True):
+        np.testing.assert_array_equal(g, d)
+
+
 @pytest.mark.parametrize("min_bytes", [None, 0])
 def test_decoder_streams_windows_into_given_outputs(min_bytes: int | None) -> None:
     rng = np.random.default_rng(4)

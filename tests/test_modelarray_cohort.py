@@ -561,3 +561,35 @@ def test_to_modelarray_makes_no_folders_unless_asked(in_cohort, tmp_path):
     assert not out.parent.exists()
     cohort.to_modelarray(ds, out, progress=False, parents=True)
     assert_same_file(out, MAI / "thickness.h5")
+
+
+def test_pconn_names_must_form_a_full_row_major_matrix(tmp_path):
+    # /parcels stores the row and column names once; the element order they
+    # stand for is ModelArrayIO's row-major ravel of the matrix
+    names = ["A", "B", "C"]
+    values = np.arange(18, dtype=np.float32).reshape(2, 9)
+    full = xr.Dataset(
+        {"fc": (("subject", "element"), values)},
+        coords={
+            "parcel_from": ("element", np.repeat(names, 3)),
+            "parcel_to": ("element", np.tile(names, 3)),
+            "source_file": ("subject", ["s0.pconn.nii", "s1.pconn.nii"]),
+        },
+    )
+    cohort.to_modelarray(full, tmp_path / "ok.h5", progress=False)
+    with h5py.File(tmp_path / "ok.h5", "r") as f:
+        for key in ("parcel_id_from", "parcel_id_to"):
+            assert [s.decode() for s in f["parcels"][key][()]] == names
+        np.testing.assert_array_equal(f["scalars/fc/values"][()], values)
+    swapped = np.tile(names, 3)
+    swapped[[0, 1]] = swapped[[1, 0]]
+    for parcel_from, parcel_to in [
+        (np.tile(names, 3), np.repeat(names, 3)),  # column-major
+        (np.repeat(names, 3), swapped),  # two columns swapped in the first row
+    ]:
+        bad = full.assign_coords(
+            parcel_from=("element", parcel_from), parcel_to=("element", parcel_to)
+        )
+        with pytest.raises(ValueError, match="not a full row-major pconn matrix"):
+            cohort.to_modelarray(bad, tmp_path / "bad.h5", progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.h5"]

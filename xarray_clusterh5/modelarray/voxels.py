@@ -140,10 +140,9 @@ class VoxelRows:
         """One subject's values: float32 as stored, float64 when scaled (nibabel's
         ``get_fdata``); the caller casts to the storage type, as ModelArrayIO."""
         values = read_voxels(self.sources[row], self.flat_index)
+        # a new array (read at flat_index): the mask may write into it
         if values.dtype.kind != "f":
             values = values.astype(np.float64)
-        elif values.base is not None or not values.flags.writeable:
-            values = values.copy()
         mask = self.masks[row]
         if mask is not None:
             values[~(read_voxels(mask, self.flat_index) > 0)] = np.nan
