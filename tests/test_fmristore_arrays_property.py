@@ -187,3 +187,34 @@ def test_dask_chunks_are_the_datasets(case: Case) -> None:
     if ref_data is not None:
         with xr.open_dataset(case.path, engine="clusterh5", chunks={}) as ds:
             np.testing.assert_array_equal(ds["data"].values, ref_data)
+
+
+def test_a_request_reads_each_cluster_it_touches_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # voxels of one cluster are one job (one window of its dataset), however
+    # many of them are asked for and wherever the cluster sits in the request
+    from tests._helpers import fmristore_path
+    from xarray_clusterh5.fmristore import arrays
+
+    jobs: list[list[tuple[int, list[int]]]] = []
+    real = arrays._ClusterArray._read_blocks
+
+    def spy(self: arrays._ClusterArray, batch: list[arrays._Job]) -> None:
+        jobs.append([(j.cluster_id, j.v_idx.tolist()) for j in batch])
+        real(self, batch)
+
+    monkeypatch.setattr(arrays._ClusterArray, "_read_blocks", spy)
+    path = fmristore_path("irregular")  # clusters 2, 5, 17, 40: 273, 203, 7, 1 voxels
+    picks = [0, 5, 272, 273, 274, 300, 476, 477, 480, 483]
+    with xr.open_dataset(path, engine="clusterh5", group="zeta_full") as run:
+        got = run["data"].isel(voxel=picks).values
+        whole = run["data"].values
+    assert jobs[0] == [
+        (2, [0, 5, 272]),
+        (5, [0, 1, 27]),
+        (17, [0, 1, 4]),
+        (40, [0]),
+    ]
+    assert [cid for cid, _ in jobs[1]] == [2, 5, 17, 40]
+    np.testing.assert_array_equal(got, whole[picks])

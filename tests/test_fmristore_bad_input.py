@@ -212,6 +212,19 @@ def test_bad_probe_dataset_fails_at_open(tmp_path: Path) -> None:
         xr.open_dataset(path, engine="clusterh5")
 
 
+def test_header_dim_needs_only_the_volume_sizes(tmp_path: Path) -> None:
+    # the time size (dim[4]) is not read from the header: a 4-value dim opens
+    path = _copy(tmp_path, "irregular")
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        want = ds.load()
+    _edit(path, lambda f: _replace(f, "header/dim", np.array([4, 13, 11, 9], "i4")))
+    with xr.open_dataset(path, engine="clusterh5") as ds:
+        xr.testing.assert_identical(ds.load(), want)
+    _edit(path, lambda f: _replace(f, "header/dim", np.array([4, 13, 11], "i4")))
+    with pytest.raises(ClusterH5Error, match=r"irregular\.h5: /header/dim must"):
+        xr.open_dataset(path, engine="clusterh5")
+
+
 def test_n_time_comes_from_the_cluster_of_the_first_mask_voxel(
     tmp_path: Path,
 ) -> None:

@@ -392,6 +392,21 @@ def test_padded_view_without_flags_writes_what_it_holds(tmp_path: Path) -> None:
         assert sorted(f["scans/rest_run"]) == ["clusters", "metadata"]
 
 
+def test_cluster_metadata_without_its_id_column_takes_the_cluster_ids(
+    tmp_path: Path,
+) -> None:
+    # fmristore's cluster_meta needs cluster_id; a view whose metadata
+    # coordinates lost it gets the cluster index's ids
+    with xr.open_dataset(fmristore_path("vignette"), engine="clusterh5") as ds:
+        ds = ds.load()
+    out = to_fmristore(ds.drop_vars("cluster_id"), tmp_path / "p.h5")
+    with xr.open_dataset(out, engine="clusterh5") as back:
+        back = back.load()
+    xr.testing.assert_identical(back, ds)
+    with h5py.File(out) as f:
+        np.testing.assert_array_equal(f["clusters/cluster_meta/cluster_id"], [1, 2, 3])
+
+
 def test_inconsistent_views_are_refused_by_name(tmp_path: Path) -> None:
     path = fmristore_path("vignette")
     with xr.open_dataset(path, engine="clusterh5") as ds:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import itertools
 import os
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -401,6 +402,39 @@ def test_decode_windows_isolates_a_corrupt_window() -> None:
                 assert got[0] is not None
                 np.testing.assert_array_equal(got[0], data)
         assert _chunkread.decode_windows([]) == []
+
+
+class _InlinePool:
+    """Runs each helper at submission: the helpers, not the caller, decode."""
+
+    def submit(self, fn: Callable[[], None]) -> Future[None]:
+        future: Future[None] = Future()
+        try:
+            future.set_result(fn())
+        except BaseException as err:  # handed over, as a pool does
+            future.set_exception(err)
+        return future
+
+
+def test_a_chunk_a_helper_cannot_decode_reaches_the_caller(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # the failure is raised in a helper thread; the window must still be
+    # reported as not decoded (None), never returned half-filled
+    monkeypatch.setattr(_chunkread, "_get_pool", lambda: (_InlinePool(), 2))
+    monkeypatch.setattr(_chunkread, "MIN_PARALLEL_BYTES", 0)
+    data = np.arange(64, dtype=np.float32).reshape(8, 8)
+    sel = (slice(None), slice(None))
+    with memfile() as f:
+        bad = f.create_dataset("bad", data=data, chunks=(4, 4), compression="gzip")
+        bad.id.write_direct_chunk((4, 4), b"garbage", filter_mask=0)
+        good = f.create_dataset("good", data=data, chunks=(4, 4), compression="gzip")
+        window = _chunkread.fetch_window(bad, sel)
+        assert window is not None
+        assert window.decode(parallel=True) is None
+        got = _chunkread.decode_windows([_chunkread.fetch_window(good, sel), window])
+    assert got[1] is None
+    np.testing.assert_array_equal(got[0], data)
 
 
 def test_parallel_heuristic() -> None:

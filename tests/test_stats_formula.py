@@ -44,6 +44,10 @@ def test_phenotypes_with_an_index_column_and_any_row_labels() -> None:
     d = design_matrix("FA ~ age", ph)
     assert d.rows.tolist() == list(range(80))
     np.testing.assert_array_equal(d.matrix[:, 1], ph.age.to_numpy())
+    # row labels named like a column (set_index(..., drop=False)) are ignored too
+    labelled = phenotypes().set_index("age", drop=False)
+    d = design_matrix("FA ~ age", labelled)
+    np.testing.assert_array_equal(d.matrix[:, 1], labelled.age.to_numpy())
 
 
 def test_a_design_cannot_be_changed() -> None:

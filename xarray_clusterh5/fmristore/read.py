@@ -168,7 +168,9 @@ def _read_header(
         raise ClusterH5Error(path, "no /header/dim: not an fmristore clustered file")
     dim = np.asarray(header["dim"][()]).ravel()
     if dim.size < 4 or int(dim[0]) != 4:
-        raise ClusterH5Error(path, f"/header/dim must start with 4, got {dim.tolist()}")
+        raise ClusterH5Error(
+            path, f"/header/dim must start with 4 and give X, Y, Z, got {dim.tolist()}"
+        )
     shape = (int(dim[1]), int(dim[2]), int(dim[3]))
     if min(shape) < 1:
         raise ClusterH5Error(path, f"/header/dim gives an empty volume {shape}")

