@@ -260,6 +260,8 @@ def test_views_convert_consistently() -> None:
             pair = unpadded.sel(cluster=[17, 2])  # its index survives selections
             xr.testing.assert_identical(pair.sel(cluster=2), run.sel(cluster=2))
             xr.testing.assert_identical(dt.clusterh5.run("zeta_full"), run)
+            with pytest.raises(ValueError, match="unpad needs the padded"):
+                run.clusterh5.unpad("zeta_full")
         xr.testing.assert_identical(
             dt.clusterh5.to_padded().compute(), padded.compute()
         )

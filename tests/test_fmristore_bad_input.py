@@ -101,6 +101,10 @@ CORRUPTIONS: dict[str, tuple[Callable[[h5py.File], None], str]] = {
         ),
         r"summary_data has shape \(3, 23\), expected \(n_clusters=4, n_time\)",
     ),
+    "voxel_coords_shape": (
+        lambda f: _replace(f, "voxel_coords", f["voxel_coords"][:, :-1]),
+        r"/voxel_coords has shape \(3, 483\), expected \(3, N\)",
+    ),
     "mask_shape": (
         lambda f: _replace(f, "mask", f["mask"][:, :, :-1]),
         r"/mask has h5py shape \(9, 11, 12\)",

@@ -12,6 +12,7 @@ import xarray as xr
 
 import xarray_clusterh5  # noqa: F401
 from tests._helpers import FMRISTORE, fmristore_expected, fmristore_path
+from xarray_clusterh5.fmristore.to_h5 import to_fmristore
 
 
 def _copy(tmp_path: Path, stem: str) -> Path:
@@ -46,6 +47,15 @@ def test_compound_cluster_meta_reads_like_the_group(tmp_path: Path) -> None:
     expected = fmristore_expected("irregular")["cluster_metadata"]["columns"]
     with xr.open_dataset(path, engine="clusterh5") as ds:
         got = ds.clusterh5.cluster_metadata()
+        dtypes = {k: ds[k].attrs["fmristore_dtype"] for k in ("label", "volume_mm3")}
+        back = to_fmristore(ds, tmp_path / "back.h5")
+    # each column keeps its type when written back (as a group of columns)
+    assert dtypes == {"label": "str", "volume_mm3": "<f8"}
+    with h5py.File(back) as f:
+        meta = f["clusters/cluster_meta"]
+        assert meta["volume_mm3"].dtype == np.dtype("<f8")
+        assert h5py.check_string_dtype(meta["label"].dtype) is not None
+        np.testing.assert_array_equal(meta["volume_mm3"][()], volume)
     assert list(got.columns) == ["cluster_id", "label", "volume_mm3"]
     assert got["label"].tolist() == expected["label"]
     np.testing.assert_array_equal(got["cluster_id"], expected["cluster_id"])

@@ -541,6 +541,23 @@ def test_summary_as_nested_lists_is_checked_and_written(tmp_path: Path) -> None:
     assert not (tmp_path / "bad.h5").exists()
 
 
+def test_cluster_metadata_as_any_mapping_of_columns(tmp_path: Path) -> None:
+    # a DataFrame, a dict, or another mapping of columns such as an xarray
+    # Dataset (which has to_dict but no .columns)
+    import pandas as pd
+
+    cols = {"cluster_id": np.array([2, 1]), "name": np.array(["b", "a"])}
+    for i, table in enumerate(
+        [pd.DataFrame(cols), cols, xr.Dataset({k: ("row", v) for k, v in cols.items()})]
+    ):
+        out = write_experiment(tmp_path / f"m{i}.h5", **_tiny(cluster_metadata=table))
+        with h5py.File(out) as f:
+            meta = f["clusters/cluster_meta"]
+            # rows kept in the order given
+            np.testing.assert_array_equal(meta["cluster_id"][()], [2, 1])
+            assert [v.decode() for v in meta["name"][()]] == ["b", "a"]
+
+
 def test_run_is_immutable() -> None:
     run = Run(data=np.zeros((4, 3)))
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -563,6 +563,19 @@ def test_to_modelarray_makes_no_folders_unless_asked(in_cohort, tmp_path):
     assert_same_file(out, MAI / "thickness.h5")
 
 
+def test_to_modelarray_needs_scalars(tmp_path):
+    # only coordinates along (subject, element): nothing to write, and said so
+    empty = xr.Dataset(
+        coords={
+            "structure": ("element", ["CIFTI_STRUCTURE_CORTEX_LEFT"] * 3),
+            "source_file": ("subject", ["a.nii", "b.nii"]),
+        }
+    )
+    with pytest.raises(ValueError, match="no scalar variables"):
+        cohort.to_modelarray(empty, tmp_path / "o.h5", progress=False)
+    assert not list(tmp_path.iterdir())
+
+
 def test_pconn_names_must_form_a_full_row_major_matrix(tmp_path):
     # /parcels stores the row and column names once; the element order they
     # stand for is ModelArrayIO's row-major ravel of the matrix

@@ -179,6 +179,30 @@ def test_phenotypes_from_the_cohort_coordinates(cohort: xr.Dataset) -> None:
     np.testing.assert_array_equal(via_coords, _fit(cohort, a).values)
 
 
+def test_subjects_without_phenotypes_left_out_at_any_chunk_width(
+    cohort: xr.Dataset,
+) -> None:
+    # a subject whose phenotype is missing is left out of every fit, also when
+    # a chunk holds as many elements as there are subjects left
+    ph = phenotypes()
+    ph.loc[7, "age"] = np.nan
+    a = ANALYSES[0]
+    kept = lm(cohort.isel(subject=np.r_[0:7, 8:80]), a.formula, ph.drop(index=7))
+    kept = kept.sel(stat="age.estimate").compute().values
+    want = lm(cohort, a.formula, ph, chunk_size=1000).compute()
+    # the same estimates as without that subject (ModelArray's element
+    # threshold counts every subject's values, so one more element may be
+    # left out here)
+    fitted = ~np.isnan(want.sel(stat="age.estimate").values)
+    assert fitted.sum() >= 900
+    np.testing.assert_allclose(
+        want.sel(stat="age.estimate").values[fitted], kept[fitted], rtol=1e-12
+    )
+    for size in (79, 100):
+        got = lm(cohort, a.formula, ph, chunk_size=size).compute()
+        np.testing.assert_allclose(got.values, want.values, rtol=1e-12, atol=1e-300)
+
+
 def test_phenotype_rows_matched_by_source_file(cohort: xr.Dataset) -> None:
     ph = phenotypes()
     a = ANALYSES[0]
@@ -186,6 +210,13 @@ def test_phenotype_rows_matched_by_source_file(cohort: xr.Dataset) -> None:
     np.testing.assert_array_equal(
         lm(cohort, a.formula, shuffled).values, _fit(cohort, a).values
     )
+    # indexed by source file, the column kept (set_index(..., drop=False)):
+    # the row labels are ignored, in file order or not
+    for table in (ph, shuffled):
+        indexed = table.set_index("source_file", drop=False)
+        np.testing.assert_array_equal(
+            lm(cohort, a.formula, indexed).values, _fit(cohort, a).values
+        )
     bad = ph.copy()
     bad.loc[5, "source_file"] = "FA/sub-999_FA.dscalar.nii"
     with pytest.raises(ClusterH5Error, match=r"row 5 is 'FA/sub-999.*sub-006"):

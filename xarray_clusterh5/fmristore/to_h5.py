@@ -379,7 +379,8 @@ def _flat_run(
     if "data" in node.data_vars:
         var = node["data"].variable.transpose("voxel", "time")
         keys: dict[int, tuple[Any, ...]] = {}
-        for cid, r in zip(cluster_ids, rows, strict=True):
+        # one row block per cluster by construction
+        for cid, r in zip(cluster_ids, rows, strict=True):  # pragma: no mutate
             keys[int(cid)] = (row_selection(r),)
         data = _run_blocks(var, keys, threads)
     if "summary" in node.data_vars:

@@ -700,7 +700,8 @@ def read_cohort_table(
         raise ClusterH5Error(
             path, "cohort file has no scalar entries after normalisation"
         )
-    names, sources, rows = (list(t) for t in zip(*pairs, strict=True))
+    columns = zip(*pairs, strict=True)  # pragma: no mutate - triples by construction
+    names, sources, rows = (list(t) for t in columns)
     return CohortTable(path, header, names, sources, rows, cells, bool(wanted))
 
 

@@ -257,7 +257,8 @@ def _deparse(node: ast.AST, parent: int = 0, right: bool = False) -> str:
             + _CMPOPS[type(node.ops[0])]
             + _deparse(node.comparators[0], 8)
         )
-        return f"({text})" if parent > 7 else text
+        # parents are 0, 8-12, 14 or 99: "> 7" and ">= 7" agree on all of them
+        return f"({text})" if parent > 7 else text  # pragma: no mutate
     if isinstance(node, ast.Call):
         args = [_deparse(a) for a in node.args]
         args += [f"{k.arg} = {_deparse(k.value)}" for k in node.keywords]
