@@ -371,6 +371,26 @@ def test_summary_replaced_by_a_group_after_open(tmp_path: Path) -> None:
         ds["summary"].load()
 
 
+@pytest.mark.parametrize("what", ["cluster", "clusters group"])
+def test_cluster_data_gone_after_open_is_named(tmp_path: Path, what: str) -> None:
+    """A cluster dataset, or its whole group, replaced after open is named."""
+    path = _copy(tmp_path)
+    ds = xr.open_dataset(path, engine="clusterh5", group="zeta_full")
+    ds.close()
+    name = "scans/zeta_full/clusters"
+    with h5py.File(path, "r+") as f:
+        target = f"{name}/cluster_2" if what == "cluster" else name
+        del f[target]
+        if what == "cluster":
+            f.create_group(target)  # a group where the dataset was
+        else:
+            f.create_dataset(target, data=0)  # a dataset where the group was
+    with pytest.raises(
+        ClusterH5Error, match=rf"irregular\.h5: missing dataset /{name}/cluster_2$"
+    ):
+        ds["data"].isel(voxel=slice(0, 5)).load()
+
+
 def test_read_experiment_refuses_files_without_the_layout(tmp_path: Path) -> None:
     # the file model's own check (the engine sniffs first; direct callers of
     # read_experiment rely on this one)

@@ -178,6 +178,13 @@ def test_summaries(fixture_name: str) -> None:
         for run in ds.run.values[~ds.has_summary.values].tolist():
             with pytest.raises(ValueError, match=rf"scan '{run}' has no summary"):
                 ds.clusterh5.summary_matrix(run)
+            # and so is the run view of that scan
+            path = fmristore_path(fixture_name)
+            with (
+                xr.open_dataset(path, engine="clusterh5", group=run) as one,
+                pytest.raises(ValueError, match=rf"scan '{run}' has no summary"),
+            ):
+                one.clusterh5.summary_matrix()
 
 
 def test_values_4d(fixture_name: str) -> None:

@@ -233,6 +233,10 @@ def test_phenotype_rows_matched_by_source_file(cohort: xr.Dataset) -> None:
 
 def test_bad_input_names_the_file_and_culprit(cohort: xr.Dataset) -> None:
     ph = phenotypes()
+    # an unknown response lists the scalars there are (variables along element)
+    extra = cohort.assign(age=("subject", ph["age"].to_numpy()))
+    with pytest.raises(ClusterH5Error, match=r"no scalar 'MD'; scalars are \['FA'\]$"):
+        lm(extra, "MD ~ age", ph)
     name = str(COHORT)
     cases = [
         ("FA ~ agee", {}, ph, "'agee', not a column of the phenotypes"),

@@ -136,7 +136,10 @@ class _ClusterArray(BackendArray):
                     (v_sl, v_pick), (t_sl, t_pick) = job.windows()
                     with self._errors(job):
                         raw = self._fetch(f, groups, job, (t_sl, v_sl), dec.has_source)
-                    direct = raw is not None and v_pick is None and t_pick is None
+                    # decoded straight into the result, or into a block copied
+                    # there after: the same values (a fast path, no mutants)
+                    whole = v_pick is None and t_pick is None
+                    direct = raw is not None and whole  # pragma: no mutate
                     dec.add(raw, out=job.dest.T if direct else None)
                     pending.append((job, (t_sl, v_sl), v_pick, t_pick, direct))
             blocks = dec.finish()

@@ -106,7 +106,7 @@ def check_subjects(
     sources: Sequence[str],
     masks: Sequence[str | None],
     *,
-    allow_affine_mismatch: bool = False,
+    allow_affine_mismatch: bool,
     threads: int = 1,
     progress: Callable[[Any], Any] | None = None,
 ) -> None:
