@@ -563,6 +563,18 @@ def test_to_modelarray_makes_no_folders_unless_asked(in_cohort, tmp_path):
     assert_same_file(out, MAI / "thickness.h5")
 
 
+def test_to_cifti_makes_no_parent_folders_unless_asked(in_cohort, tmp_path):
+    # the output folder is made; a missing folder above it is an error by default
+    out = tmp_path / "missing" / "lm"
+    kw = {"analysis": "lm", "cohort_file": "cohort_thickness.csv"}
+    with xr.open_dataset(RESULTS, engine="clusterh5") as ds:
+        with pytest.raises(ClusterH5Error, match="missing"):
+            cohort.to_cifti(ds, out, **kw)
+        assert not out.parent.exists()
+        cohort.to_cifti(ds, out, parents=True, **kw)
+    assert_same_export(out, MODELARRAY / "export" / "lm")
+
+
 def test_to_modelarray_needs_scalars(tmp_path):
     # only coordinates along (subject, element): nothing to write, and said so
     empty = xr.Dataset(

@@ -63,7 +63,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 #: bytes of one stripe held in memory while writing (several chunks wide)
-STRIPE_BYTES = 8 * 1024 * 1024
+STRIPE_BYTES = 8 * 1024 * 1024  # pragma: no mutate - memory vs calls, same bytes
 
 
 def resolve_dtype(dtype: Any) -> np.dtype:

@@ -458,7 +458,8 @@ def fit_block(
 def correct_block(picked: np.ndarray, *, methods: tuple[str, ...]) -> np.ndarray:
     """Corrected p-values over every element (rows: p-values, last: aliased flag)."""
     _warn_aliased(picked[-1:])
-    rows = [p_adjust(p, m) for p, m in zip(picked[:-1], methods, strict=True)]
+    pairs = zip(picked[:-1], methods, strict=True)  # pragma: no mutate - one per method
+    rows = [p_adjust(p, m) for p, m in pairs]
     return np.vstack(rows) if rows else np.empty((0, picked.shape[1]))
 
 
