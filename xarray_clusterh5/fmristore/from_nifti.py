@@ -445,7 +445,7 @@ def _lazy_runs(
     import dask.array as da
 
     members = np.split(np.argsort(exp.cluster_map, kind="stable"), exp.offsets[1:-1])
-    vmax = int(exp.n_voxels.max())
+    vmax = exp.max_voxels
     tmax = max(s.n_time for s in exp.scans)
     data_rows, summary_rows = [], []
     for scan in exp.scans:

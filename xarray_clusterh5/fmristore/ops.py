@@ -532,7 +532,7 @@ def tree_to_padded(tree: xr.DataTree) -> xr.Dataset:
 
     exp = experiment_of(tree)
     offsets = exp.offsets
-    vmax = int(exp.n_voxels.max())  # the reader refuses files without clusters
+    vmax = exp.max_voxels
     tmax = max((s.n_time for s in exp.scans), default=0)
 
     def pad(block: Any, shape: tuple[int, ...]) -> Any:

@@ -104,6 +104,11 @@ class Experiment:
         """(K+1,) start of each cluster in the flat voxel order."""
         return np.concatenate([[0], np.cumsum(self.n_voxels)]).astype(np.int64)
 
+    @property
+    def max_voxels(self) -> int:
+        """Voxels of the largest cluster (the reader refuses files without one)."""
+        return int(self.n_voxels.max())
+
     @functools.cached_property
     def flat_order(self) -> np.ndarray:
         """(N,) mask positions in flat voxel order (cluster by cluster)."""

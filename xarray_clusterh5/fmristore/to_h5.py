@@ -31,6 +31,7 @@ from typing import Any, Literal
 import numpy as np
 import xarray as xr
 
+from xarray_clusterh5._hdf5.chunk_write import default_threads
 from xarray_clusterh5.fmristore import ops
 from xarray_clusterh5.fmristore.ops import as_numpy
 from xarray_clusterh5.fmristore.views import ROLE
@@ -176,8 +177,7 @@ def _stream_dask(
     import dask
     import dask.array as da
 
-    fallback = os.cpu_count() or 1  # pragma: no mutate - a thread count only
-    n_threads = threads or fallback
+    n_threads = threads or default_threads()
     depth = max(2, 2 * n_threads)  # pragma: no mutate - queue depth: tuning only
     q: queue.Queue[Any] = queue.Queue(maxsize=depth)
     cancel = threading.Event()

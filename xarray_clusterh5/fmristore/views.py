@@ -283,7 +283,7 @@ def build_root(exp: Experiment) -> xr.Dataset:
 def padded_geometry(exp: Experiment) -> dict[str, xr.Variable]:
     """``mask_index``, ``i``, ``j``, ``k`` on (cluster, voxel-slot), -1 in padding."""
     k = len(exp.cluster_ids)
-    vmax = int(exp.n_voxels.max())  # the reader refuses files without clusters
+    vmax = exp.max_voxels
     slot_valid = np.arange(vmax)[None, :] < exp.n_voxels[:, None]
     mask_index = np.full((k, vmax), -1, dtype=np.int64)
     mask_index[slot_valid] = exp.flat_order  # row-major fill = cluster by cluster
@@ -310,7 +310,7 @@ def build_padded(exp: Experiment, data: Any | None, summary: Any | None) -> xr.D
     """The padded ``(run, cluster, voxel, time)`` view of every scan."""
     scans = exp.scans
     n_time = np.array([s.n_time for s in scans], dtype=np.int64)
-    vmax = int(exp.n_voxels.max())  # the reader refuses files without clusters
+    vmax = exp.max_voxels
     tmax = int(n_time.max(initial=0))
     variables: dict[str, xr.Variable] = {}
     if data is not None:
